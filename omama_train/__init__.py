@@ -1,0 +1,1 @@
+"""omama training side (PyTorch): data preparation, models, feature cache, training."""

@@ -1,0 +1,49 @@
+"""Atomic writes: write to a temporary file in the same folder, then rename over the target.
+
+A crash leaves either the old file or the new one, never half a file; long jobs use the
+presence of a final file as "this piece is done" when they resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; rename it onto ``target`` on success.
+
+    ``suffix`` defaults to the target's suffix so writers that pick a format by extension
+    (OpenCV, numpy) still work.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or target.suffix or ".tmp",
+                               dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_json(target: str | os.PathLike, obj, indent: int | None = None) -> None:
+    """Serialise ``obj`` as JSON to ``target`` atomically."""
+    with atomic_path(target, suffix=".json") as tmp:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=indent)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def write_bytes(target: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
