@@ -8,8 +8,15 @@ import typer
 
 from runtime.info import format_info, package_version, runtime_info
 
-TRAIN_PACKAGES = ("torch", "torchvision", "timm", "ultralytics", "safetensors", "onnxscript",
-                  "onnxslim")
+TRAIN_PACKAGES = (
+    "torch",
+    "torchvision",
+    "timm",
+    "ultralytics",
+    "safetensors",
+    "onnxscript",
+    "onnxslim",
+)
 
 
 def full_info() -> dict:
@@ -23,11 +30,17 @@ def full_info() -> dict:
         devices = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         cuda = torch.version.cuda or "none"
         detail = f"torch {torch.__version__} (CUDA build {cuda}), devices: cpu" + "".join(
-            f", cuda:{i}" for i in range(len(devices)))
+            f", cuda:{i}" for i in range(len(devices))
+        )
         info["backends"] = {"torch": {"usable": True, "detail": detail}, **info["backends"]}
     else:
-        info["backends"] = {"torch": {"usable": False, "detail": "torch not installed "
-                                      "(pip install 'omama[train]')"}, **info["backends"]}
+        info["backends"] = {
+            "torch": {
+                "usable": False,
+                "detail": "torch not installed (pip install 'omama[train]')",
+            },
+            **info["backends"],
+        }
     info["torch_cuda_devices"] = devices
     return info
 

@@ -23,8 +23,9 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or target.suffix or ".tmp",
-                               dir=target.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=suffix or target.suffix or ".tmp", dir=target.parent
+    )
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -37,11 +38,10 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
 
 def write_json(target: str | os.PathLike, obj, indent: int | None = None) -> None:
     """Serialise ``obj`` as JSON to ``target`` atomically."""
-    with atomic_path(target, suffix=".json") as tmp:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=indent)
-            fh.flush()
-            os.fsync(fh.fileno())
+    with atomic_path(target, suffix=".json") as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=indent)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def write_bytes(target: str | os.PathLike, data: bytes) -> None:

@@ -7,8 +7,18 @@ import importlib.metadata as md
 import shutil
 import subprocess
 
-PACKAGES = ("omama", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt",
-            "polygraphy", "av", "opencv-python-headless", "pycocotools")
+PACKAGES = (
+    "omama",
+    "numpy",
+    "onnx",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "tensorrt",
+    "polygraphy",
+    "av",
+    "opencv-python-headless",
+    "pycocotools",
+)
 
 
 def package_version(name: str) -> str | None:
@@ -25,8 +35,13 @@ def nvidia_gpus() -> list[str]:
     if exe is None:
         return []
     try:
-        out = subprocess.run([exe, "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout
+        out = subprocess.run(
+            [exe, "--query-gpu=name,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
     return [line.strip() for line in out.splitlines() if line.strip()]

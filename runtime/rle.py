@@ -16,8 +16,10 @@ def encode(mask: np.ndarray) -> dict:
     if mask.ndim != 2:
         raise OmamaError(f"RLE encode expects a 2-D mask, got shape {mask.shape}")
     rle = mask_utils.encode(np.asfortranarray(mask.astype(bool, copy=False).astype(np.uint8)))
-    return {"size": [int(rle["size"][0]), int(rle["size"][1])],
-            "counts": rle["counts"].decode("ascii")}
+    return {
+        "size": [int(rle["size"][0]), int(rle["size"][1])],
+        "counts": rle["counts"].decode("ascii"),
+    }
 
 
 def decode(rle: dict) -> np.ndarray:
@@ -39,6 +41,8 @@ def decode(rle: dict) -> np.ndarray:
 def area(rle: dict) -> int:
     """Number of foreground pixels, without decoding."""
     counts = rle["counts"]
-    coco = {"size": list(rle["size"]),
-            "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    coco = {
+        "size": list(rle["size"]),
+        "counts": counts.encode("ascii") if isinstance(counts, str) else counts,
+    }
     return int(mask_utils.area(coco))
