@@ -1,0 +1,85 @@
+"""The folder tree is the architecture: imports only go downwards, runtime/ stays torch-free."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LAYERS = ["runtime", "omama_train", "export", "benchmarks"]  # lowest first
+HEAVY = ("torch", "ultralytics", "timm", "torchvision")
+
+
+def _python_files(package: str) -> list[Path]:
+    return sorted((REPO / package).rglob("*.py"))
+
+
+def _imported_top_levels(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("layer_index", range(len(LAYERS)))
+def test_no_layer_imports_a_higher_one(layer_index):
+    layer, higher = LAYERS[layer_index], set(LAYERS[layer_index + 1 :])
+    offenders = {
+        str(p.relative_to(REPO)): sorted(_imported_top_levels(p) & higher)
+        for p in _python_files(layer)
+        if _imported_top_levels(p) & higher
+    }
+    assert not offenders, f"{layer}/ imports a higher layer: {offenders}"
+
+
+def test_runtime_never_mentions_torch_imports():
+    offenders = {
+        str(p.relative_to(REPO)): sorted(_imported_top_levels(p) & set(HEAVY))
+        for p in _python_files("runtime")
+        if _imported_top_levels(p) & set(HEAVY)
+    }
+    assert not offenders, f"runtime/ imports heavy libraries: {offenders}"
+
+
+def _modules_after(code: str) -> set[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", code + "\nimport sys, json; print(json.dumps(sorted(sys.modules)))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    ).stdout
+    return set(json.loads(out.strip().splitlines()[-1]))
+
+
+def test_importing_every_runtime_module_loads_no_torch():
+    modules = [
+        "runtime." + ".".join(p.relative_to(REPO / "runtime").with_suffix("").parts)
+        for p in _python_files("runtime")
+        if p.name != "__init__.py"
+    ]
+    loaded = _modules_after("\n".join(f"import {m}" for m in ["runtime", *modules]))
+    heavy = sorted(m for m in loaded if m.split(".")[0] in HEAVY)
+    assert not heavy, f"importing runtime loaded {heavy[:5]}"
+
+
+def test_omama_help_loads_no_torch():
+    loaded = _modules_after(
+        "from omama_train.cli import build_app\n"
+        "from typer.testing import CliRunner\n"
+        "r = CliRunner().invoke(build_app(), ['--help'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "for sub in ('data', 'eval'):\n"
+        "    assert sub in r.output, r.output\n"
+    )
+    heavy = sorted(m for m in loaded if m.split(".")[0] in HEAVY)
+    assert not heavy, f"`omama --help` imported {heavy[:5]}"
