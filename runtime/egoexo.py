@@ -9,15 +9,22 @@ Processed root (``ROOT``)::
     ROOT/Masks_<SPLIT>_<EXO2EGO|EGO2EXO>/<take>/<cam>/<frame>_masks.npz / _boxes.npy
 
 Pair entries are ``ROOT//TAKE//CAM//OBJECT//rgb//FRAME`` (or ``//mask//``), in tuples
-``[ego_rgb, ego_mask, exo_rgb, exo_mask]``.
+``[ego_rgb, ego_mask, exo_rgb, exo_mask]``: :func:`read_pairs` / :func:`write_pairs`.
+
+:class:`ProcessedRoot` is the typed index over such a root (splits, takes, cameras, which
+one is ego, objects, annotated frames, masks, image paths) that every other module uses.
 """
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from runtime.atomic import write_json
 from runtime.errors import OmamaError
 
 Direction = Literal["exo2ego", "ego2exo"]
@@ -135,3 +142,209 @@ class Pair:
         if (ego.take, ego.obj, ego.frame) != (exo.take, exo.obj, exo.frame):
             raise OmamaError(f"pair mixes takes, objects or frames: {entry[0]!r} / {entry[2]!r}")
         return cls(ego.take, ego.obj, ego.cam, exo.cam, ego.frame)
+
+
+def read_pairs(path: str | os.PathLike) -> list[Pair]:
+    """Parse a pairs file (a JSON list of ``[ego_rgb, ego_mask, exo_rgb, exo_mask]``)."""
+    path = Path(path)
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise OmamaError(f"pairs file not found: {path}") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise OmamaError(f"pairs file {path} is not readable JSON: {exc}") from exc
+    if not isinstance(entries, list):
+        raise OmamaError(f"pairs file {path} must hold a JSON list of 4-tuples")
+    return [Pair.from_tuple(entry) for entry in entries]
+
+
+def write_pairs(path: str | os.PathLike, pairs: Iterable[Pair], root: str | os.PathLike) -> int:
+    """Write ``pairs`` as O-MaMa 4-tuples whose paths start with ``root`` as given.
+
+    Returns the number of pairs written. The write is atomic.
+    """
+    root_text = os.fspath(root)
+    if len(root_text) > 1:
+        root_text = root_text.rstrip("/")  # "data/" would give "data///take//..."
+    if PAIR_SEP in root_text:
+        raise OmamaError(f"root {root_text!r} contains {PAIR_SEP!r}, the pair path separator")
+    tuples = [pair.to_tuple(root_text) for pair in pairs]
+    write_json(path, tuples)
+    return len(tuples)
+
+
+def _frame_ints(frames: Iterable[int | str]) -> list[int]:
+    return sorted({int(f) for f in frames})
+
+
+class ProcessedRoot:
+    """Read-only index of a processed root: splits, takes, cameras, objects, frames, masks.
+
+    Every consumer reads the processed layout through this class, so its path strings and
+    JSON keys are parsed in one place. ``annotation.json`` files are parsed once and cached.
+    Frames are ints everywhere (the JSON keys are their decimal strings).
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        self._annotations: dict[str, dict] = {}
+        self._split_map: dict[str, list[str]] | None = None
+
+    def __repr__(self) -> str:
+        return f"ProcessedRoot({str(self.root)!r})"
+
+    # Splits -------------------------------------------------------------------------------
+    @property
+    def split_json(self) -> Path:
+        return self.root / "split.json"
+
+    def split_map(self) -> dict[str, list[str]]:
+        """``split.json`` as ``{split: [take, ...]}``."""
+        if self._split_map is None:
+            self._split_map = read_split_json(self.split_json)
+        return self._split_map
+
+    def splits(self) -> list[str]:
+        """Split names present in ``split.json`` (train, val, test first, in that order)."""
+        names = list(self.split_map())
+        return [s for s in SPLITS if s in names] + sorted(s for s in names if s not in SPLITS)
+
+    def takes(self, split: str | None = None) -> list[str]:
+        """Takes of ``split`` as listed in ``split.json``; with no split, every prepared take
+        (a folder under ``processed/`` holding ``annotation.json``), sorted."""
+        if split is None:
+            base = self.root / "processed"
+            if not base.is_dir():
+                return []
+            return sorted(p.parent.name for p in base.glob("*/annotation.json"))
+        split_map = self.split_map()
+        if split not in split_map:
+            raise OmamaError(
+                f"split {split!r} is not in {self.split_json} (it has: {', '.join(split_map)})"
+            )
+        return list(split_map[split])
+
+    def split_of(self, take: str) -> str | None:
+        for split, takes in self.split_map().items():
+            if take in takes:
+                return split
+        return None
+
+    # Takes --------------------------------------------------------------------------------
+    def has_take(self, take: str) -> bool:
+        """True when the take was prepared (its ``annotation.json`` exists)."""
+        return annotation_path(self.root, take).is_file()
+
+    def take_dir(self, take: str) -> Path:
+        return take_dir(self.root, take)
+
+    def annotation(self, take: str) -> dict:
+        """Parsed ``processed/<take>/annotation.json`` (cached)."""
+        if take not in self._annotations:
+            self._annotations[take] = read_annotation(annotation_path(self.root, take))
+        return self._annotations[take]
+
+    def cams(self, take: str) -> list[str]:
+        """Every camera that has a mask or an annotated frame of some object, sorted."""
+        ann = self.annotation(take)
+        cams = {cam for per_cam in ann["masks"].values() for cam in per_cam}
+        cams |= {cam for per_cam in ann.get("annotated_frames", {}).values() for cam in per_cam}
+        return sorted(cams)
+
+    def ego_cam(self, take: str) -> str:
+        """The take's single ego (Aria) camera."""
+        egos = [cam for cam in self.cams(take) if is_ego_cam(cam)]
+        if len(egos) != 1:
+            found = ", ".join(egos) if egos else "none"
+            raise OmamaError(f"take {take} must have exactly one ego (aria) camera, found {found}")
+        return egos[0]
+
+    def exo_cams(self, take: str) -> list[str]:
+        return [cam for cam in self.cams(take) if not is_ego_cam(cam)]
+
+    def objects(self, take: str) -> list[str]:
+        ann = self.annotation(take)
+        return sorted(set(ann["masks"]) | set(ann.get("annotated_frames", {})))
+
+    def object_cams(self, take: str, obj: str) -> list[str]:
+        """Cameras in which ``obj`` has masks or annotated frames, sorted."""
+        ann = self.annotation(take)
+        cams = set(ann["masks"].get(obj, {})) | set(ann.get("annotated_frames", {}).get(obj, {}))
+        return sorted(cams)
+
+    # Frames and masks ---------------------------------------------------------------------
+    def frames(self, take: str, obj: str, cam: str) -> list[int]:
+        """Annotated frames of ``obj`` in ``cam`` (with or without a mask), sorted.
+
+        Files without ``annotated_frames`` (the reference's own format) fall back to the
+        frames that have a mask.
+        """
+        annotated = self.annotation(take).get("annotated_frames")
+        if annotated is None:
+            return self.mask_frames(take, obj, cam)
+        return _frame_ints(annotated.get(obj, {}).get(cam, []))
+
+    def mask_frames(self, take: str, obj: str, cam: str) -> list[int]:
+        """Frames in which ``obj`` has a mask in ``cam`` (it is visible there), sorted."""
+        return _frame_ints(self.annotation(take)["masks"].get(obj, {}).get(cam, {}))
+
+    def mask_rle(self, take: str, obj: str, cam: str, frame: int | str) -> dict | None:
+        """RLE ``{"size": [H, W], "counts": str}`` of the mask, at the video's resolution,
+        or None when the object has no mask there (not visible, or not annotated)."""
+        return self.annotation(take)["masks"].get(obj, {}).get(cam, {}).get(str(int(frame)))
+
+    def cam_frames(self, take: str, cam: str) -> list[int]:
+        """Frames of ``cam`` that have an image: annotated or masked for any object."""
+        frames: set[int] = set()
+        for obj in self.objects(take):
+            frames.update(self.frames(take, obj, cam))
+            frames.update(self.mask_frames(take, obj, cam))
+        return sorted(frames)
+
+    def image_path(self, take: str, cam: str, frame: int | str) -> Path:
+        """``processed/<take>/<cam>/<frame>.jpg`` (ego downscaled by 2, exo by 4)."""
+        return frame_image_path(self.root, take, cam, frame)
+
+    def missing_images(self, take: str) -> list[Path]:
+        """Images that the take's annotation refers to but that do not exist."""
+        return [
+            path
+            for cam in self.cams(take)
+            for frame in self.cam_frames(take, cam)
+            if not (path := self.image_path(take, cam, frame)).is_file()
+        ]
+
+    def pairs_path(self, split: str, direction: str) -> Path:
+        return pairs_path(self.root, split, direction)
+
+
+def read_split_json(path: str | os.PathLike) -> dict[str, list[str]]:
+    """``split.json`` -> ``{split: [take, ...]}``; a clear error when missing or malformed."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise OmamaError(f"{path} not found: run `omama data prepare` first") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise OmamaError(f"{path} is not readable JSON: {exc}") from exc
+    if not isinstance(data, dict) or not all(
+        isinstance(v, list) and all(isinstance(t, str) for t in v) for v in data.values()
+    ):
+        raise OmamaError(f"{path} must map split names to lists of take ids")
+    return data
+
+
+def read_annotation(path: str | os.PathLike) -> dict:
+    """A processed ``annotation.json``; checks the keys every consumer relies on."""
+    path = Path(path)
+    try:
+        ann = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise OmamaError(f"{path} not found: the take was not prepared") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise OmamaError(f"{path} is not readable JSON: {exc}") from exc
+    if not isinstance(ann, dict) or not isinstance(ann.get("masks"), dict):
+        raise OmamaError(f"{path} has no 'masks' mapping: not a processed annotation.json")
+    if not isinstance(ann.get("annotated_frames", {}), dict):
+        raise OmamaError(f"{path}: 'annotated_frames' must map objects to cameras to frames")
+    return ann
