@@ -1,0 +1,95 @@
+"""``omama data gt``: the evaluation ground truth of a split, from a processed root.
+
+Format (OMAMA_REFERENCE §8)::
+
+    {"annotations": {take: {"masks": {obj: {cam: {frame: RLE}}},
+                            "annotated_frames": {obj: {cam: [ints]}}}}}
+
+The file holds exactly the observations to score: those of a pairs file when one is given
+(e.g. a sampled test set), else every pair of the split. For each pair (object, exo camera,
+frame) it carries the source mask, the destination mask when the object is visible, and
+the frame in the annotated frames of both cameras. Whatever order an evaluator walks the
+file in (source masks, or destination annotated frames), it meets these observations and
+no others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import typer
+
+from omama_train.data.pairs import all_pairs
+from runtime.atomic import write_json
+from runtime.egoexo import Pair, ProcessedRoot, check_direction, read_pairs
+from runtime.errors import OmamaError
+from runtime.results import add_gt_annotation, new_gt
+
+
+def build_gt(index: ProcessedRoot, pairs: Iterable[Pair], direction: str) -> tuple[dict, int]:
+    """GT JSON for ``pairs`` -> (gt, number of pairs left out because their query mask is
+    missing from the processed root).
+
+    Both cameras of every pair get an entry under ``masks[obj]`` (empty when the object is
+    not visible there): the evaluator only walks objects that have an ego camera there.
+    """
+    check_direction(direction)
+    gt = new_gt()
+    no_query = 0
+    for pair in pairs:
+        src, dst = pair.source_cam(direction), pair.destination_cam(direction)
+        query = index.mask_rle(pair.take, pair.obj, src, pair.frame)
+        if query is None:
+            no_query += 1
+            continue
+        add_gt_annotation(gt, pair.take, pair.obj, src, pair.frame, query)
+        target = index.mask_rle(pair.take, pair.obj, dst, pair.frame)
+        add_gt_annotation(gt, pair.take, pair.obj, dst, pair.frame, target)
+    for take in gt["annotations"].values():  # frame order, whatever the order of the pairs
+        for per_cam in take["annotated_frames"].values():
+            for frames in per_cam.values():
+                frames.sort()
+        for per_cam in take["masks"].values():
+            for cam, per_frame in per_cam.items():
+                per_cam[cam] = dict(sorted(per_frame.items(), key=lambda kv: int(kv[0])))
+    return gt, no_query
+
+
+def add_commands(data_app: typer.Typer) -> None:
+    @data_app.command("gt")
+    def gt_command(
+        root: Path = typer.Option(..., "--root", help="Processed root (from omama data prepare)."),
+        split: str = typer.Option("test", "--split", help="Split of split.json."),
+        direction: str = typer.Option(..., "--direction", help="exo2ego or ego2exo."),
+        out: Path = typer.Option(..., "--out", help="GT JSON to write."),
+        pairs_file: Path | None = typer.Option(
+            None, "--pairs", help="Score only these pairs (e.g. a sampled pairs file)."
+        ),
+    ) -> None:
+        """Write the evaluation GT JSON of a split, for omama eval.
+
+        Example: omama data gt --root data --split test --direction exo2ego --out gt_test.json
+        """
+        check_direction(direction)
+        index = ProcessedRoot(root)
+        if pairs_file is not None:
+            pairs = read_pairs(pairs_file)
+            takes = set(index.takes(split))
+            foreign = sorted({p.take for p in pairs} - takes)
+            if foreign:
+                raise OmamaError(
+                    f"{pairs_file} has takes outside split {split!r}: {', '.join(foreign[:3])}"
+                )
+        else:
+            pairs = all_pairs(
+                index, [t for t in index.takes(split) if index.has_take(t)], direction
+            )
+        gt, no_query = build_gt(index, pairs, direction)
+        write_json(out, gt)
+        n_takes = len(gt["annotations"])
+        typer.echo(
+            f"{split} {direction}: {len(pairs) - no_query} observations in {n_takes} takes -> {out}"
+        )
+        if no_query:
+            typer.echo(f"  {no_query} pair(s) left out: no query mask in the processed root")
