@@ -1,0 +1,564 @@
+"""Backbones at a fixed input size: DINOv2 (O-MaMa's), DINOv3 and DINOv1 ResNet-50, via timm.
+
+``build_backbone(name, image_size=(H, W))`` returns a ``Backbone`` whose forward maps a
+normalised image (B, 3, H, W) to patch features (B, 768, H/p, W/p): the final-norm patch
+tokens (``x_norm_patchtokens``, CLS and registers dropped) of a ViT, or the last stage of
+the ResNet, followed by a trainable 1x1 Conv2d to 768 channels when the width is not 768
+(as in the seed project).
+
+Positional embeddings. DINOv2 was pretrained on a 37x37 grid (518x518 px); the official code
+interpolates that table bicubically to the actual grid on every forward. The input size is
+fixed here, so the interpolated table is computed once, when the weights are loaded, with
+the very ``F.interpolate`` call of the official code, and stored in the model: the forward
+(and any exported graph) holds no interpolation. Two official variants exist:
+
+- ``"bicubic_offset"``: ``scale_factor=((h + 0.1) / 37, (w + 0.1) / 37)``, no antialias:
+  the ``DinoVisionTransformer`` default and the torch-hub models without registers.
+- ``"bicubic_antialias"``: ``size=(h, w)``, antialias: what the torch-hub constructors of
+  the register models (``dinov2_vit*14_reg``: ``interpolate_antialias=True,
+  interpolate_offset=0.0``) use, hence what O-MaMa's ``torch.hub.load(...,
+  "dinov2_vitb14_reg")`` computed its features with.
+
+Each registry entry defaults to what its torch-hub constructor does; ``pos_resize=`` picks
+the other one. Official checkpoints are read with ``weights_only=True`` only.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from runtime.errors import OmamaError
+
+FEATURE_DIM = 768
+PRETRAIN_GRID = 37  # DINOv2: 518 px / 14
+
+PosResize = Literal["bicubic_offset", "bicubic_antialias"]
+POS_RESIZES: tuple[str, ...] = ("bicubic_offset", "bicubic_antialias")
+Family = Literal["dinov2", "dinov3", "resnet"]
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One named backbone: the timm architecture and how its official weights look.
+
+    ``patch_size`` is the token stride in pixels (32 for the ResNet's last stage).
+    ``timm_overrides`` changes the timm architecture (e.g. ``{"depth": 2}`` for a small
+    test model); the registry entries leave it empty.
+    """
+
+    name: str
+    family: Family
+    timm_name: str
+    patch_size: int
+    embed_dim: int
+    num_register_tokens: int = 0
+    pos_resize: PosResize | None = None
+    timm_overrides: dict = field(default_factory=dict, hash=False, compare=False)
+    description: str = ""
+
+
+def _dinov2(name: str, size: str, dim: int, reg: bool) -> BackboneSpec:
+    timm_name = f"vit_{size}_patch14_{'reg4_' if reg else ''}dinov2"
+    kind = {"small": "S", "base": "B", "large": "L", "giant": "g"}[size]
+    return BackboneSpec(
+        name=name,
+        family="dinov2",
+        timm_name=timm_name,
+        patch_size=14,
+        embed_dim=dim,
+        num_register_tokens=4 if reg else 0,
+        pos_resize="bicubic_antialias" if reg else "bicubic_offset",
+        description=f"DINOv2 ViT-{kind}/14{' with 4 registers' if reg else ''}",
+    )
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    spec.name: spec
+    for spec in (
+        _dinov2("dinov2_vits14_reg", "small", 384, True),
+        _dinov2("dinov2_vitb14_reg", "base", 768, True),
+        _dinov2("dinov2_vitl14_reg", "large", 1024, True),
+        _dinov2("dinov2_vitg14_reg", "giant", 1536, True),
+        _dinov2("dinov2_vits14", "small", 384, False),
+        _dinov2("dinov2_vitb14", "base", 768, False),
+        _dinov2("dinov2_vitl14", "large", 1024, False),
+        _dinov2("dinov2_vitg14", "giant", 1536, False),
+        # The *_qkvb timm variants keep q/v biases, so official checkpoints whose qkv bias is
+        # not zero load exactly; files without biases load with zeros.
+        BackboneSpec(
+            name="dinov3_vits16plus",
+            family="dinov3",
+            timm_name="vit_small_plus_patch16_dinov3_qkvb",
+            patch_size=16,
+            embed_dim=384,
+            num_register_tokens=4,
+            description="DINOv3 ViT-S+/16 (RoPE, 4 storage tokens)",
+        ),
+        BackboneSpec(
+            name="dinov3_vits16",
+            family="dinov3",
+            timm_name="vit_small_patch16_dinov3_qkvb",
+            patch_size=16,
+            embed_dim=384,
+            num_register_tokens=4,
+            description="DINOv3 ViT-S/16 (RoPE, 4 storage tokens)",
+        ),
+        BackboneSpec(
+            name="resnet50_dino",
+            family="resnet",
+            timm_name="resnet50",
+            patch_size=32,
+            embed_dim=2048,
+            description="DINOv1 ResNet-50, last stage (stride 32)",
+        ),
+    )
+}
+DEFAULT_BACKBONE = "dinov2_vitb14_reg"
+
+
+def backbone_names() -> list[str]:
+    """The registered backbone names."""
+    return list(BACKBONES)
+
+
+def get_spec(name: str) -> BackboneSpec:
+    if name not in BACKBONES:
+        raise OmamaError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    return BACKBONES[name]
+
+
+def resize_pos_embed(
+    patch_pos: torch.Tensor, grid_hw: tuple[int, int], mode: PosResize
+) -> torch.Tensor:
+    """The official DINOv2 interpolation of a square patch positional table.
+
+    Arguments:
+        patch_pos: (1, M*M, C) positional embeddings of the M x M pretraining grid
+            (CLS entry removed).
+        grid_hw: target token grid (h, w).
+        mode: ``"bicubic_offset"`` or ``"bicubic_antialias"`` (see the module docstring).
+    Returns:
+        float32 (1, h*w, C), row-major over (h, w). The table is returned unchanged when
+        the grid already is M x M, as the official code does.
+    """
+    if mode not in POS_RESIZES:
+        raise OmamaError(f"pos_resize must be one of {', '.join(POS_RESIZES)}, got {mode!r}")
+    n, dim = patch_pos.shape[1], patch_pos.shape[2]
+    side = math.isqrt(n)
+    if side * side != n:
+        raise OmamaError(f"positional table of {n} entries is not a square grid")
+    h, w = int(grid_hw[0]), int(grid_hw[1])
+    table = patch_pos.float()
+    if (h, w) == (side, side):
+        return table
+    grid = table.reshape(1, side, side, dim).permute(0, 3, 1, 2)
+    if mode == "bicubic_offset":
+        # The +0.1 offset changes the scale used for sampling, not only the output size.
+        grid = F.interpolate(
+            grid,
+            scale_factor=(float(h + 0.1) / side, float(w + 0.1) / side),
+            mode="bicubic",
+            antialias=False,
+        )
+    else:
+        grid = F.interpolate(grid, size=(h, w), mode="bicubic", antialias=True)
+    if tuple(grid.shape[-2:]) != (h, w):
+        raise OmamaError(f"positional interpolation gave {tuple(grid.shape[-2:])}, not {(h, w)}")
+    return grid.permute(0, 2, 3, 1).reshape(1, h * w, dim)
+
+
+class Backbone(nn.Module):
+    """A backbone at one fixed input size.
+
+    Attributes:
+        name: registry name; ``spec``: its ``BackboneSpec``.
+        patch_size: token stride in pixels; ``image_size``: (H, W) px it accepts;
+        grid: (H/p, W/p) tokens; ``embed_dim``: trunk width; ``out_channels``: 768.
+        pos_resize: the positional interpolation baked into the weights (DINOv2 only).
+        trunk: the timm model; ``proj``: 1x1 Conv2d to 768 (Identity when the width is 768).
+    """
+
+    def __init__(
+        self, spec: BackboneSpec, image_size: tuple[int, int], pos_resize: PosResize | None
+    ) -> None:
+        super().__init__()
+        import timm
+
+        h, w = int(image_size[0]), int(image_size[1])
+        p = spec.patch_size
+        if h <= 0 or w <= 0 or h % p or w % p:
+            raise OmamaError(
+                f"{spec.name} needs an image size that is a multiple of {p} px, got {h}x{w} "
+                f"(runtime.preprocess.model_input_size gives the right one)"
+            )
+        if pos_resize is not None and pos_resize not in POS_RESIZES:
+            raise OmamaError(
+                f"pos_resize must be one of {', '.join(POS_RESIZES)}, got {pos_resize!r}"
+            )
+        self.spec = spec
+        self.name = spec.name
+        self.patch_size = p
+        self.image_size = (h, w)
+        self.grid = (h // p, w // p)
+        self.embed_dim = spec.embed_dim
+        self.out_channels = FEATURE_DIM
+        self.pos_resize: PosResize | None = (
+            (pos_resize or spec.pos_resize) if spec.family == "dinov2" else None
+        )
+        if spec.family == "resnet":
+            self.trunk = timm.create_model(
+                spec.timm_name,
+                pretrained=False,
+                num_classes=0,
+                global_pool="",
+                **spec.timm_overrides,
+            )
+            self.num_prefix_tokens = 0
+        else:
+            self.trunk = timm.create_model(
+                spec.timm_name,
+                pretrained=False,
+                num_classes=0,
+                img_size=(h, w),
+                dynamic_img_size=False,
+                **spec.timm_overrides,
+            )
+            self.num_prefix_tokens = int(self.trunk.num_prefix_tokens)
+        width = int(self.trunk.num_features)
+        if width != spec.embed_dim:
+            raise OmamaError(f"{spec.name}: timm built width {width}, spec says {spec.embed_dim}")
+        self.proj: nn.Module = (
+            nn.Identity() if width == FEATURE_DIM else nn.Conv2d(width, FEATURE_DIM, 1)
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images: normalised (B, 3, H, W) at ``image_size`` -> features (B, 768, h, w)."""
+        # Shapes are static in an export; the tracer would only warn about this check.
+        if not torch.jit.is_tracing() and (
+            images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != self.image_size
+        ):
+            raise OmamaError(
+                f"{self.name} was built for images of {self.image_size[0]}x{self.image_size[1]} "
+                f"px, (B, 3, H, W); got {tuple(images.shape)}"
+            )
+        if self.spec.family == "resnet":
+            feats = self.trunk.forward_features(images)
+        else:
+            tokens = self.trunk.forward_features(images)  # (B, prefix + h*w, C), final norm
+            patches = tokens[:, self.num_prefix_tokens :, :]
+            feats = patches.transpose(1, 2).unflatten(2, self.grid)
+        return self.proj(feats)
+
+    def extra_repr(self) -> str:
+        return (
+            f"name={self.name}, image_size={self.image_size}, grid={self.grid}, "
+            f"embed_dim={self.embed_dim}, out_channels={self.out_channels}, "
+            f"pos_resize={self.pos_resize}"
+        )
+
+
+def build_backbone(
+    name: str | BackboneSpec,
+    image_size: tuple[int, int],
+    weights: str | Path | None = None,
+    pos_resize: PosResize | None = None,
+) -> Backbone:
+    """Build a registered backbone for images of exactly ``image_size`` = (H, W) px.
+
+    ``weights``: optional checkpoint loaded with ``load_backbone_weights``. Without it the
+    trunk has timm's random initialisation. ``pos_resize`` overrides the DINOv2 positional
+    interpolation of the registry entry. Returned in eval mode.
+    """
+    spec = name if isinstance(name, BackboneSpec) else get_spec(name)
+    model = Backbone(spec, image_size, pos_resize)
+    if weights is not None:
+        load_backbone_weights(model, weights)
+    return model.eval()
+
+
+# ------------------------------------------------------------------ checkpoint reading
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a ``.safetensors`` file or a weights-only ``.pth``/``.pt`` checkpoint.
+
+    Containers are unwrapped (``state_dict``, ``model``, ``teacher``) and ``module.`` /
+    ``backbone.`` prefixes carried by every key are stripped. Nothing but tensors and
+    plain containers is ever unpickled.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise OmamaError(f"backbone weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            obj = load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise OmamaError(f"{path} is not a readable safetensors file: {exc}") from exc
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickle errors of many kinds; the message says which
+            text = str(exc).strip()
+            first_line = text.splitlines()[0] if text else type(exc).__name__
+            raise OmamaError(
+                f"{path} could not be read as a weights-only PyTorch checkpoint "
+                f"(only tensors are accepted): {first_line}"
+            ) from exc
+    while isinstance(obj, dict) and not _is_tensor_dict(obj):
+        inner = [k for k in ("state_dict", "model", "teacher") if isinstance(obj.get(k), dict)]
+        if not inner:
+            raise OmamaError(f"{path} holds no state dict of tensors (keys: {_head(obj)})")
+        obj = obj[inner[0]]
+    if not isinstance(obj, dict) or not obj:
+        raise OmamaError(f"{path} holds no state dict of tensors")
+    for prefix in ("module.", "backbone."):
+        if all(k.startswith(prefix) for k in obj):
+            obj = {k[len(prefix) :]: v for k, v in obj.items()}
+    return dict(obj)
+
+
+def _is_tensor_dict(obj: dict) -> bool:
+    return bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _head(keys, limit: int = 10) -> str:
+    keys = sorted(map(str, keys))
+    more = f", ... ({len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+# ------------------------------------------------------------------ key mappings
+
+_HF_PREFIXES = ("dinov2.", "model.", "backbone.")
+# Hugging Face Dinov2Model / Dinov2WithRegistersModel -> official DINOv2 names, per block.
+_HF_BLOCK_MAP = {
+    "norm1": "norm1",
+    "norm2": "norm2",
+    "layer_scale1": "ls1.gamma",
+    "layer_scale2": "ls2.gamma",
+    "attention.output.dense": "attn.proj",
+    "attention.o_proj": "attn.proj",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+    "mlp.weights_in": "mlp.w12",
+    "mlp.weights_out": "mlp.w3",
+}
+_HF_QKV = {
+    "attention.attention.query": "q",
+    "attention.attention.key": "k",
+    "attention.attention.value": "v",
+    "attention.q_proj": "q",
+    "attention.k_proj": "k",
+    "attention.v_proj": "v",
+}
+_HF_TOP_MAP = {
+    "embeddings.cls_token": "cls_token",
+    "embeddings.mask_token": "mask_token",
+    "embeddings.position_embeddings": "pos_embed",
+    "embeddings.register_tokens": "register_tokens",
+    "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
+    "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
+    "layernorm.weight": "norm.weight",
+    "layernorm.bias": "norm.bias",
+}
+_HF_LAYER = re.compile(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias|lambda1)$")
+
+
+def hf_dinov2_to_official(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Hugging Face DINOv2 names -> official names; q, k, v are fused into ``attn.qkv``.
+
+    Keys that match no rule are kept as they are, so the caller reports them as unexpected.
+    """
+    for prefix in _HF_PREFIXES:
+        if any(k.startswith(prefix + "embeddings.") for k in sd):
+            sd = {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in sd.items()}
+            break
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+    for key, value in sd.items():
+        if key in _HF_TOP_MAP:
+            out[_HF_TOP_MAP[key]] = value
+            continue
+        m = _HF_LAYER.match(key)
+        if m is None:
+            out[key] = value
+            continue
+        layer, module, leaf = int(m.group(1)), m.group(2), m.group(3)
+        if module in _HF_QKV:
+            qkv.setdefault((layer, leaf), {})[_HF_QKV[module]] = value
+        elif module in _HF_BLOCK_MAP and leaf == "lambda1":
+            out[f"blocks.{layer}.{_HF_BLOCK_MAP[module]}"] = value
+        elif module in _HF_BLOCK_MAP:
+            out[f"blocks.{layer}.{_HF_BLOCK_MAP[module]}.{leaf}"] = value
+        else:
+            out[key] = value
+    for (layer, leaf), parts in qkv.items():
+        if set(parts) != {"q", "k", "v"}:
+            for name, value in parts.items():  # incomplete: surface as unexpected keys
+                out[f"encoder.layer.{layer}.attention.{name}_proj.{leaf}"] = value
+            continue
+        out[f"blocks.{layer}.attn.qkv.{leaf}"] = torch.cat([parts[c] for c in "qkv"], dim=0)
+    return out
+
+
+_CHUNKED_BLOCK = re.compile(r"^blocks\.\d+\.(\d+)\.")
+
+
+def official_dinov2_to_timm(
+    sd: dict[str, torch.Tensor], no_embed_class: bool
+) -> dict[str, torch.Tensor]:
+    """Official DINOv2 names -> timm ``VisionTransformer`` names (positional grid unchanged).
+
+    - ``register_tokens`` -> ``reg_token``; ``mask_token`` (pretraining only) is dropped.
+    - Register models are timm ``no_embed_class`` models: the official code adds
+      ``pos_embed[:, 0]`` to the CLS token, so it is folded into ``cls_token`` and
+      ``pos_embed`` keeps only the patch entries (1, M*M, C).
+    - FSDP-chunked ``blocks.<chunk>.<i>.`` -> ``blocks.<i>.``; ViT-g ``mlp.w12`` / ``mlp.w3``
+      -> ``mlp.fc1`` / ``mlp.fc2`` (timm's packed SwiGLU).
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        if key == "mask_token":
+            continue
+        key = _CHUNKED_BLOCK.sub(r"blocks.\1.", key)
+        key = key.replace(".mlp.w12.", ".mlp.fc1.").replace(".mlp.w3.", ".mlp.fc2.")
+        out["reg_token" if key == "register_tokens" else key] = value
+    if no_embed_class and "pos_embed" in out and "cls_token" in out:
+        pos = out["pos_embed"]
+        out["cls_token"] = out["cls_token"] + pos[:, :1]
+        out["pos_embed"] = pos[:, 1:]
+    return out
+
+
+def _pos_embed_for_grid(
+    pos: torch.Tensor, prefix_in_pos: int, grid_hw: tuple[int, int], mode: PosResize
+) -> torch.Tensor:
+    """timm ``pos_embed`` (1, prefix + N, C) -> the model's grid.
+
+    A table with h*w patch entries is taken to be at the model's grid already (a saved
+    fixed-size model); any other size must be a square pretraining grid and is interpolated.
+    """
+    head, patches = pos[:, :prefix_in_pos], pos[:, prefix_in_pos:]
+    if patches.shape[1] == grid_hw[0] * grid_hw[1]:
+        return pos
+    resized = resize_pos_embed(patches, grid_hw, mode).to(pos.dtype)
+    return torch.cat([head, resized], dim=1)
+
+
+def _dinov2_trunk_state(model: Backbone, sd: dict[str, torch.Tensor]) -> tuple[str, dict]:
+    trunk = model.trunk
+    no_embed_class = bool(getattr(trunk, "no_embed_class", False))
+    if any(k.startswith("embeddings.") or ".embeddings." in k for k in sd):
+        layout = "huggingface-dinov2"
+        sd = official_dinov2_to_timm(hf_dinov2_to_official(sd), no_embed_class)
+    elif "reg_token" in sd or not any(k in sd for k in ("mask_token", "register_tokens")):
+        layout = "timm"
+        sd = official_dinov2_to_timm(sd, no_embed_class=False)  # only renames ViT-g / chunks
+    else:
+        layout, sd = "official-dinov2", official_dinov2_to_timm(sd, no_embed_class)
+    if "pos_embed" in sd:
+        prefix_in_pos = 0 if no_embed_class else int(trunk.num_prefix_tokens)
+        sd["pos_embed"] = _pos_embed_for_grid(
+            sd["pos_embed"], prefix_in_pos, model.grid, model.pos_resize
+        )
+    return layout, sd
+
+
+def _dinov3_trunk_state(model: Backbone, sd: dict[str, torch.Tensor]) -> tuple[str, dict]:
+    if "storage_tokens" in sd:
+        from timm.models.eva import checkpoint_filter_fn
+
+        layout, sd = "official-dinov3", checkpoint_filter_fn(sd, model.trunk)
+    else:
+        layout = "timm"
+    # Checkpoints of the bias-free timm variant: their q/v biases are zero by construction.
+    for key, value in model.trunk.state_dict().items():
+        qkv_weight = key[: -len("q_bias")] + "qkv.weight"
+        if key.endswith(("attn.q_bias", "attn.v_bias")) and key not in sd and qkv_weight in sd:
+            sd[key] = torch.zeros_like(value)
+    return layout, sd
+
+
+def _resnet_trunk_state(model: Backbone, sd: dict[str, torch.Tensor]) -> tuple[str, dict]:
+    # torchvision and timm ResNet-50 share their names; the classifier is not part of it.
+    sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+    # BatchNorm step counters only matter for training with momentum=None; files saved
+    # without them load with zeros.
+    for key, value in model.trunk.state_dict().items():
+        mean_key = key.replace("num_batches_tracked", "running_mean")
+        if key.endswith("num_batches_tracked") and key not in sd and mean_key in sd:
+            sd[key] = torch.zeros_like(value)
+    return "torchvision-resnet", sd
+
+
+def load_backbone_weights(model: Backbone, path: str | Path) -> str:
+    """Load a checkpoint into ``model``; returns the layout that was recognised.
+
+    Accepted layouts:
+      - ``omama``: this module's own ``state_dict`` (``trunk.*`` and ``proj.*``), e.g. a
+        fine-tuned backbone; the projection is loaded too.
+      - ``official-dinov2``: torch-hub files (``dinov2_vitb14_reg4_pretrain.pth``), original
+        key names; the 37x37 positional table is interpolated to ``model.grid``.
+      - ``huggingface-dinov2``: ``model.safetensors`` of ``facebook/dinov2-*`` and
+        ``facebook/dinov2-with-registers-*`` (separate q/k/v fused here).
+      - ``timm``: timm names (e.g. timm's own DINOv2/DINOv3 files), any square positional grid.
+      - ``official-dinov3``: DINOv3 release files (``storage_tokens``), through timm's mapping.
+      - ``torchvision-resnet``: ``dino_resnet50_pretrain.pth`` (``fc.*`` ignored).
+    The projection to 768 is not part of official files and keeps its initialisation.
+    Raises ``OmamaError`` naming the file and up to 10 missing/unexpected keys, or the
+    first tensors whose shapes differ.
+    """
+    sd = read_state_dict(path)
+    own = model.state_dict()
+    if set(sd) == set(own):
+        layout, trunk_sd = "omama", {k[6:]: v for k, v in sd.items() if k.startswith("trunk.")}
+        proj_sd = {k[5:]: v for k, v in sd.items() if k.startswith("proj.")}
+    else:
+        convert = {
+            "dinov2": _dinov2_trunk_state,
+            "dinov3": _dinov3_trunk_state,
+            "resnet": _resnet_trunk_state,
+        }[model.spec.family]
+        try:
+            layout, trunk_sd = convert(model, dict(sd))
+        except OmamaError as exc:
+            raise OmamaError(f"{path}: {exc}") from exc
+        proj_sd = {}
+    expected = model.trunk.state_dict()
+    missing = set(expected) - set(trunk_sd)
+    unexpected = set(trunk_sd) - set(expected)
+    if missing or unexpected:
+        parts = [f"{path} does not match backbone {model.name} (read as {layout} layout)"]
+        if missing:
+            parts.append(f"missing {len(missing)} keys: {_head(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys: {_head(unexpected)}")
+        raise OmamaError("; ".join(parts))
+    wrong = [
+        f"{k} {tuple(trunk_sd[k].shape)} in file vs {tuple(v.shape)} in model"
+        for k, v in expected.items()
+        if trunk_sd[k].shape != v.shape
+    ]
+    if wrong:
+        hint = " (was the model built for another image size?)" if layout == "omama" else ""
+        raise OmamaError(
+            f"{path} has tensors of other shapes than backbone {model.name}{hint}: "
+            + "; ".join(wrong[:5])
+            + (f"; ... ({len(wrong) - 5} more)" if len(wrong) > 5 else "")
+        )
+    with torch.no_grad():
+        model.trunk.load_state_dict(trunk_sd, strict=True)
+        if proj_sd:
+            model.proj.load_state_dict(proj_sd, strict=True)
+    return layout

@@ -1,0 +1,145 @@
+"""Image and mask preprocessing for the backbones (OMAMA_REFERENCE section 3), torch-free.
+
+- Images are RGB uint8, scaled to [0, 1] (``ToTensor``) and normalised with the ImageNet
+  mean/std, giving float32 (3, H, W).
+- Their size is rounded *down* to a multiple of the patch size (14) with a nearest-neighbour
+  resize, only when needed: ego 704x704 -> 700x700 (50x50 tokens), exo 540x960 -> 532x952
+  (38x68 tokens).
+- Masks are resized (nearest) to the image size.
+
+Nearest-neighbour rounding differs between libraries, so it is explicit here: the O-MaMa
+code resizes images and ground-truth masks with OpenCV (``INTER_NEAREST``: source index
+``floor(i * (1 / (out / in)))`` in float64), and candidate masks with
+``torch.nn.functional.interpolate(mode="nearest")`` (``floor(i * float32(in / out))``). The
+two disagree on some sizes (540 -> 532 picks another row 399), so each caller names the rule
+of the reference step it reproduces. The torch twin ``omama_train.models.preprocess`` uses
+the same index functions and gives bit-identical tensors.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from runtime.errors import OmamaError
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+PATCH_SIZE_PX = 14
+
+NearestRule = Literal["opencv", "torch"]
+NEAREST_RULES: tuple[str, ...] = ("opencv", "torch")
+
+
+def patch_multiple_size(h: int, w: int, patch: int = PATCH_SIZE_PX) -> tuple[int, int]:
+    """``(h, w)`` rounded down to multiples of ``patch``: (704, 704) -> (700, 700)."""
+    if patch <= 0:
+        raise OmamaError(f"patch size must be positive, got {patch}")
+    if h < patch or w < patch:
+        raise OmamaError(f"image of {h}x{w} px is smaller than one {patch}x{patch} px patch")
+    return (h // patch) * patch, (w // patch) * patch
+
+
+def nearest_indices(size_in: int, size_out: int, rule: NearestRule = "opencv") -> np.ndarray:
+    """Source index of every output pixel of a 1-D nearest-neighbour resize.
+
+    Returns int64 (size_out,). ``rule="opencv"`` reproduces ``cv2.resize(INTER_NEAREST)``,
+    ``rule="torch"`` reproduces ``F.interpolate(mode="nearest")`` with an output size.
+    """
+    if size_in <= 0 or size_out <= 0:
+        raise OmamaError(f"resize sizes must be positive, got {size_in} -> {size_out}")
+    out = np.arange(size_out)
+    if rule == "opencv":
+        # OpenCV computes the inverse of the (double) scale, then floors.
+        src = np.floor(out * (1.0 / (size_out / size_in)))
+    elif rule == "torch":
+        # PyTorch's CPU/CUDA kernels work in float32 with scale = in / out.
+        scale = np.float32(size_in) / np.float32(size_out)
+        src = np.floor(out.astype(np.float32) * scale)
+    else:
+        raise OmamaError(f"nearest rule must be one of {', '.join(NEAREST_RULES)}, got {rule!r}")
+    return np.minimum(src.astype(np.int64), size_in - 1)
+
+
+def resize_nearest_hw(
+    array: np.ndarray, size_hw: tuple[int, int], axes: tuple[int, int], rule: NearestRule
+) -> np.ndarray:
+    """Nearest-neighbour resize of the two ``axes`` (rows, columns) of ``array`` to ``size_hw``."""
+    h_in, w_in = array.shape[axes[0]], array.shape[axes[1]]
+    h_out, w_out = int(size_hw[0]), int(size_hw[1])
+    if (h_in, w_in) == (h_out, w_out):
+        return array
+    rows = nearest_indices(h_in, h_out, rule)
+    cols = nearest_indices(w_in, w_out, rule)
+    return np.take(np.take(array, rows, axis=axes[0]), cols, axis=axes[1])
+
+
+def resize_mask_nearest(
+    mask: np.ndarray, size_hw: tuple[int, int], rule: NearestRule = "opencv"
+) -> np.ndarray:
+    """Resize a mask (H, W) or a stack of masks (N, H, W) to ``size_hw`` = (h, w), nearest.
+
+    The dtype is kept. ``rule="opencv"`` matches how O-MaMa resizes ground-truth masks,
+    ``rule="torch"`` how it resizes FastSAM candidate masks of another size.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim not in (2, 3):
+        raise OmamaError(f"mask must be (H, W) or (N, H, W), got shape {mask.shape}")
+    return resize_nearest_hw(mask, size_hw, axes=(mask.ndim - 2, mask.ndim - 1), rule=rule)
+
+
+def _normalisation_lut() -> np.ndarray:
+    """float32 (3, 256): the normalised value of every uint8 level per channel.
+
+    Computed with the same float32 operations as ``ToTensor`` + ``Normalize``
+    (x / 255, then (x - mean) / std), so a table lookup is bit-identical to them.
+    """
+    levels = np.arange(256, dtype=np.float32) / np.float32(255)
+    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)[:, None]
+    std = np.asarray(IMAGENET_STD, dtype=np.float32)[:, None]
+    return (levels[None, :] - mean) / std
+
+
+_LUT = _normalisation_lut()
+
+
+def normalize_image(rgb: np.ndarray) -> np.ndarray:
+    """RGB uint8 (H, W, 3) -> ImageNet-normalised float32 (3, H, W), no resizing."""
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise OmamaError(
+            f"image must be RGB uint8 of shape (H, W, 3), got {rgb.dtype} {tuple(rgb.shape)}"
+        )
+    out = np.empty((3, rgb.shape[0], rgb.shape[1]), dtype=np.float32)
+    for c in range(3):
+        out[c] = _LUT[c][rgb[:, :, c]]
+    return out
+
+
+def preprocess_image(
+    rgb: np.ndarray, size_hw: tuple[int, int] | None = None, patch: int = PATCH_SIZE_PX
+) -> np.ndarray:
+    """RGB uint8 (H, W, 3) -> normalised float32 (3, h, w) ready for the backbone.
+
+    Without ``size_hw`` the image is resized (nearest, OpenCV rule) to
+    ``patch_multiple_size(H, W, patch)`` when it is not already that size. With ``size_hw``
+    it is resized (nearest) to exactly that size, e.g. (800, 800) for a patch-16 backbone
+    keeping the 50x50 token grid.
+    """
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise OmamaError(f"image must be RGB of shape (H, W, 3), got {tuple(rgb.shape)}")
+    target = patch_multiple_size(rgb.shape[0], rgb.shape[1], patch) if size_hw is None else size_hw
+    return normalize_image(resize_nearest_hw(rgb, target, axes=(0, 1), rule="opencv"))
+
+
+def model_input_size(h: int, w: int, patch: int = PATCH_SIZE_PX) -> tuple[int, int]:
+    """Input size that keeps the patch-14 token grid of an ``h`` x ``w`` px image.
+
+    The matcher's positional tables fix the token grids (50x50 ego, 38x68 exo), so backbones
+    with another patch size (DINOv3: 16, ResNet-50: stride 32) see the same grid times their
+    patch: (704, 704) -> (700, 700) at 14, (800, 800) at 16, (1600, 1600) at 32.
+    """
+    ph, pw = patch_multiple_size(h, w, PATCH_SIZE_PX)
+    return ph // PATCH_SIZE_PX * patch, pw // PATCH_SIZE_PX * patch
