@@ -18,11 +18,5 @@ COMMAND_MODULES = ("prepare", "pairs", "masks", "synth", "gt", "baseline")
 def register(app: typer.Typer) -> None:
     data_app = new_app("Prepare Ego-Exo4D takes: frames, annotations, pairs, candidate masks.")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"omama_train.data.{name}")
-        except ModuleNotFoundError as exc:  # module still being written (removed at integration)
-            if exc.name != f"omama_train.data.{name}":
-                raise
-            continue
-        module.add_commands(data_app)
+        importlib.import_module(f"omama_train.data.{name}").add_commands(data_app)
     app.add_typer(data_app, name="data")

@@ -1,0 +1,469 @@
+"""``omama data masks``: candidate masks for every destination frame of a pairs file.
+
+For each unique destination frame (take, destination cam, frame) of
+``ROOT/dataset_jsons/<split>_<exoego|egoexo>_pairs.json`` this writes
+``ROOT/Masks_<SPLIT>_<DIRECTION>/<take>/<cam>/<frame>_masks.npz`` and ``_boxes.npy``
+(layout: :mod:`runtime.candidates`), from FastSAM's "everything" mode on the processed jpg
+(:func:`omama_train.models.fastsam.segment_everything`), or, with ``from_annotations``,
+from the ground-truth masks of every object annotated in that frame (a stand-in for tests
+and the synthetic demo when no FastSAM weights are at hand; it makes the task easier than
+real candidates do, so numbers obtained with it are not comparable to published ones).
+
+Work is sharded deterministically (shard i of n takes the sorted frames ``[i::n]``),
+resumable (a frame whose two files exist and agree is skipped), atomic per file, and ends
+with a JSON report ``ROOT/masks_report_<split>_<direction>[_shard_i_n].json``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+import typer
+
+from runtime.atomic import write_json
+from runtime.candidates import (
+    Candidates,
+    candidates_complete,
+    resize_masks_nearest,
+    write_candidates,
+)
+from runtime.egoexo import (
+    Pair,
+    ProcessedRoot,
+    candidate_paths,
+    candidates_dir,
+    check_direction,
+    pairs_path,
+    read_pairs,
+)
+from runtime.errors import OmamaError
+from runtime.rle import decode
+
+PREFETCH_FRAMES = 4  # images decoded ahead of the model
+SOURCE_FILE = "candidates_source.json"
+
+
+class DestinationFrame(NamedTuple):
+    """One destination image: candidates are computed once per (take, cam, frame)."""
+
+    take: str
+    cam: str
+    frame: int
+
+    def __str__(self) -> str:
+        return f"{self.take}/{self.cam}/{self.frame}"
+
+
+@dataclass(frozen=True)
+class FastSAMSettings:
+    """FastSAM "everything" parameters (O-MaMa's: 1024, 0.4, 0.9, retina masks)."""
+
+    imgsz: int = 1024
+    conf: float = 0.4
+    iou: float = 0.9
+    retina_masks: bool = True
+    device: str = "cpu"
+
+
+def destination_frames(pairs: Iterable[Pair], direction: str) -> list[DestinationFrame]:
+    """Sorted unique destination frames of ``pairs`` for ``direction``."""
+    check_direction(direction)
+    return sorted(
+        {DestinationFrame(p.take, p.destination_cam(direction), int(p.frame)) for p in pairs}
+    )
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` (0-based, 0 <= i < n) -> (i, n)."""
+    try:
+        index_text, count_text = text.split("/")
+        index, count = int(index_text), int(count_text)
+    except ValueError as exc:
+        raise OmamaError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from exc
+    if count < 1 or not 0 <= index < count:
+        raise OmamaError(f"--shard i/n needs n >= 1 and 0 <= i < n, got {text!r}")
+    return index, count
+
+
+def select_shard(frames: list[DestinationFrame], index: int, count: int) -> list[DestinationFrame]:
+    """Shard ``index`` of ``count`` of the sorted frames: every count-th from ``index``."""
+    return sorted(frames)[index::count]
+
+
+def report_path(root: Path, split: str, direction: str, shard: tuple[int, int] = (0, 1)) -> Path:
+    """``ROOT/masks_report_<split>_<direction>[_shard_i_n].json``."""
+    suffix = "" if shard[1] == 1 else f"_shard_{shard[0]}_{shard[1]}"
+    return Path(root) / f"masks_report_{split}_{check_direction(direction)}{suffix}.json"
+
+
+def candidates_source(weights: Path | None, settings: FastSAMSettings | None) -> dict:
+    """What made a candidates folder: ground truth, or FastSAM weights and settings.
+
+    The device is left out on purpose: shards may run on CPUs and GPUs alike.
+    """
+    if weights is None or settings is None:
+        return {"mode": "annotations"}
+    return {
+        "mode": "fastsam",
+        "weights_name": Path(weights).name,
+        "weights_bytes": Path(weights).stat().st_size,
+        "imgsz": settings.imgsz,
+        "conf": settings.conf,
+        "iou": settings.iou,
+        "retina_masks": settings.retina_masks,
+    }
+
+
+def check_source(out_dir: Path, source: dict) -> None:
+    """Refuse to resume into a folder whose candidates were made another way.
+
+    Resuming skips finished frames, so mixing sources (say ground-truth stand-ins and
+    FastSAM) would go unnoticed; ``out_dir/candidates_source.json`` records the source.
+    """
+    path = Path(out_dir) / SOURCE_FILE
+    if not path.is_file():
+        return
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise OmamaError(
+            f"{path} is not readable JSON ({exc}); delete it if the folder is yours"
+        ) from exc
+    if recorded != source:
+        raise OmamaError(
+            f"{out_dir} holds candidates made by {recorded}, this run would add {source}: "
+            "delete that folder (or use another root) to switch"
+        )
+
+
+def annotation_candidates(
+    index: ProcessedRoot, frame: DestinationFrame, size_hw: tuple[int, int]
+) -> Candidates:
+    """Ground-truth masks of every object with a mask in this frame, as candidates.
+
+    Masks (stored at the video's resolution) are nearest-resized to ``size_hw`` (H, W);
+    objects are in name order; masks that come out empty are left out. Boxes are the tight
+    boxes of the resized masks.
+    """
+    masks = []
+    for obj in index.objects(frame.take):
+        rle = index.mask_rle(frame.take, obj, frame.cam, frame.frame)
+        if rle is None:
+            continue
+        mask = resize_masks_nearest(decode(rle)[None], size_hw)
+        if mask.any():
+            masks.append(mask[0])
+    if not masks:
+        return Candidates.empty(size_hw)
+    return Candidates.from_masks(np.stack(masks))
+
+
+def _read_image_bgr(path: Path) -> np.ndarray | None:
+    if not path.is_file():
+        return None
+    return cv2.imread(str(path), cv2.IMREAD_COLOR)
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in ("omama", "numpy", "opencv-python-headless", "torch", "ultralytics"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def fastsam_source(
+    weights: Path, settings: FastSAMSettings
+) -> Callable[[DestinationFrame, np.ndarray], Candidates]:
+    """A candidate maker running FastSAM on the frame's image (weights loaded once)."""
+    from omama_train.models.fastsam import load_fastsam, segment_everything
+
+    if settings.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise OmamaError(f"--device {settings.device} asked for, but torch sees no CUDA GPU")
+    model = load_fastsam(weights)
+
+    def make(frame: DestinationFrame, image_bgr: np.ndarray) -> Candidates:
+        masks, boxes = segment_everything(
+            model,
+            cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB),
+            imgsz=settings.imgsz,
+            conf=settings.conf,
+            iou=settings.iou,
+            retina_masks=settings.retina_masks,
+            device=settings.device,
+        )
+        return Candidates(masks, boxes)
+
+    return make
+
+
+def annotation_source(root: Path) -> Callable[[DestinationFrame, np.ndarray], Candidates]:
+    """A candidate maker returning the frame's ground-truth masks (see annotation_candidates)."""
+    index = ProcessedRoot(root)
+
+    def make(frame: DestinationFrame, image_bgr: np.ndarray) -> Candidates:
+        return annotation_candidates(index, frame, image_bgr.shape[:2])
+
+    return make
+
+
+def extract_candidates(
+    root: Path,
+    split: str,
+    direction: str,
+    make_candidates: Callable[[DestinationFrame, np.ndarray], Candidates],
+    *,
+    pairs_file: Path | None = None,
+    shard: tuple[int, int] = (0, 1),
+    progress: bool = True,
+    report_extra: dict | None = None,
+    io_threads: int = 4,
+    source: dict | None = None,
+) -> dict:
+    """Write the candidates of this shard's destination frames; returns the report dict.
+
+    ``make_candidates(frame, image_bgr)`` computes one frame's :class:`Candidates` at the
+    image's size. Frames already complete are skipped; missing or unreadable images are
+    reported and skipped (nothing is written for them). Image reading and the compressed
+    writes run in worker threads (``io_threads`` writers; zlib releases the GIL), so the
+    model does not wait on disk or compression. With ``source`` (:func:`candidates_source`)
+    the output folder records how its candidates were made and refuses other sources.
+    """
+    if io_threads < 1:
+        raise OmamaError(f"--io-threads must be at least 1, got {io_threads}")
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    root = Path(root)
+    check_direction(direction)
+    pairs_file = Path(pairs_file) if pairs_file is not None else pairs_path(root, split, direction)
+    frames_all = destination_frames(read_pairs(pairs_file), direction)
+    frames = select_shard(frames_all, *shard)
+
+    todo: list[DestinationFrame] = []
+    skipped: list[str] = []
+    redone: list[str] = []
+    for frame in frames:
+        masks_path, boxes_path = candidate_paths(root, split, direction, *frame)
+        if candidates_complete(masks_path, boxes_path):
+            skipped.append(str(frame))
+        else:
+            if masks_path.exists() or boxes_path.exists():
+                redone.append(str(frame))
+            todo.append(frame)
+
+    out_dir = candidates_dir(root, split, direction)
+    if source is not None:
+        check_source(out_dir, source)
+        if todo and not (out_dir / SOURCE_FILE).is_file():
+            write_json(out_dir / SOURCE_FILE, source, indent=2)
+
+    missing: list[str] = []
+    unreadable: list[str] = []
+    zero: list[str] = []
+    counts: list[int] = []
+    compute_s = 0.0
+    index = ProcessedRoot(root)
+    pending: deque[Future] = deque()
+    with (
+        ThreadPoolExecutor(max_workers=1) as reader,
+        ThreadPoolExecutor(max_workers=io_threads) as writers,
+        tqdm(
+            total=len(todo),
+            desc=f"masks {split} {direction}",
+            unit="frame",
+            file=sys.stderr,
+            disable=not progress,
+        ) as bar,
+    ):
+        paths = [index.image_path(*frame) for frame in todo]
+        reads: deque[Future] = deque(
+            reader.submit(_read_image_bgr, path) for path in paths[:PREFETCH_FRAMES]
+        )
+        for i, frame in enumerate(todo):
+            image = reads.popleft().result()
+            if i + PREFETCH_FRAMES < len(todo):
+                reads.append(reader.submit(_read_image_bgr, paths[i + PREFETCH_FRAMES]))
+            if image is None:
+                (missing if not paths[i].is_file() else unreadable).append(str(frame))
+                bar.update(1)
+                continue
+            t0 = time.perf_counter()
+            candidates = make_candidates(frame, image)
+            compute_s += time.perf_counter() - t0
+            if candidates.size_hw != image.shape[:2]:
+                raise OmamaError(
+                    f"candidates of {frame} are {candidates.size_hw}, image is {image.shape[:2]}"
+                )
+            counts.append(len(candidates))
+            if len(candidates) == 0:
+                zero.append(str(frame))
+            masks_path, boxes_path = candidate_paths(root, split, direction, *frame)
+            pending.append(writers.submit(write_candidates, masks_path, boxes_path, candidates))
+            while len(pending) > 2 * io_threads:  # bounds the masks held in memory
+                pending.popleft().result()
+            bar.set_postfix(candidates=len(candidates))
+            bar.update(1)
+        for future in pending:
+            future.result()
+
+    elapsed = time.perf_counter() - started
+    report = {
+        "split": split,
+        "direction": direction,
+        "pairs_file": str(pairs_file),
+        "output_dir": str(out_dir),
+        "source": source,
+        "shard": list(shard),
+        "frames_total": len(frames_all),
+        "frames_in_shard": len(frames),
+        "written": len(counts),
+        "skipped_complete": len(skipped),
+        "redone_incomplete": redone,
+        "zero_candidates": zero,
+        "missing_images": missing,
+        "unreadable_images": unreadable,
+        "candidates": {
+            "total": int(sum(counts)),
+            "mean": float(np.mean(counts)) if counts else 0.0,
+            "min": int(min(counts)) if counts else 0,
+            "max": int(max(counts)) if counts else 0,
+        },
+        "timing": {
+            "seconds_total": round(elapsed, 3),
+            "compute_ms_per_frame": round(1000 * compute_s / len(counts), 2) if counts else None,
+        },
+        "finished_at": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "processor": platform.processor()},
+        "versions": _versions(),
+        **(report_extra or {}),
+    }
+    write_json(report_path(root, split, direction, shard), report, indent=2)
+    return report
+
+
+def summary_line(report: dict, path: Path) -> str:
+    shard = "" if report["shard"][1] == 1 else f" (shard {report['shard'][0]}/{report['shard'][1]})"
+    cands = report["candidates"]
+    per_frame = report["timing"]["compute_ms_per_frame"]
+    return (
+        f"{report['frames_in_shard']} destination frames{shard} of {report['frames_total']}: "
+        f"{report['written']} written, {report['skipped_complete']} already done, "
+        f"{len(report['missing_images'])} missing images, "
+        f"{len(report['unreadable_images'])} unreadable; "
+        f"{len(report['zero_candidates'])} with zero candidates; "
+        f"{cands['total']} candidates (mean {cands['mean']:.1f}, max {cands['max']}); "
+        + (f"{per_frame:.0f} ms/frame; " if per_frame is not None else "")
+        + f"report: {path}"
+    )
+
+
+def add_commands(data_app: typer.Typer) -> None:
+    @data_app.command("masks")
+    def masks_command(
+        root: Path = typer.Option(..., "--root", help="Processed root (from omama data prepare)."),
+        direction: str = typer.Option(..., "--direction", help="exo2ego or ego2exo."),
+        split: str = typer.Option("test", "--split", help="Split whose pairs are processed."),
+        pairs: Path | None = typer.Option(
+            None,
+            "--pairs",
+            help="Pairs JSON (default: ROOT/dataset_jsons/<split>_<exoego|egoexo>_pairs.json).",
+        ),
+        weights: Path | None = typer.Option(
+            None, "--weights", help="FastSAM checkpoint, e.g. FastSAM-x.pt (never downloaded)."
+        ),
+        from_annotations: bool = typer.Option(
+            False,
+            "--from-annotations",
+            help="No FastSAM: use the ground-truth masks of all objects annotated in each "
+            "destination frame as its candidates. A stand-in for tests and the synthetic "
+            "demo; it makes matching easier than real FastSAM candidates.",
+        ),
+        imgsz: int = typer.Option(1024, "--imgsz", help="FastSAM input size (pixels)."),
+        conf: float = typer.Option(0.4, "--conf", help="FastSAM confidence threshold."),
+        iou: float = typer.Option(0.9, "--iou", help="FastSAM NMS IoU threshold."),
+        retina: bool = typer.Option(
+            True, "--retina/--no-retina", help="Masks at image resolution (reference setting)."
+        ),
+        shard: str = typer.Option(
+            "0/1", "--shard", help="Process shard i of n (0-based), e.g. 0/4 ... 3/4."
+        ),
+        device: str | None = typer.Option(
+            None, "--device", help="cpu, cuda or cuda:N (default: cuda when available)."
+        ),
+        io_threads: int = typer.Option(
+            4, "--io-threads", help="Threads compressing and writing mask files."
+        ),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
+    ) -> None:
+        """Candidate masks (FastSAM everything mode) for every destination frame of a pairs file.
+
+        Writes ROOT/Masks_<SPLIT>_<DIRECTION>/<take>/<cam>/<frame>_masks.npz (arr_0: N x H x W
+        uint8) and _boxes.npy (N x 4 float32 x1, y1, w, h) at the processed image's size.
+        Resumable (finished frames are skipped), shardable across processes or machines,
+        and reports to ROOT/masks_report_<split>_<direction>[_shard_i_n].json.
+
+        Example: omama data masks --root data/omama --direction exo2ego --split test --weights FastSAM-x.pt --shard 0/4
+        """  # noqa: E501
+        check_direction(direction)
+        shard_tuple = parse_shard(shard)
+        if from_annotations == (weights is not None):
+            raise OmamaError(
+                "pass either --weights FastSAM-x.pt or --from-annotations (not both, not neither)"
+            )
+        extra: dict
+        if from_annotations:
+            source = candidates_source(None, None)
+            check_source(candidates_dir(root, split, direction), source)
+            make = annotation_source(root)
+            extra = {"mode": "annotations", "weights": None, "fastsam": None}
+        else:
+            settings = FastSAMSettings(imgsz, conf, iou, retina, device or _default_device())
+            t0 = time.perf_counter()
+            make = fastsam_source(weights, settings)
+            source = candidates_source(weights, settings)
+            check_source(candidates_dir(root, split, direction), source)
+            extra = {
+                "mode": "fastsam",
+                "weights": str(weights),
+                "fastsam": asdict(settings),
+                "model_load_s": round(time.perf_counter() - t0, 3),
+            }
+        report = extract_candidates(
+            root,
+            split,
+            direction,
+            make,
+            pairs_file=pairs,
+            shard=shard_tuple,
+            progress=progress,
+            report_extra=extra,
+            io_threads=io_threads,
+            source=source,
+        )
+        typer.echo(summary_line(report, report_path(root, split, direction, shard_tuple)))
