@@ -12,6 +12,10 @@ an empty (0, 0, 0) mask array (the size is then unknown) are read as zero candid
 
 Writers put the boxes file first and the masks file last, each atomically, so a frame is
 complete exactly when both files exist and agree (:func:`candidates_complete`).
+
+Masks of another size than the image the caller works on are resized the way O-MaMa resizes
+FastSAM candidate masks, with ``F.interpolate(mode="nearest")`` (the ``torch`` rule of
+:mod:`runtime.preprocess`, which differs from OpenCV's on e.g. 540 -> 532 rows).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from __future__ import annotations
 import os
 import zipfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +33,8 @@ import numpy as np
 from runtime.atomic import atomic_path
 from runtime.egoexo import candidate_paths
 from runtime.errors import OmamaError
+from runtime.pooling import mask_boxes
+from runtime.preprocess import resize_mask_nearest
 
 MASKS_KEY = "arr_0"
 NPZ_LEVEL = 1  # zlib level of the masks npz (see write_candidates)
@@ -63,17 +71,20 @@ class Candidates:
 
     @classmethod
     def from_masks(cls, masks: np.ndarray) -> Candidates:
-        """Candidates whose boxes are the tight boxes of the masks (:func:`boxes_from_masks`)."""
+        """Candidates from (N, H, W) 0/1 masks, boxed by their tight boxes
+        (:func:`runtime.pooling.mask_boxes`: x1 = xmin, w = xmax - xmin, empty -> zeros)."""
         masks = np.ascontiguousarray(masks, dtype=np.uint8)
-        return cls(masks, boxes_from_masks(masks))
+        return cls(masks, mask_boxes(masks))
 
     def resized(self, size_hw: tuple[int, int]) -> Candidates:
-        """The same candidates on an (H', W') image: masks nearest-resized, boxes rescaled."""
+        """The same candidates on an (H', W') image: boxes rescaled, masks nearest-resized
+        with the torch rule, as O-MaMa resizes FastSAM masks of another size than its image
+        (``F.interpolate(mode="nearest")``)."""
         size_hw = _check_size(size_hw)
         if size_hw == self.size_hw:
             return self
         return Candidates(
-            resize_masks_nearest(self.masks, size_hw),
+            np.ascontiguousarray(resize_mask_nearest(self.masks, size_hw, rule="torch")),
             scale_boxes(self.boxes, self.size_hw, size_hw),
         )
 
@@ -125,31 +136,6 @@ def _describe(array: object) -> str:
     return type(array).__name__
 
 
-def boxes_from_masks(masks: np.ndarray) -> np.ndarray:
-    """Tight boxes of binary masks, as O-MaMa boxes its query mask.
-
-    Arguments:
-        masks: (N, H, W), any dtype; nonzero is foreground.
-    Returns:
-        (N, 4) float32 ``x1, y1, w, h`` with x1 = xmin, w = xmax - xmin (pixel indices, so a
-        one-pixel mask has w = 0); an empty mask gives (0, 0, 0, 0).
-    """
-    if masks.ndim != 3:
-        raise OmamaError(f"boxes_from_masks expects (N, H, W) masks, got shape {masks.shape}")
-    n, h, w = masks.shape
-    # Row/column projections: O(N*H*W) once, no np.where per mask.
-    rows = masks.any(axis=2)  # (N, H)
-    cols = masks.any(axis=1)  # (N, W)
-    nonempty = rows.any(axis=1)
-    ymin = rows.argmax(axis=1)
-    ymax = h - 1 - rows[:, ::-1].argmax(axis=1)
-    xmin = cols.argmax(axis=1)
-    xmax = w - 1 - cols[:, ::-1].argmax(axis=1)
-    boxes = np.stack([xmin, ymin, xmax - xmin, ymax - ymin], axis=1).astype(np.float32)
-    boxes[~nonempty] = 0.0
-    return boxes.reshape(n, 4)
-
-
 def scale_boxes(boxes: np.ndarray, from_hw: tuple[int, int], to_hw: tuple[int, int]) -> np.ndarray:
     """Rescale (N, 4) ``x1, y1, w, h`` boxes from an (H, W) grid to an (H', W') grid.
 
@@ -158,23 +144,6 @@ def scale_boxes(boxes: np.ndarray, from_hw: tuple[int, int], to_hw: tuple[int, i
     (h0, w0), (h1, w1) = _check_size(from_hw), _check_size(to_hw)
     scale = np.array([w1 / w0, h1 / h0, w1 / w0, h1 / h0], dtype=np.float64)
     return (boxes.astype(np.float64) * scale).astype(np.float32)
-
-
-def nearest_indices(size_in: int, size_out: int) -> np.ndarray:
-    """Source index of each output pixel for nearest resizing: floor(i * in / out).
-
-    Exact integer arithmetic; equals OpenCV's INTER_NEAREST (torch's float 'nearest'
-    can be one pixel off, e.g. for 540 -> 532).
-    """
-    return (np.arange(size_out, dtype=np.int64) * size_in) // size_out
-
-
-def resize_masks_nearest(masks: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of (N, H, W) masks to (N, H', W'); works for any N (incl. 0)."""
-    h1, w1 = _check_size(size_hw)
-    rows = nearest_indices(masks.shape[1], h1)
-    cols = nearest_indices(masks.shape[2], w1)
-    return np.ascontiguousarray(masks[:, rows][:, :, cols])
 
 
 def write_candidates(masks_path: Path, boxes_path: Path, candidates: Candidates) -> None:
@@ -198,25 +167,35 @@ def write_candidates(masks_path: Path, boxes_path: Path, candidates: Candidates)
         os.fsync(fh.fileno())
 
 
-def _read_boxes(boxes_path: Path) -> np.ndarray:
+_READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+@contextmanager
+def _read_errors(path: Path, kind: str) -> Iterator[None]:
+    """Turn a failed read of a ``kind`` ("boxes" .npy or "masks" .npz) file into an
+    :class:`OmamaError` naming the file."""
     try:
-        boxes = np.load(boxes_path, allow_pickle=False)
+        yield
     except FileNotFoundError as exc:
-        raise OmamaError(f"candidate boxes file not found: {boxes_path}") from exc
-    except (ValueError, OSError, EOFError) as exc:
-        raise OmamaError(f"{boxes_path}: not a readable .npy array ({exc})") from exc
+        raise OmamaError(f"candidate {kind} file not found: {path}") from exc
+    except KeyError as exc:  # zipfile: the archive has no such member
+        raise OmamaError(f"{path}: no '{MASKS_KEY}' array inside") from exc
+    except _READ_ERRORS as exc:
+        what = ".npy array" if kind == "boxes" else ".npz archive"
+        raise OmamaError(f"{path}: not a readable {what} ({exc})") from exc
+
+
+def _read_boxes(boxes_path: Path) -> np.ndarray:
+    with _read_errors(boxes_path, "boxes"):
+        boxes = np.load(boxes_path, allow_pickle=False)
     if not isinstance(boxes, np.ndarray):
         raise OmamaError(f"{boxes_path}: expected one .npy array, found an archive")
     return boxes
 
 
 def _read_masks(masks_path: Path) -> np.ndarray:
-    try:
+    with _read_errors(masks_path, "masks"):
         loaded = np.load(masks_path, allow_pickle=False)
-    except FileNotFoundError as exc:
-        raise OmamaError(f"candidate masks file not found: {masks_path}") from exc
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-        raise OmamaError(f"{masks_path}: not a readable .npz archive ({exc})") from exc
     if not hasattr(loaded, "files"):  # a plain array: np.load found .npy data, not an archive
         raise OmamaError(f"{masks_path}: expected an .npz archive holding '{MASKS_KEY}'")
     with loaded as npz:
@@ -224,7 +203,7 @@ def _read_masks(masks_path: Path) -> np.ndarray:
             raise OmamaError(f"{masks_path}: no '{MASKS_KEY}' array inside (found {npz.files})")
         try:
             return npz[MASKS_KEY]
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        except _READ_ERRORS as exc:
             raise OmamaError(f"{masks_path}: '{MASKS_KEY}' is unreadable ({exc})") from exc
 
 
@@ -236,7 +215,8 @@ def read_candidates(
     Arguments:
         masks_path, boxes_path: the ``_masks.npz`` / ``_boxes.npy`` pair.
         image_size_hw: (H, W) of the image the caller works on. When it differs from the
-            stored mask size, masks are nearest-resized and boxes rescaled to it. Required
+            stored mask size, masks are nearest-resized (torch rule, as O-MaMa resizes
+            FastSAM masks) and boxes rescaled to it (:meth:`Candidates.resized`). Required
             to give a size to legacy empty (0, 0, 0) mask files.
     Returns:
         :class:`Candidates` with masks (N, H, W) uint8 and boxes (N, 4) float32.
@@ -275,22 +255,14 @@ def inspect_candidates(masks_path: Path, boxes_path: Path) -> tuple[int, int, in
     naming the file otherwise. Use :func:`read_candidates` for the full validation.
     """
     masks_path, boxes_path = Path(masks_path), Path(boxes_path)
-    try:
-        with open(boxes_path, "rb") as fh:
-            box_shape, box_dtype = _npy_header(fh)
-    except FileNotFoundError as exc:
-        raise OmamaError(f"candidate boxes file not found: {boxes_path}") from exc
-    except (ValueError, OSError, EOFError) as exc:
-        raise OmamaError(f"{boxes_path}: not a readable .npy array ({exc})") from exc
-    try:
-        with zipfile.ZipFile(masks_path) as zf, zf.open(f"{MASKS_KEY}.npy") as fh:
-            mask_shape, mask_dtype = _npy_header(fh)
-    except FileNotFoundError as exc:
-        raise OmamaError(f"candidate masks file not found: {masks_path}") from exc
-    except KeyError as exc:
-        raise OmamaError(f"{masks_path}: no '{MASKS_KEY}' array inside") from exc
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-        raise OmamaError(f"{masks_path}: not a readable .npz archive ({exc})") from exc
+    with _read_errors(boxes_path, "boxes"), open(boxes_path, "rb") as fh:
+        box_shape, box_dtype = _npy_header(fh)
+    with (
+        _read_errors(masks_path, "masks"),
+        zipfile.ZipFile(masks_path) as zf,
+        zf.open(f"{MASKS_KEY}.npy") as fh,
+    ):
+        mask_shape, mask_dtype = _npy_header(fh)
     if len(mask_shape) != 3 or mask_dtype not in (np.dtype(np.uint8), np.dtype(np.bool_)):
         raise OmamaError(
             f"{masks_path}: masks must be (N, H, W) uint8, got {mask_shape} {mask_dtype}"

@@ -18,8 +18,8 @@ Index conventions follow PyTorch, which the reference code uses:
 
 * bilinear, align_corners=False: ``src = max((dst + 0.5) * in / out - 0.5, 0)`` in float32
   (with PyTorch's fused multiply-add, so the weights are PyTorch's to the bit);
-* nearest (``F.interpolate(mode="nearest")``): ``src = min(floor(dst * s), in - 1)`` with
-  ``s = float32(in) / out`` computed in float32 (OpenCV's INTER_NEAREST differs slightly).
+* nearest (``F.interpolate(mode="nearest")``): the ``rule="torch"`` indices of
+  :func:`runtime.preprocess.nearest_indices` (OpenCV's INTER_NEAREST differs slightly).
 
 Masks are binary: any non-zero value is foreground.
 """
@@ -30,6 +30,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from runtime import preprocess
 from runtime.errors import OmamaError
 
 CONTEXT_PX = 100
@@ -78,25 +79,6 @@ def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
     return _bilinear_matrix(int(in_size), int(out_size))
 
 
-@lru_cache(maxsize=64)
-def _nearest_indices(in_size: int, out_size: int) -> np.ndarray:
-    if out_size == in_size:
-        index = np.arange(out_size, dtype=np.int64)
-    elif out_size == 2 * in_size:  # PyTorch's exact shortcut for doubling
-        index = np.arange(out_size, dtype=np.int64) >> 1
-    else:
-        scale = np.float32(in_size) / np.float32(out_size)
-        index = np.floor(np.arange(out_size, dtype=np.float32) * scale).astype(np.int64)
-        index = np.minimum(index, in_size - 1)
-    index.setflags(write=False)
-    return index
-
-
-def nearest_indices(in_size: int, out_size: int) -> np.ndarray:
-    """Source index (out_size,) int64 of each output cell of a nearest resize (torch rule)."""
-    return _nearest_indices(int(in_size), int(out_size))
-
-
 def index_slice(index: np.ndarray) -> slice | np.ndarray:
     """``index`` as a slice when it is an increasing arithmetic progression, so that picking
     rows or columns with it is a strided view instead of a gather; else ``index`` itself."""
@@ -111,10 +93,16 @@ def index_slice(index: np.ndarray) -> slice | np.ndarray:
 def mask_boxes(masks: np.ndarray) -> np.ndarray:
     """Boxes of binary masks as O-MaMa takes the query box: (..., H, W) -> (..., 4) float32.
 
-    ``x1, y1`` = smallest column/row with a foreground pixel, ``w = xmax - xmin``,
-    ``h = ymax - ymin`` (no +1). Empty masks give (0, 0, 0, 0).
+    ``x1, y1`` = smallest column/row with a foreground pixel (any non-zero value),
+    ``w = xmax - xmin``, ``h = ymax - ymin`` (pixel indices, no +1: a one-pixel mask has
+    w = h = 0). Empty masks give (0, 0, 0, 0). This is the project's one tight-box function
+    (candidate boxes of :meth:`runtime.candidates.Candidates.from_masks` too); the evaluator's
+    inclusive ``(y0, y1, x0, x1)`` box is :func:`runtime.metrics.bbox`. Found from row and
+    column projections, without listing pixels.
     """
     masks = np.asarray(masks)
+    if masks.ndim < 2:
+        raise OmamaError(f"masks must have shape (..., H, W), got {masks.shape}")
     rows = np.any(masks, axis=-1)  # (..., H)
     cols = np.any(masks, axis=-2)  # (..., W)
     present = rows.any(axis=-1)
@@ -200,7 +188,7 @@ def descriptor_weights(
 
     Args:
         masks: (N, H, W) binary masks (any dtype, non-zero = foreground) of any size; they
-            are resized (nearest) to the pooling grid.
+            are resized (nearest, torch rule) to the pooling grid.
         boxes: (N, 4) x1, y1, w, h in pixels of the ``image_size`` image.
         image_size: (H, W) of the image the features come from (sets the pooling grid and
             the box clamping).
@@ -220,8 +208,8 @@ def descriptor_weights(
     uy = bilinear_matrix(feat_h, grid_h).astype(np.float32)  # (H', h)
     ux = bilinear_matrix(feat_w, grid_w).astype(np.float32)  # (W', w)
 
-    rows = index_slice(nearest_indices(masks.shape[1], grid_h))
-    cols = index_slice(nearest_indices(masks.shape[2], grid_w))
+    rows = index_slice(preprocess.nearest_indices(masks.shape[1], grid_h, "torch"))
+    cols = index_slice(preprocess.nearest_indices(masks.shape[2], grid_w, "torch"))
     picked = masks[:, rows][:, :, cols]  # (N, H', W'): a strided view for integer ratios
     small = np.empty(picked.shape, dtype=np.float32)
     np.not_equal(picked, 0, out=small, casting="unsafe")  # one pass: test and convert

@@ -2,27 +2,29 @@
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from runtime.candidates import (
     Candidates,
-    boxes_from_masks,
     candidates_complete,
     inspect_candidates,
     load_frame_candidates,
     read_candidates,
-    resize_masks_nearest,
     save_frame_candidates,
     scale_boxes,
     write_candidates,
 )
 from runtime.egoexo import candidate_paths
 from runtime.errors import OmamaError
+from runtime.pooling import mask_boxes
+
+torch.set_num_threads(1)
 
 
 def _random_candidates(n: int, h: int = 24, w: int = 40, seed: int = 0) -> Candidates:
@@ -76,13 +78,16 @@ def test_legacy_empty_file_needs_an_image_size(tmp_path):
     assert back.masks.shape == (0, 700, 700)
 
 
-def test_boxes_from_masks_reference_convention():
+def test_from_masks_boxes_follow_the_reference_convention():
     masks = np.zeros((3, 10, 12), np.uint8)
     masks[0, 2:5, 3:9] = 1  # rows 2..4, cols 3..8
     masks[1, 7, 11] = 1  # a single pixel: w = h = 0
     expected = np.array([[3, 2, 5, 2], [11, 7, 0, 0], [0, 0, 0, 0]], np.float32)
-    np.testing.assert_array_equal(boxes_from_masks(masks), expected)
-    assert boxes_from_masks(np.zeros((0, 4, 4), np.uint8)).shape == (0, 4)
+    np.testing.assert_array_equal(Candidates.from_masks(masks).boxes, expected)
+    none = Candidates.from_masks(np.zeros((0, 4, 4), np.uint8))
+    assert none.boxes.shape == (0, 4) and none.boxes.dtype == np.float32
+    with pytest.raises(OmamaError, match=r"\(N, H, W\)"):
+        Candidates.from_masks(np.zeros((4, 4), np.uint8))
 
 
 @settings(max_examples=40, deadline=None)
@@ -93,8 +98,8 @@ def test_boxes_from_masks_reference_convention():
         elements=st.integers(0, 1),
     )
 )
-def test_boxes_from_masks_matches_where(masks):
-    boxes = boxes_from_masks(masks)
+def test_from_masks_boxes_match_where(masks):
+    boxes = Candidates.from_masks(masks).boxes
     for mask, box in zip(masks, boxes, strict=True):
         ys, xs = np.where(mask)
         if len(xs) == 0:
@@ -113,14 +118,25 @@ def test_boxes_from_masks_matches_where(masks):
         ((37, 23), (10, 61)),
     ],
 )
-def test_resize_nearest_equals_opencv(src, dst):
+def test_resized_masks_follow_torch_nearest(src, dst):
+    # O-MaMa resizes FastSAM masks of another size with F.interpolate(mode="nearest").
     rng = np.random.default_rng(1)
     masks = (rng.random((2, *src)) > 0.5).astype(np.uint8)
-    out = resize_masks_nearest(masks, dst)
-    assert out.shape == (2, *dst) and out.dtype == np.uint8
-    for mask, got in zip(masks, out, strict=True):
-        ref = cv2.resize(mask, (dst[1], dst[0]), interpolation=cv2.INTER_NEAREST)
-        np.testing.assert_array_equal(got, ref)
+    out = Candidates.from_masks(masks).resized(dst).masks
+    assert out.shape == (2, *dst) and out.dtype == np.uint8 and out.flags.c_contiguous
+    ref = F.interpolate(torch.from_numpy(masks)[None].float(), size=dst, mode="nearest")[0]
+    np.testing.assert_array_equal(out, ref.to(torch.uint8).numpy())
+
+
+def test_resized_uses_the_torch_rule_not_opencv():
+    # 540 -> 532 rows: output row 399 is source row 404 for PyTorch, 405 for OpenCV.
+    masks = np.zeros((1, 540, 8), np.uint8)
+    masks[0, 405] = 1
+    out = Candidates.from_masks(masks).resized((532, 8)).masks[0]
+    assert not out[399].any()
+    masks[0] = 0
+    masks[0, 404] = 1
+    assert Candidates.from_masks(masks).resized((532, 8)).masks[0, 399].all()
 
 
 def test_reading_at_another_image_size_rescales_boxes_and_masks(tmp_path):
@@ -175,7 +191,7 @@ def test_invalid_files_raise_naming_the_file(tmp_path, masks, boxes, key, bad_fi
 def test_bool_masks_are_accepted(tmp_path):
     masks = np.zeros((1, 5, 6), bool)
     masks[0, 1:3, 2:4] = True
-    back = read_candidates(*_write_raw(tmp_path, masks, boxes_from_masks(masks)))
+    back = read_candidates(*_write_raw(tmp_path, masks, mask_boxes(masks)))
     assert back.masks.dtype == np.uint8 and back.masks.sum() == 4
 
 

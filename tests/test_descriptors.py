@@ -154,16 +154,6 @@ def test_official_sizes_with_edge_cases(image_size, feat_grid):
     assert torch.any(got[0, 6, :8] != 0)
 
 
-def test_nearest_indices_follow_torch():
-    sizes = [(700, 175), (540, 133), (960, 238), (1408, 175), (7, 3), (3, 7), (5, 10)]
-    sizes += [(13, 13), (1, 4), (99, 1), (533, 175), (17, 29)]
-    for in_size, out_size in sizes:
-        source = torch.arange(in_size, dtype=torch.float32).reshape(1, 1, in_size, 1)
-        expected = F.interpolate(source, size=(out_size, 1), mode="nearest").flatten()
-        got = pooling.nearest_indices(in_size, out_size)
-        np.testing.assert_array_equal(got, expected.numpy().astype(np.int64))
-
-
 def test_bilinear_matrix_follows_torch():
     rng = np.random.default_rng(0)
     for in_size, out_size in [(50, 175), (38, 133), (68, 238), (1, 5), (7, 3), (4, 4), (3, 10)]:

@@ -19,10 +19,12 @@ from omama_train.data.masks import (
     report_path,
     select_shard,
 )
-from runtime.candidates import boxes_from_masks, read_candidates, resize_masks_nearest
+from runtime.candidates import read_candidates
 from runtime.clikit import new_app, run_app
 from runtime.egoexo import Pair, candidate_paths, frame_image_path, write_pairs
 from runtime.errors import OmamaError
+from runtime.pooling import mask_boxes
+from runtime.preprocess import resize_mask_nearest
 from runtime.rle import encode
 
 torch.set_num_threads(1)
@@ -146,7 +148,7 @@ def test_segment_everything_shapes_and_boxes(random_weights):
         assert (boxes[:, 0] + boxes[:, 2] <= 224 + 1e-3).all()
         assert (boxes[:, 1] + boxes[:, 3] <= 126 + 1e-3).all()
         if retina:  # retina masks are cropped to their boxes: every pixel lies inside it
-            tight = boxes_from_masks(masks)
+            tight = mask_boxes(masks)
             nonempty = masks.any(axis=(1, 2))
             assert (tight[nonempty, :2] >= np.floor(boxes[nonempty, :2]) - 1).all()
             ends, box_ends = tight[:, :2] + tight[:, 2:], boxes[:, :2] + boxes[:, 2:]
@@ -168,8 +170,19 @@ def test_unletterbox_inverts_ultralytics_letterbox():
     back = unletterbox_masks(torch.from_numpy(masks), (126, 224)).numpy()
     assert back.shape == (1, 126, 224) and back.dtype == np.uint8
     assert (back[0] == pattern).mean() > 0.85  # only edge pixels differ
-    naive = resize_masks_nearest(masks, (126, 224))  # ignoring the padding misaligns rows
+    naive = resize_mask_nearest(masks, (126, 224), rule="torch")  # padding misaligns rows
     assert (naive[0] == pattern).mean() < 0.7
+
+
+def test_unletterbox_without_padding_is_torch_nearest():
+    import torch.nn.functional as F
+
+    from omama_train.models.fastsam import unletterbox_masks
+
+    masks = (np.random.default_rng(0).random((2, 64, 128)) > 0.5).astype(np.uint8)
+    back = unletterbox_masks(torch.from_numpy(masks), (135, 270)).numpy()  # no padding
+    ref = F.interpolate(torch.from_numpy(masks)[None].float(), size=(135, 270), mode="nearest")
+    np.testing.assert_array_equal(back, ref[0].to(torch.uint8).numpy())
 
 
 def test_zero_detections_give_empty_arrays(random_weights):
@@ -319,8 +332,10 @@ def test_from_annotations_uses_every_gt_mask_of_the_frame(processed_root, capsys
         assert len(cands) == len(objs)
         for mask, obj in zip(cands.masks, objs, strict=True):
             full = _object_mask(obj, EGO, frame, (128, 128))
-            np.testing.assert_array_equal(mask, resize_masks_nearest(full[None], EGO_HW)[0])
-        np.testing.assert_array_equal(cands.boxes, boxes_from_masks(cands.masks))
+            # GT masks: resized with the OpenCV rule, as O-MaMa resizes them
+            expected = cv2.resize(full, EGO_HW[::-1], interpolation=cv2.INTER_NEAREST)
+            np.testing.assert_array_equal(mask, expected)
+        np.testing.assert_array_equal(cands.boxes, mask_boxes(cands.masks))
     assert _report(processed_root)["zero_candidates"] == [f"take_a/{EGO}/10"]
 
 

@@ -19,6 +19,7 @@ from omama_train.models.preprocess import (
     resize_mask_nearest_torch,
 )
 from runtime.errors import OmamaError
+from runtime.metrics import resize_nearest
 from runtime.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -34,6 +35,13 @@ torch.set_num_threads(1)
 
 # Frame sizes of the processed Ego-Exo4D takes, raw camera sizes and model input sizes.
 REAL_SIZES = [532, 540, 700, 704, 952, 960, 1408, 2160, 3840, 800, 608, 1088, 1600]
+# (in, out) pairs beyond REAL_SIZES x REAL_SIZES: exact 2x up and down, the pooling grids
+# (image -> 175 / 133 / 238), FastSAM letterbox contents, and small growths where an exact
+# integer floor(i * in / out) is not OpenCV's rule (2 -> 98, 3 -> 147).
+PAIRS = [(50, 100), (175, 350), (238, 476), (1, 2), (7, 14), (1408, 704), (100, 50)]
+PAIRS += [(700, 175), (540, 133), (532, 133), (960, 238), (952, 238), (1408, 175), (533, 175)]
+PAIRS += [(144, 126), (256, 224), (126, 256), (2, 98), (3, 147), (2, 196), (1, 4), (3, 7)]
+PAIRS += [(99, 1), (7, 3), (17, 29), (13, 13), (5, 10), (37, 23), (23, 37)]
 
 
 def _rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -49,6 +57,18 @@ def _reference_tensor(rgb_uint8: np.ndarray) -> np.ndarray:
 def _cv2_indices(size_in: int, size_out: int) -> np.ndarray:
     row = np.arange(size_in, dtype=np.float32)[None, :].repeat(2, axis=0)
     return cv2.resize(row, (size_out, 2), interpolation=cv2.INTER_NEAREST)[0].astype(np.int64)
+
+
+def _cv2_uint8_indices(size_in: int, size_out: int, axis: int) -> np.ndarray:
+    """Source indices OpenCV picks on uint8 images (the masks' dtype) along rows (axis 0) or
+    columns (axis 1): the index is split into its low and high byte, one per line."""
+    index = np.arange(size_in)
+    lines = np.stack([index % 256, index // 256]).astype(np.uint8)  # (2, size_in)
+    image = lines.T.copy() if axis == 0 else lines
+    dsize = (2, size_out) if axis == 0 else (size_out, 2)  # OpenCV sizes are (width, height)
+    out = cv2.resize(image, dsize, interpolation=cv2.INTER_NEAREST).astype(np.int64)
+    out = out.T if axis == 0 else out
+    return out[0] + 256 * out[1]
 
 
 def _torch_indices(size_in: int, size_out: int) -> np.ndarray:
@@ -93,6 +113,32 @@ def test_nearest_indices_match_opencv_and_torch(size_in, size_out):
     np.testing.assert_array_equal(
         nearest_indices(size_in, size_out, "torch"), _torch_indices(size_in, size_out)
     )
+
+
+@pytest.mark.parametrize(("size_in", "size_out"), PAIRS)
+def test_nearest_indices_match_opencv_and_torch_on_chosen_pairs(size_in, size_out):
+    cv = nearest_indices(size_in, size_out, "opencv")
+    for axis in (0, 1):
+        np.testing.assert_array_equal(cv, _cv2_uint8_indices(size_in, size_out, axis))
+    np.testing.assert_array_equal(
+        nearest_indices(size_in, size_out, "torch"), _torch_indices(size_in, size_out)
+    )
+
+
+def test_opencv_rule_is_not_the_exact_integer_floor():
+    # floor(i * in / out) in exact arithmetic is another rule: OpenCV floors i * (1 / scale).
+    exact = np.arange(98) * 2 // 98
+    assert not np.array_equal(exact, nearest_indices(2, 98, "opencv"))
+    np.testing.assert_array_equal(nearest_indices(2, 98, "opencv"), _cv2_indices(2, 98))
+
+
+def test_nearest_indices_are_cached_and_read_only():
+    index = nearest_indices(540, 532, "torch")
+    assert nearest_indices(540, 532, "torch") is index
+    assert not index.flags.writeable
+    assert index.dtype == np.int64
+    with pytest.raises(OmamaError, match="positive"):
+        nearest_indices(0, 5)
 
 
 def test_rules_differ_on_exo_height():
@@ -181,6 +227,36 @@ def test_torch_twin_masks_are_identical(rule):
     np.testing.assert_array_equal(got.numpy(), resize_mask_nearest(masks, (532, 95), rule=rule))
     with pytest.raises(OmamaError):
         preprocess_image_torch(torch.zeros(14, 14, 3))
+
+
+@pytest.mark.parametrize(
+    ("src", "dst"),
+    [((1408, 1408), (700, 700)), ((540, 960), (532, 952)), ((2160, 3840), (270, 480))]
+    + [((126, 224), (252, 448)), ((37, 23), (10, 61)), ((2, 3), (98, 147))],
+)
+def test_metrics_resize_nearest_equals_the_opencv_rule(src, dst):
+    mask = (np.random.default_rng(5).random(src) > 0.5).astype(np.uint8)
+    expected = resize_mask_nearest(mask, dst, rule="opencv")
+    for layout in (mask, np.asfortranarray(mask)):  # pycocotools decodes column-major
+        np.testing.assert_array_equal(resize_nearest(layout, dst), expected)
+        np.testing.assert_array_equal(resize_mask_nearest(layout, dst, rule="opencv"), expected)
+
+
+@pytest.mark.parametrize("rule", ["opencv", "torch"])
+def test_resize_mask_nearest_ignores_memory_layout(rule):
+    masks = (np.random.default_rng(6).random((2, 45, 70)) > 0.5).astype(np.uint8)
+    expected = resize_mask_nearest(masks, (44, 141), rule=rule)
+    fortran = np.asfortranarray(masks)
+    np.testing.assert_array_equal(resize_mask_nearest(fortran, (44, 141), rule=rule), expected)
+    np.testing.assert_array_equal(
+        resize_mask_nearest(np.asfortranarray(masks[0]), (44, 141), rule=rule), expected[0]
+    )
+    np.testing.assert_array_equal(
+        resize_mask_nearest(np.swapaxes(masks, 1, 2), (70, 44), rule=rule),
+        np.swapaxes(resize_mask_nearest(masks, (44, 70), rule=rule), 1, 2),
+    )
+    empty = resize_mask_nearest(np.zeros((0, 45, 70), np.uint8), (44, 141), rule=rule)
+    assert empty.shape == (0, 44, 141)
 
 
 def test_runtime_preprocess_does_not_import_torch():

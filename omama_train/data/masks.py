@@ -21,24 +21,19 @@ import platform
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import cv2
 import numpy as np
 import typer
 
 from runtime.atomic import write_json
-from runtime.candidates import (
-    Candidates,
-    candidates_complete,
-    resize_masks_nearest,
-    write_candidates,
-)
+from runtime.candidates import Candidates, candidates_complete, write_candidates
 from runtime.egoexo import (
     Pair,
     ProcessedRoot,
@@ -49,10 +44,14 @@ from runtime.egoexo import (
     read_pairs,
 )
 from runtime.errors import OmamaError
+from runtime.info import package_version
+from runtime.preprocess import resize_mask_nearest
 from runtime.rle import decode
 
 PREFETCH_FRAMES = 4  # images decoded ahead of the model
 SOURCE_FILE = "candidates_source.json"
+
+Item = TypeVar("Item")
 
 
 class DestinationFrame(NamedTuple):
@@ -97,9 +96,10 @@ def parse_shard(text: str) -> tuple[int, int]:
     return index, count
 
 
-def select_shard(frames: list[DestinationFrame], index: int, count: int) -> list[DestinationFrame]:
-    """Shard ``index`` of ``count`` of the sorted frames: every count-th from ``index``."""
-    return sorted(frames)[index::count]
+def select_shard(items: Sequence[Item], index: int, count: int) -> list[Item]:
+    """Shard ``index`` of ``count`` of the sorted items (frames, images): every count-th from
+    ``index``, so shards are disjoint, cover everything and do not depend on input order."""
+    return sorted(items)[index::count]
 
 
 def report_path(root: Path, split: str, direction: str, shard: tuple[int, int] = (0, 1)) -> Path:
@@ -153,18 +153,19 @@ def annotation_candidates(
 ) -> Candidates:
     """Ground-truth masks of every object with a mask in this frame, as candidates.
 
-    Masks (stored at the video's resolution) are nearest-resized to ``size_hw`` (H, W);
-    objects are in name order; masks that come out empty are left out. Boxes are the tight
-    boxes of the resized masks.
+    Masks (stored at the video's resolution) are nearest-resized to ``size_hw`` (H, W) with
+    the OpenCV rule, as O-MaMa resizes ground-truth masks, so a stand-in candidate equals the
+    positive mask training builds for that object; objects are in name order; masks that come
+    out empty are left out. Boxes are the tight boxes of the resized masks.
     """
     masks = []
     for obj in index.objects(frame.take):
         rle = index.mask_rle(frame.take, obj, frame.cam, frame.frame)
         if rle is None:
             continue
-        mask = resize_masks_nearest(decode(rle)[None], size_hw)
+        mask = resize_mask_nearest(decode(rle), size_hw, rule="opencv")
         if mask.any():
-            masks.append(mask[0])
+            masks.append(mask)
     if not masks:
         return Candidates.empty(size_hw)
     return Candidates.from_masks(np.stack(masks))
@@ -177,15 +178,8 @@ def _read_image_bgr(path: Path) -> np.ndarray | None:
 
 
 def _versions() -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in ("omama", "numpy", "opencv-python-headless", "torch", "ultralytics"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
+    names = ("omama", "numpy", "opencv-python-headless", "torch", "ultralytics")
+    return {"python": platform.python_version(), **{name: package_version(name) for name in names}}
 
 
 def _default_device() -> str:

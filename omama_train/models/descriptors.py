@@ -21,9 +21,9 @@ from runtime.pooling import (
     bilinear_matrix,
     bilinear_prefix,
     index_slice,
-    nearest_indices,
     pooling_grid,
 )
+from runtime.preprocess import nearest_indices
 
 __all__ = [
     "CONTEXT_PX",
@@ -128,8 +128,8 @@ def descriptor_weights(
     ux = torch.tensor(bilinear_matrix(feat_w, grid_w), dtype=torch.float32, device=device)
 
     flat = masks.reshape(batch * count, *masks.shape[2:])
-    rows = _pick(nearest_indices(masks.shape[2], grid_h), device)
-    cols = _pick(nearest_indices(masks.shape[3], grid_w), device)
+    rows = _pick(nearest_indices(masks.shape[2], grid_h, "torch"), device)
+    cols = _pick(nearest_indices(masks.shape[3], grid_w, "torch"), device)
     small = flat[:, rows][:, :, cols]  # (BN, H', W'); a strided view for integer ratios
     small = (small if small.dtype == torch.bool else small != 0).to(torch.float32)
     area = small.sum(dim=(1, 2))  # exact: integers below 2**24

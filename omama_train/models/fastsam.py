@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from runtime.errors import OmamaError
+from runtime.preprocess import nearest_indices
 
 if TYPE_CHECKING:
     from ultralytics import FastSAM
@@ -121,18 +122,17 @@ def unletterbox_masks(masks: torch.Tensor, image_hw: tuple[int, int]) -> torch.T
 
     Crops the centred content (the padding ultralytics adds to reach a stride multiple),
     then resizes it nearest-neighbour with index gathers on the masks' own device (no
-    float copies of N masks, no full-size transfer to the host).
+    float copies of N masks, no full-size transfer to the host). The resize follows the torch
+    rule (``F.interpolate(mode="nearest")``), as O-MaMa resizes FastSAM masks of another size.
     """
-    from runtime.candidates import nearest_indices
-
     h_in, w_in = masks.shape[1:]
     h, w = image_hw
     gain = min(h_in / h, w_in / w)
     content_h, content_w = max(round(h * gain), 1), max(round(w * gain), 1)
     top = round((h_in - content_h) / 2 - 0.1)  # the letterbox's own rounding
     left = round((w_in - content_w) / 2 - 0.1)
-    rows = torch.as_tensor(nearest_indices(content_h, h) + top, device=masks.device)
-    cols = torch.as_tensor(nearest_indices(content_w, w) + left, device=masks.device)
+    rows = torch.as_tensor(nearest_indices(content_h, h, "torch") + top, device=masks.device)
+    cols = torch.as_tensor(nearest_indices(content_w, w, "torch") + left, device=masks.device)
     return masks.index_select(1, rows).index_select(2, cols)
 
 

@@ -25,8 +25,8 @@ def resize_nearest_hw_torch(
     h_out, w_out = int(size_hw[0]), int(size_hw[1])
     if (h_in, w_in) == (h_out, w_out):
         return tensor
-    rows = torch.from_numpy(nearest_indices(h_in, h_out, rule)).to(tensor.device)
-    cols = torch.from_numpy(nearest_indices(w_in, w_out, rule)).to(tensor.device)
+    rows = torch.tensor(nearest_indices(h_in, h_out, rule), device=tensor.device)
+    cols = torch.tensor(nearest_indices(w_in, w_out, rule), device=tensor.device)
     return tensor.index_select(dims[0], rows).index_select(dims[1], cols)
 
 
