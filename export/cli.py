@@ -1,0 +1,148 @@
+"""``omama export``: the top-level command of the export layer (entry point ``export``).
+
+Nothing heavy is imported here at module level: torch, ultralytics and onnx load inside the
+command, so ``omama --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from runtime.errors import OmamaError
+
+INT8_HELP = (
+    "Not supported: INT8 needs calibration data, which this export does not take (out of "
+    "scope); the command stops with an explanation. Use --fp16."
+)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("export")
+    def export_command(
+        out: Path = typer.Option(Path("artifacts"), "--out", "-o", help="Artifacts folder."),
+        direction: str = typer.Option(
+            None,
+            "--direction",
+            help="exo2ego or ego2exo; default: the matcher checkpoint's (exo2ego with "
+            "--random-init).",
+        ),
+        backbone_weights: Path = typer.Option(
+            None,
+            "--backbone-weights",
+            help="Backbone checkpoint, e.g. dinov2_vitb14_reg4_pretrain.pth (DINOv2 release).",
+        ),
+        matcher: Path = typer.Option(
+            None,
+            "--matcher",
+            help="Matcher weights: the official O-MaMa .pt or an omama .safetensors.",
+        ),
+        fastsam: Path = typer.Option(
+            None, "--fastsam", help="FastSAM checkpoint, e.g. FastSAM-x.pt (Ultralytics)."
+        ),
+        backbone: str = typer.Option(
+            None,
+            "--backbone",
+            help="Backbone name (default: the matcher's, dinov2_vitb14_reg for official .pt).",
+        ),
+        random_init: bool = typer.Option(
+            False,
+            "--random-init",
+            help="Export a small random-weight configuration (ViT-S/14 with a 1x1 projection "
+            "to 768, exo 140x252 / ego 168x168 px, YOLOv8n-seg FastSAM stand-in); the "
+            "manifest marks it as random.",
+        ),
+        fp16: bool = typer.Option(
+            False,
+            "--fp16",
+            help="Also write fp16 ONNX variants (fp32 I/O) and, with TensorRT and a CUDA GPU, "
+            "TensorRT fp16 engines.",
+        ),
+        int8: bool = typer.Option(False, "--int8", help=INT8_HELP),
+        engines: bool = typer.Option(
+            True, "--engines/--no-engines", help="Build TensorRT engines with --fp16 when possible."
+        ),
+        verify: bool = typer.Option(
+            True,
+            "--verify/--no-verify",
+            help="Check every file (ONNX checker, shape inference, parity with PyTorch).",
+        ),
+        include_fastsam: bool = typer.Option(
+            True,
+            "--fastsam-export/--no-fastsam-export",
+            help="Export FastSAM (without it the runtime needs candidate masks from elsewhere).",
+        ),
+        matcher_input: str = typer.Option(
+            "auto",
+            "--matcher-input",
+            help="Matcher graph input: 'weights' (per-mask pooling weights at token "
+            "resolution), 'masks' (masks at image size + boxes), or 'auto' (the faster, "
+            "measured at export).",
+        ),
+        attention: str = typer.Option(
+            "folded",
+            "--attention",
+            help="Cross-attention evaluation order in the matcher graph: folded or standard.",
+        ),
+        fastsam_imgsz: int = typer.Option(1024, "--fastsam-imgsz", help="FastSAM input size."),
+        opset: int = typer.Option(17, "--opset", help="ONNX opset (17 or newer)."),
+        parity_sets: int = typer.Option(
+            200, "--parity-sets", help="Random candidate sets in the matcher parity check."
+        ),
+        timing_cache: Path = typer.Option(
+            None,
+            "--timing-cache",
+            help="TensorRT timing cache to reuse across exports (default: OUT/trt_timing.cache).",
+        ),
+        seed: int = typer.Option(0, "--seed", help="Seed of random weights and parity inputs."),
+    ) -> None:
+        """Export ONNX models (and TensorRT engines) into a verified artifacts folder.
+
+        Writes backbone_<view>.onnx per view, matcher.onnx (descriptor pooling + matcher,
+        dynamic objects B and candidates N), fastsam.onnx (ultralytics' exporter), with
+        --fp16 the *_fp16.onnx variants and, when TensorRT and a CUDA GPU are present,
+        *_fp16.engine files; then manifest.json with hashes, shapes, versions and the
+        parity results. INT8 is out of scope (it needs calibration data).
+
+        Example: omama export --fp16 --backbone-weights dinov2_vitb14_reg4_pretrain.pth
+        --matcher omama_exo2ego.pt --fastsam FastSAM-x.pt --out artifacts
+
+        Example: omama export --fp16 --random-init --out artifacts_random
+        """
+        if int8:
+            raise OmamaError(
+                "--int8 is not supported: INT8 engines need calibration data (frames of the "
+                "target domain), which this export does not take; use --fp16"
+            )
+        from export.pipeline import ExportConfig, export_artifacts
+
+        config = ExportConfig(
+            out_dir=out,
+            direction=direction,
+            backbone=backbone,
+            backbone_weights=backbone_weights,
+            matcher_weights=matcher,
+            fastsam_weights=fastsam,
+            random_init=random_init,
+            fp16=fp16,
+            engines=engines,
+            verify=verify,
+            include_fastsam=include_fastsam,
+            opset=opset,
+            matcher_input=matcher_input,
+            attention=attention,
+            fastsam_imgsz=fastsam_imgsz,
+            parity_sets=parity_sets,
+            seed=seed,
+            timing_cache=timing_cache,
+        )
+        result = export_artifacts(config, echo=typer.echo)
+        manifest = result.manifest
+        total_mb = sum(ref.size_bytes for f in manifest.files for ref in f.file_refs()) / 1e6
+        gated = sum(1 for check in result.checks if check.gated)
+        verified = f"verified ({gated} checks passed)" if verify else "not verified"
+        typer.echo(
+            f"artifacts: {out} ({len(manifest.files)} files, {total_mb:.1f} MB), {verified}; "
+            f"{result.engines_note}"
+        )

@@ -1,0 +1,1065 @@
+"""``export_artifacts``: PyTorch models -> a verified artifacts folder (``omama export``).
+
+Steps, each file written atomically, ``manifest.json`` last:
+
+1. build the models: the matcher (official ``.pt`` / omama ``.safetensors``, or random),
+   one backbone per view at the size its token grid fixes, FastSAM (checkpoint or the
+   YOLOv8n-seg stand-in);
+2. ``backbone_<camera>.onnx`` per view (TorchScript exporter, dynamic batch, positional
+   table baked in, projection included), ``matcher.onnx`` (descriptor pooling + matcher,
+   dynamic B and N; its input form chosen by measurement unless given), ``fastsam.onnx``
+   (ultralytics' exporter); every graph folded with onnxslim, checked and shape-inferred;
+3. parity of every file with its PyTorch model (``export.verify``);
+4. with ``fp16``: ``*_fp16.onnx`` variants, and TensorRT fp16 engines when TensorRT and a
+   CUDA GPU are present (else one line saying why they were skipped);
+5. ``manifest.json`` (``runtime.manifest``) with hashes, shapes, tools, parity results.
+A failed check still writes the manifest (it records the failure, and the runtime refuses
+the folder) and then raises an OmamaError naming the offending outputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import platform
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from export.verify import (
+    TOLERANCES,
+    Check,
+    GraphReport,
+    MatcherParity,
+    OrtRunner,
+    ViewGeometry,
+    backbone_parity,
+    candidate_boxes,
+    fastsam_parity,
+    finalize_onnx,
+    format_table,
+    io_specs,
+    median_ms,
+    random_masks,
+    temporary_dir,
+)
+from runtime import __version__ as omama_version
+from runtime.egoexo import check_direction
+from runtime.errors import OmamaError
+from runtime.info import package_version
+from runtime.manifest import (
+    MANIFEST_NAME,
+    ArtifactFile,
+    Manifest,
+    ViewSpec,
+    file_entry,
+    load_manifest,
+    sha256_file,
+    write_manifest,
+)
+from runtime.pooling import CONTEXT_PX, REDUCTION, descriptor_weights
+from runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD
+
+if TYPE_CHECKING:
+    from omama_train.models.backbones import BackboneSpec
+
+WEIGHT_SOURCES = {
+    "backbone": (
+        "--backbone-weights: DINOv2 ViT-B/14 with registers, dinov2_vitb14_reg4_pretrain.pth "
+        "from the DINOv2 release (https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/"
+        "dinov2_vitb14_reg4_pretrain.pth)"
+    ),
+    "matcher": (
+        "--matcher: the official O-MaMa Exo->Ego checkpoint (.pt) from the O-MaMa authors' "
+        "release, or an omama .safetensors written by `omama train`"
+    ),
+    "fastsam": (
+        "--fastsam: FastSAM-x.pt from the Ultralytics assets releases "
+        "(https://github.com/ultralytics/assets/releases)"
+    ),
+}
+RANDOM_BACKBONE = "dinov2_vits14_reg"
+RANDOM_GRIDS: dict[str, tuple[int, int]] = {"exo": (10, 18), "ego": (12, 12)}
+MATCHER_INPUT_CHOICES = ("auto", "weights", "masks")
+ATTENTION_CHOICES = ("standard", "folded")
+MIN_OPSET = 17  # LayerNormalization as one op (and TensorRT's INormalizationLayer)
+DECISION_CANDIDATES = 64  # the TensorRT profile's opt N: what the decision is timed at
+DECISION_MARGIN = 0.10  # within 10%, weights win: they move N*2*h*w floats, not N*H*W bytes
+FP32_PREFIXES = ("/src_weights/", "/dst_weights/")  # in-graph pooling weights (masks input)
+
+
+@dataclass
+class ExportConfig:
+    """What ``omama export`` exports; the CLI options map onto these fields.
+
+    ``backbone``: registry name or a ``BackboneSpec`` (tests use shallow ones); default:
+    the matcher checkpoint's backbone (``dinov2_vitb14_reg`` for official ``.pt`` files),
+    or ViT-S/14 with registers for ``random_init``. ``random_grids``: token grids per
+    camera of the random-init configuration; ``random_fastsam``: its FastSAM architecture
+    (``n``: the YOLOv8n-seg stand-in; ``s`` / ``x``: FastSAM-s / FastSAM-x).
+    ``matcher_input``: ``auto`` (measured), ``weights`` or ``masks``. ``parity_sets``:
+    random candidate sets of the matcher check.
+    """
+
+    out_dir: Path = Path("artifacts")
+    direction: str | None = None
+    backbone: str | BackboneSpec | None = None
+    backbone_weights: Path | None = None
+    matcher_weights: Path | None = None
+    fastsam_weights: Path | None = None
+    random_init: bool = False
+    random_grids: dict[str, tuple[int, int]] = field(default_factory=lambda: dict(RANDOM_GRIDS))
+    random_fastsam: str = "n"
+    fp16: bool = False
+    engines: bool = True
+    verify: bool = True
+    include_fastsam: bool = True
+    opset: int = MIN_OPSET
+    matcher_input: str = "auto"
+    attention: str = "folded"
+    fastsam_imgsz: int = 1024
+    fastsam_conf: float = 0.4
+    fastsam_iou: float = 0.9
+    parity_sets: int = 200
+    parity_large_n: int = 256
+    seed: int = 0
+    timing_cache: Path | None = None
+
+
+@dataclass
+class ExportResult:
+    """The written manifest, every check, the engines line, and seconds per file and phase
+    (``{"matcher.onnx": {"export_s": ..., "verify_s": ...}}``)."""
+
+    manifest: Manifest
+    checks: list[Check]
+    engines_note: str
+    timings: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+
+@dataclass
+class _Models:
+    matcher: object
+    direction: str
+    views: dict[str, ViewSpec]  # "source" / "destination"
+    backbones: dict[str, object]  # camera -> Backbone
+    spec: object
+    fastsam_weights: Path | None
+    records: dict[str, dict]
+
+
+# ------------------------------------------------------------------------------ checks
+
+
+def missing_weights(config: ExportConfig) -> list[str]:
+    """What a real-weights export lacks: one line per missing or unreadable weights file."""
+    if config.random_init:
+        return []
+    wanted = {
+        "backbone": config.backbone_weights,
+        "matcher": config.matcher_weights,
+        "fastsam": config.fastsam_weights if config.include_fastsam else Path("."),
+    }
+    problems = []
+    for key, value in wanted.items():
+        if value is None:
+            problems.append(f"{WEIGHT_SOURCES[key]} (not given)")
+        elif (key != "fastsam" or config.include_fastsam) and not Path(value).is_file():
+            problems.append(f"{WEIGHT_SOURCES[key]} (no file at {value})")
+    return problems
+
+
+def _validate(config: ExportConfig) -> None:
+    if config.matcher_input not in MATCHER_INPUT_CHOICES:
+        raise OmamaError(
+            f"matcher input must be one of {', '.join(MATCHER_INPUT_CHOICES)}, "
+            f"got {config.matcher_input!r}"
+        )
+    if config.attention not in ATTENTION_CHOICES:
+        raise OmamaError(
+            f"attention must be one of {', '.join(ATTENTION_CHOICES)}, got {config.attention!r}"
+        )
+    if config.opset < MIN_OPSET:
+        raise OmamaError(
+            f"opset must be at least {MIN_OPSET} (LayerNormalization), got {config.opset}"
+        )
+    if config.direction is not None:
+        check_direction(config.direction)
+    if config.fastsam_imgsz % 32:
+        raise OmamaError(f"FastSAM image size must be a multiple of 32, got {config.fastsam_imgsz}")
+    given = [
+        flag
+        for flag, value in (
+            ("--backbone-weights", config.backbone_weights),
+            ("--matcher", config.matcher_weights),
+            ("--fastsam", config.fastsam_weights),
+        )
+        if value is not None
+    ]
+    if config.random_init and given:
+        raise OmamaError(
+            f"--random-init exports random weights; drop {', '.join(given)} or --random-init"
+        )
+    missing = missing_weights(config)
+    if missing:
+        raise OmamaError(
+            "cannot export without weights: "
+            + "; ".join(missing)
+            + " (or pass --random-init for a small random-weight configuration)"
+        )
+
+
+# ------------------------------------------------------------------------------ models
+
+
+def _weights_record(path: Path | None) -> dict:
+    if path is None:
+        return {"random": True}
+    return {"file": Path(path).name, "sha256": sha256_file(path), "random": False}
+
+
+def _cameras(direction: str) -> tuple[str, str]:
+    """(source camera, destination camera) of a direction."""
+    return ("exo", "ego") if direction == "exo2ego" else ("ego", "exo")
+
+
+def build_models(config: ExportConfig, workdir: Path) -> _Models:
+    """The PyTorch models of the export, in eval mode."""
+    import torch
+
+    from omama_train.models.backbones import FEATURE_DIM, build_backbone, get_spec
+    from omama_train.models.matcher import OMaMaMatcher, load_matcher
+
+    if config.random_init:
+        direction = check_direction(config.direction or "exo2ego")
+        src_cam, dst_cam = _cameras(direction)
+        torch.manual_seed(config.seed)
+        matcher = OMaMaMatcher(
+            direction,
+            src_grid=config.random_grids[src_cam],
+            dst_grid=config.random_grids[dst_cam],
+            attention=config.attention,
+            backbone=RANDOM_BACKBONE,
+        )
+        default_backbone = RANDOM_BACKBONE
+    else:
+        matcher = load_matcher(config.matcher_weights, config.direction)
+        matcher.CROSS_context_attn.mode = config.attention
+        direction = matcher.direction
+        default_backbone = matcher.backbone
+    matcher.eval()
+    spec = config.backbone if config.backbone is not None else default_backbone
+    spec = get_spec(spec) if isinstance(spec, str) else spec
+    src_cam, dst_cam = _cameras(direction)
+    grids = {src_cam: matcher.src_grid, dst_cam: matcher.dst_grid}
+    views = {
+        role: ViewSpec(
+            cam, (grids[cam][0] * spec.patch_size, grids[cam][1] * spec.patch_size), grids[cam]
+        )
+        for role, cam in (("source", src_cam), ("destination", dst_cam))
+    }
+    backbones = {}
+    first = None
+    for cam in (src_cam, dst_cam):
+        if config.random_init:
+            torch.manual_seed(config.seed + 1)
+        model = build_backbone(spec, _views_by_cam(views)[cam].image_size, config.backbone_weights)
+        if config.random_init and first is not None:
+            # One backbone, two input sizes: share every weight but the positional table.
+            shared = {k: v for k, v in first.state_dict().items() if "pos_embed" not in k}
+            model.load_state_dict(shared, strict=False)
+        first = first or model
+        if model.out_channels != matcher.dim:
+            raise OmamaError(
+                f"backbone {spec.name} gives {model.out_channels} channels, the matcher expects "
+                f"{matcher.dim}"
+            )
+        backbones[cam] = model.eval()
+    fastsam = None
+    if config.include_fastsam:
+        if config.random_init and config.random_fastsam == "n":
+            from export.fastsam import build_standin_fastsam
+
+            fastsam = build_standin_fastsam(workdir / "fastsam-standin.pt", seed=config.seed)
+        elif config.random_init:
+            from omama_train.models.fastsam import build_random_fastsam
+
+            fastsam = build_random_fastsam(
+                workdir / f"FastSAM-{config.random_fastsam}-random.pt",
+                config.random_fastsam,
+                seed=config.seed,
+            )
+        else:
+            fastsam = Path(config.fastsam_weights)
+    first_backbone = backbones[src_cam]
+    records = {
+        "backbone": {
+            "name": spec.name,
+            "description": spec.description,
+            "family": spec.family,
+            "embed_dim": spec.embed_dim,
+            "out_channels": FEATURE_DIM,
+            "projection": "1x1 Conv2d to 768" if spec.embed_dim != FEATURE_DIM else None,
+            "pos_resize": first_backbone.pos_resize,
+            "architecture_overrides": dict(spec.timm_overrides),
+            "weights": _weights_record(None if config.random_init else config.backbone_weights),
+        },
+        "matcher_weights": _weights_record(None if config.random_init else config.matcher_weights),
+        "fastsam_weights": _weights_record(
+            None if config.random_init or not config.include_fastsam else config.fastsam_weights
+        ),
+    }
+    if config.random_init:
+        # Which random network it was: the YOLOv8n-seg stand-in or a FastSAM architecture.
+        records["fastsam_weights"]["architecture"] = f"yolov8{config.random_fastsam}-seg"
+    return _Models(matcher, direction, views, backbones, spec, fastsam, records)
+
+
+def _views_by_cam(views: dict[str, ViewSpec]) -> dict[str, ViewSpec]:
+    return {view.camera: view for view in views.values()}
+
+
+# ------------------------------------------------------------------------------ exports
+
+
+def _torch_export(
+    module, args: tuple, path: Path, input_names, output_names, dynamic_axes, opset: int
+) -> None:
+    """TorchScript-based ``torch.onnx.export``: it traces dynamic axes through shape ops and
+    keeps every weight in one file; its tracer and deprecation warnings are expected."""
+    import torch
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_axes=dynamic_axes,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+
+
+def export_backbone(backbone, raw_path: Path, opset: int) -> None:
+    """``image`` (batch, 3, H, W) -> ``feats`` (batch, 768, h, w); traced at batch 2 so that
+    no batch-1 shortcut is recorded."""
+    import torch
+
+    from export.onnx_models import BackboneOnnx
+
+    example = torch.zeros(2, 3, *backbone.image_size)
+    _torch_export(
+        BackboneOnnx(backbone).eval(),
+        (example,),
+        raw_path,
+        ["image"],
+        ["feats"],
+        {"image": {0: "batch"}, "feats": {0: "batch"}},
+        opset,
+    )
+
+
+def _matcher_example(matcher, src: ViewSpec, dst: ViewSpec, form: str, count: int = 3):
+    import torch
+
+    rng = np.random.default_rng(0)
+    src_masks = random_masks(rng, 1, src.image_size)
+    dst_masks = random_masks(rng, count, dst.image_size)
+    src_boxes = candidate_boxes(rng, src_masks)
+    dst_boxes = candidate_boxes(rng, dst_masks)
+    src_feats = torch.randn(1, matcher.dim, *src.feat_grid)
+    dst_feats = torch.randn(1, matcher.dim, *dst.feat_grid)
+    if form == "weights":
+        return (
+            src_feats,
+            dst_feats,
+            torch.from_numpy(
+                descriptor_weights(src_masks, src_boxes, src.image_size, src.feat_grid)
+            )[:, None],
+            torch.from_numpy(
+                descriptor_weights(dst_masks, dst_boxes, dst.image_size, dst.feat_grid)
+            )[None],
+        )
+    return (
+        src_feats,
+        dst_feats,
+        torch.from_numpy(src_masks)[:, None],
+        torch.from_numpy(src_boxes)[:, None],
+        torch.from_numpy(dst_masks)[None],
+        torch.from_numpy(dst_boxes)[None],
+    )
+
+
+def export_matcher(
+    matcher, src: ViewSpec, dst: ViewSpec, form: str, raw_path: Path, opset: int
+) -> None:
+    """The pooling + matcher graph of input ``form`` (``weights`` or ``masks``).
+
+    Traced with B = 1 object and N = 3 candidates: with one object the matcher takes no
+    batch-folding branch, so nothing in the graph depends on B, and both axes are dynamic.
+    """
+    from export.onnx_models import MatcherFromMasks, MatcherFromWeights
+
+    if form == "weights":
+        wrapper = MatcherFromWeights(matcher)
+        dynamic = {"src_weights": {0: "B"}, "dst_weights": {1: "N"}}
+    else:
+        wrapper = MatcherFromMasks(matcher, src.image_size, dst.image_size)
+        dynamic = {
+            "src_mask": {0: "B"},
+            "src_box": {0: "B"},
+            "dst_masks": {1: "N"},
+            "dst_boxes": {1: "N"},
+        }
+    dynamic["similarities"] = {0: "B", 1: "N"}
+    _torch_export(
+        wrapper.eval(),
+        _matcher_example(matcher, src, dst, form),
+        raw_path,
+        wrapper.input_names,
+        ["similarities"],
+        dynamic,
+        opset,
+    )
+
+
+def measure_matcher_inputs(
+    paths: dict[str, Path], src: ViewSpec, dst: ViewSpec, dim: int, count: int = DECISION_CANDIDATES
+) -> dict:
+    """Time both matcher forms on one frame pair with ``count`` candidates (ONNX Runtime).
+
+    ``weights``: the runtime's numpy pooling weights + the graph; ``masks``: the graph fed
+    with masks at image size and boxes. Returns medians (ms), the bytes each form feeds,
+    and the choice: the faster form, with ties (within 10%) going to ``weights``.
+    """
+    rng = np.random.default_rng(1)
+    src_masks = random_masks(rng, 1, src.image_size)
+    dst_masks = random_masks(rng, count, dst.image_size)
+    src_boxes = candidate_boxes(rng, src_masks)
+    dst_boxes = candidate_boxes(rng, dst_masks)
+    feats = {
+        "src_feats": rng.standard_normal((1, dim, *src.feat_grid), dtype=np.float32),
+        "dst_feats": rng.standard_normal((1, dim, *dst.feat_grid), dtype=np.float32),
+    }
+    runners = {form: OrtRunner(path) for form, path in paths.items()}
+
+    def weights_feeds() -> dict:
+        return {
+            **feats,
+            "src_weights": descriptor_weights(src_masks, src_boxes, src.image_size, src.feat_grid)[
+                :, None
+            ],
+            "dst_weights": descriptor_weights(dst_masks, dst_boxes, dst.image_size, dst.feat_grid)[
+                None
+            ],
+        }
+
+    masks_feeds = {
+        **feats,
+        "src_mask": src_masks[:, None],
+        "src_box": src_boxes[:, None],
+        "dst_masks": dst_masks[None],
+        "dst_boxes": dst_boxes[None],
+    }
+    weights_ms = median_ms(lambda: runners["weights"](weights_feeds()))
+    masks_ms = median_ms(lambda: runners["masks"](masks_feeds))
+    weights_bytes = sum(v.nbytes for k, v in weights_feeds().items() if k not in feats)
+    masks_bytes = sum(v.nbytes for k, v in masks_feeds.items() if k not in feats)
+    chosen = "weights" if weights_ms <= masks_ms * (1 + DECISION_MARGIN) else "masks"
+    return {
+        "chosen": chosen,
+        "rule": "lower median latency (pooling inputs + graph); within 10% weights win, "
+        "as they move far fewer bytes to the device",
+        "candidates": count,
+        "backend": "onnxruntime CPUExecutionProvider",
+        "machine": platform.processor() or platform.machine(),
+        "weights_ms": round(weights_ms, 3),
+        "masks_ms": round(masks_ms, 3),
+        "weights_input_bytes": int(weights_bytes),
+        "masks_input_bytes": int(masks_bytes),
+    }
+
+
+# ------------------------------------------------------------------------------ pipeline
+
+
+def _clear_previous(out: Path) -> None:
+    """Remove the previous export's manifest and listed files, so a half-written folder never
+    carries a manifest that vouches for files of another run."""
+    manifest_path = out / MANIFEST_NAME
+    if not manifest_path.exists():
+        return
+    try:
+        old = load_manifest(out)
+        names = [ref.path for entry in old.files for ref in entry.file_refs()]
+    except OmamaError:
+        names = []
+    manifest_path.unlink()
+    for name in names:
+        (out / name).unlink(missing_ok=True)
+
+
+class _Export:
+    """One export run: the models, the files written so far and their checks."""
+
+    def __init__(self, config: ExportConfig, models: _Models, work: Path, echo, step) -> None:
+        self.config = config
+        self.models = models
+        self.work = work
+        self.echo = echo
+        self.step = step
+        self.out = Path(config.out_dir)
+        self.files: list[ArtifactFile] = []
+        self.checks: list[Check] = []
+        self.graphs: dict[str, GraphReport] = {}
+        self.fp32_files: dict[str, str] = {}  # model -> fp32 ONNX file name
+        self.src, self.dst = models.views["source"], models.views["destination"]
+        self.decision: dict = {}
+        self.form = config.matcher_input
+        self.matcher_parity: MatcherParity | None = None
+        self.fastsam_net = None
+        self.ultralytics_version: str | None = None
+        self.engines: dict = {}
+        self.timings: dict[str, dict[str, float]] = {}
+
+    @contextlib.contextmanager
+    def timed(self, name: str, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.timings.setdefault(name, {})[phase] = round(time.perf_counter() - start, 3)
+
+    # -- bookkeeping ------------------------------------------------------------------------
+    def add_file(
+        self,
+        path: str,
+        model: str,
+        fmt: str,
+        precision: str,
+        checks: list[Check],
+        io_from: Path | None = None,
+        **extra,
+    ) -> ArtifactFile:
+        inputs, outputs = io_specs(io_from or self.out / path)
+        parity = None
+        if self.config.verify:
+            parity = {
+                "passed": all(c.passed for c in checks),
+                "checks": [c.to_dict() for c in checks],
+            }
+        external = extra.pop("external_data", [])
+        entry = file_entry(
+            self.out,
+            path,
+            model,
+            fmt,
+            precision,
+            inputs,
+            outputs,
+            external_data=external,
+            parity=parity,
+            **extra,
+        )
+        self.files.append(entry)
+        self.checks += checks
+        status = "" if parity is None else (" verified" if parity["passed"] else " FAILED")
+        self.echo(f"  {path}: {entry.size_bytes / 1e6:.1f} MB, {precision}{status}")
+        return entry
+
+    def finalize(self, raw: Path, target: Path) -> GraphReport:
+        report = finalize_onnx(raw, target, check=self.config.verify)
+        self.echo(
+            f"  {target.name}: {report.nodes_exported} -> {report.nodes_final} nodes "
+            f"({report.folded_with})"
+        )
+        return report
+
+    def add_fp32(self, model: str, graph: GraphReport, checks: list[Check]) -> None:
+        name = f"{model}.onnx"
+        self.graphs[name] = graph
+        self.add_file(
+            name,
+            model,
+            "onnx",
+            "fp32",
+            checks,
+            opset=graph.opset,
+            graph=graph.to_dict(),
+            external_data=graph.external_data,
+        )
+        self.fp32_files[model] = name
+        self.step(model)
+
+    def parity(self, model: str, runner, file: str, precision: str, backend: str) -> list[Check]:
+        """The parity checks of ``model`` for any runner (ONNX Runtime or TensorRT)."""
+        if not self.config.verify:
+            return []
+        if model == "matcher":
+            return self.matcher_parity.run(runner, file, precision, backend)
+        if model == "fastsam":
+            cfg = self.config
+            return fastsam_parity(
+                self.fastsam_net,
+                runner,
+                cfg.fastsam_imgsz,
+                file,
+                precision,
+                backend,
+                cfg.fastsam_conf,
+                cfg.fastsam_iou,
+                seed=cfg.seed,
+            )
+        backbone = self.models.backbones[model.removeprefix("backbone_")]
+        return backbone_parity(
+            backbone, runner, file, model, precision, backend, seed=self.config.seed
+        )
+
+    # -- steps --------------------------------------------------------------------------------
+    def backbones(self) -> None:
+        for cam, backbone in self.models.backbones.items():
+            model = f"backbone_{cam}"
+            name = f"{model}.onnx"
+            with self.timed(name, "export_s"):
+                raw = self.work / f"{model}.raw.onnx"
+                export_backbone(backbone, raw, self.config.opset)
+                graph = self.finalize(raw, self.out / name)
+            with self.timed(name, "verify_s"):
+                checks = self.parity(model, OrtRunner(self.out / name), name, "fp32", "onnxruntime")
+            self.add_fp32(model, graph, checks)
+
+    def matcher(self) -> None:
+        config, models = self.config, self.models
+        forms = ["weights", "masks"] if config.matcher_input == "auto" else [config.matcher_input]
+        finals: dict[str, Path] = {}
+        reports: dict[str, GraphReport] = {}
+        for form in forms:
+            with self.timed("matcher.onnx", f"export_{form}_s"):
+                raw = self.work / f"matcher_{form}.raw.onnx"
+                export_matcher(models.matcher, self.src, self.dst, form, raw, config.opset)
+                finals[form] = self.work / f"matcher_{form}.onnx"
+                reports[form] = finalize_onnx(raw, finals[form], check=config.verify)
+        if config.matcher_input == "auto":
+            with self.timed("matcher.onnx", "decide_s"):
+                self.decision = measure_matcher_inputs(
+                    finals, self.src, self.dst, models.matcher.dim
+                )
+            d = self.decision
+            self.echo(
+                f"  matcher input: {d['chosen']} (N={d['candidates']}: weights "
+                f"{d['weights_ms']:.1f} ms, masks {d['masks_ms']:.1f} ms on ONNX Runtime CPU)"
+            )
+        else:
+            self.decision = {"chosen": config.matcher_input, "rule": "given (--matcher-input)"}
+        self.form = self.decision["chosen"]
+        shutil.move(str(finals[self.form]), str(self.out / "matcher.onnx"))
+        graph = reports[self.form]
+        self.echo(
+            f"  matcher.onnx: {graph.nodes_exported} -> {graph.nodes_final} nodes "
+            f"({graph.folded_with})"
+        )
+        self.matcher_parity = MatcherParity(
+            models.matcher,
+            ViewGeometry(self.src.image_size, self.src.feat_grid),
+            ViewGeometry(self.dst.image_size, self.dst.feat_grid),
+            self.form,
+            random_sets=config.parity_sets,
+            large_n=config.parity_large_n,
+            seed=config.seed,
+        )
+        with self.timed("matcher.onnx", "verify_s"):
+            checks = self.parity(
+                "matcher",
+                OrtRunner(self.out / "matcher.onnx"),
+                "matcher.onnx",
+                "fp32",
+                "onnxruntime",
+            )
+        self.add_fp32("matcher", graph, checks)
+
+    def fastsam(self) -> None:
+        from export.fastsam import export_fastsam_onnx, load_fastsam_network
+
+        config = self.config
+        with self.timed("fastsam.onnx", "export_s"):
+            produced, self.ultralytics_version = export_fastsam_onnx(
+                self.models.fastsam_weights,
+                self.work / "fastsam",
+                config.fastsam_imgsz,
+                config.opset,
+            )
+            graph = self.finalize(produced, self.out / "fastsam.onnx")
+        with self.timed("fastsam.onnx", "verify_s"):
+            if config.verify:
+                self.fastsam_net = load_fastsam_network(self.models.fastsam_weights)
+            checks = self.parity(
+                "fastsam",
+                OrtRunner(self.out / "fastsam.onnx"),
+                "fastsam.onnx",
+                "fp32",
+                "onnxruntime",
+            )
+        self.add_fp32("fastsam", graph, checks)
+
+    def fp32_prefixes(self, model: str) -> tuple[str, ...]:
+        """Subgraphs kept fp32 in half-precision variants: the in-graph pooling weights."""
+        return FP32_PREFIXES if model == "matcher" and self.form == "masks" else ()
+
+    def fp16(self) -> None:
+        from export.fp16 import convert_fp16
+
+        for model, fp32_name in self.fp32_files.items():
+            name = f"{model}_fp16.onnx"
+            with self.timed(name, "export_s"):
+                report = convert_fp16(
+                    self.out / fp32_name,
+                    self.out / name,
+                    fp32_node_prefixes=self.fp32_prefixes(model),
+                    check=self.config.verify,
+                )
+            self.echo(f"  {name}: fp16 weights, fp32 I/O; kept fp32: {_kept(report)}")
+            with self.timed(name, "verify_s"):
+                checks = self.parity(model, OrtRunner(self.out / name), name, "fp16", "onnxruntime")
+            self.add_file(
+                name,
+                model,
+                "onnx",
+                "fp16",
+                checks,
+                opset=self.graphs[fp32_name].opset,
+                graph={"fp16_conversion": report},
+                external_data=report["external_data"],
+            )
+            self.step(name)
+
+    def tensorrt(self) -> None:
+        """Build and verify TensorRT fp16 engines when possible; fills ``self.engines``."""
+        config = self.config
+        if not config.fp16:
+            self.engines = {
+                "built": False,
+                "note": "engines: not requested (--fp16 builds TensorRT fp16 engines)",
+            }
+            return
+        if not config.engines:
+            self.engines = {"built": False, "note": "engines: skipped (--no-engines)"}
+            self.echo(self.engines["note"])
+            return
+        from export.tensorrt import (
+            TrtEngineRunner,
+            build_engine,
+            compare_with_onnxruntime,
+            dynamic_profile,
+            tensorrt_status,
+        )
+
+        usable, reason = tensorrt_status()
+        if not usable:
+            note = f"engines: skipped, {reason}; the ONNX files are complete without them"
+            self.engines = {"built": False, "note": note, "reason": reason}
+            self.echo(note)
+            return
+        cache = Path(config.timing_cache or self.out / "trt_timing.cache")
+        built = []
+        record: dict = {}
+        for model, fp32_name in self.fp32_files.items():
+            name = f"{model}_fp16.engine"
+            onnx_path = self.out / fp32_name
+            with self.timed(name, "export_s"):
+                record = build_engine(
+                    onnx_path,
+                    self.out / name,
+                    dynamic_profile(io_specs(onnx_path)[0]),
+                    fp16=True,
+                    timing_cache=cache,
+                    fp32_layer_prefixes=self.fp32_prefixes(model),
+                )
+            checks: list[Check] = []
+            start = time.perf_counter()
+            if config.verify:
+                with TrtEngineRunner(self.out / name) as runner:
+                    checks = self.parity(model, runner, name, "fp16", "tensorrt")
+                report = compare_with_onnxruntime(
+                    self.out / name,
+                    onnx_path,
+                    self._comparison_feeds(model),
+                    _comparison_tolerances(model),
+                )
+                record["onnxruntime_comparison"] = report
+                checks += [
+                    Check(
+                        model=model,
+                        file=name,
+                        precision="fp16",
+                        backend="tensorrt vs onnxruntime",
+                        metric="max abs err",
+                        output=output,
+                        value=values["max_abs_err"],
+                        tolerance=values["allowed"],
+                        detail=f"polygraphy Comparator passed: {values['polygraphy_passed']}",
+                    )
+                    for output, values in report.items()
+                ]
+            self.timings[name]["verify_s"] = round(time.perf_counter() - start, 3)
+            self.add_file(name, model, "tensorrt", "fp16", checks, io_from=onnx_path, engine=record)
+            built.append(name)
+        note = (
+            f"engines: built {', '.join(built)} (TensorRT {record['tensorrt_version']}, "
+            f"{record['gpu_name']})"
+        )
+        self.echo(note)
+        self.engines = {
+            "built": True,
+            "note": note,
+            "files": built,
+            "timing_cache": cache.name,
+            "tensorrt_version": record["tensorrt_version"],
+            "gpu_name": record["gpu_name"],
+        }
+
+    def _comparison_feeds(self, model: str) -> list[dict]:
+        """Inputs of the TensorRT vs ONNX Runtime comparison."""
+        from export.verify import random_images
+
+        rng = np.random.default_rng([self.config.seed, 9])
+        if model == "matcher":
+            parity = self.matcher_parity
+            return [parity.feeds(parity.case(i)) for i in range(parity.n_fixed)]
+        if model == "fastsam":
+            size = self.config.fastsam_imgsz
+            return [{"images": rng.random((1, 3, size, size), dtype=np.float32)}]
+        backbone = self.models.backbones[model.removeprefix("backbone_")]
+        return [{"image": random_images(rng, 1, backbone.image_size)}]
+
+
+def _comparison_tolerances(model: str) -> dict[str, float]:
+    fp16 = TOLERANCES["fp16"]
+    if model == "matcher":
+        return {"similarities": fp16["similarities_max_abs"]}
+    if model == "fastsam":
+        return {"output0": fp16["fastsam_rel"], "output1": fp16["fastsam_rel"]}
+    return {"feats": fp16["feats_rel"]}
+
+
+def _kept(report: dict) -> str:
+    parts = [f"{op} x{count}" for op, count in report["fp32_ops"].items()]
+    if report["fp32_nodes_by_prefix"]:
+        parts.append(f"{report['fp32_nodes_by_prefix']} pooling-weight nodes")
+    return ", ".join(parts) or "none"
+
+
+def export_artifacts(
+    config: ExportConfig, echo: Callable[[str], None] = print, progress: bool = True
+) -> ExportResult:
+    """Run the export described by ``config``; returns the manifest and every check.
+
+    Raises OmamaError for missing weights (naming each and where it comes from), for a
+    graph that fails the checker, and, after writing the manifest, for failed parity checks
+    (naming the file, backend and output).
+    """
+    import torch
+    from tqdm import tqdm
+
+    _validate(config)
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    models_count = 3 + int(config.include_fastsam)
+    total = 3 + models_count * (2 if config.fp16 else 1)
+    bar = tqdm(total=total, desc="export", unit="step", disable=not progress, leave=False)
+
+    def step(label: str) -> None:
+        bar.set_postfix_str(label)
+        bar.update(1)
+
+    try:
+        with temporary_dir(out) as work, torch.no_grad():
+            models = build_models(config, work)
+            # Only now that the inputs are known to load: the old export goes.
+            _clear_previous(out)
+            step("models")
+            run = _Export(config, models, work, echo, step)
+            src, dst = run.src, run.dst
+            echo(
+                f"exporting {models.direction}: source {src.camera} "
+                f"{src.image_size[0]}x{src.image_size[1]} px "
+                f"({src.feat_grid[0]}x{src.feat_grid[1]} tokens), destination {dst.camera} "
+                f"{dst.image_size[0]}x{dst.image_size[1]} px "
+                f"({dst.feat_grid[0]}x{dst.feat_grid[1]} tokens)"
+                + (", random weights" if config.random_init else "")
+            )
+            run.backbones()
+            run.matcher()
+            if config.include_fastsam:
+                run.fastsam()
+            if config.fp16:
+                run.fp16()
+            run.tensorrt()
+            step("engines")
+            manifest = _manifest(run)
+            write_manifest(out, manifest)
+            manifest.root = out
+            step("manifest")
+    finally:
+        bar.close()
+
+    result = ExportResult(manifest, run.checks, run.engines["note"], run.timings)
+    if config.verify:
+        echo(format_table(run.checks))
+    if result.failures:
+        named = "; ".join(c.describe() for c in result.failures[:3])
+        more = f" (+{len(result.failures) - 3} more)" if len(result.failures) > 3 else ""
+        raise OmamaError(
+            f"verification failed: {named}{more}; {out / MANIFEST_NAME} records every result"
+        )
+    return result
+
+
+def tool_versions() -> dict:
+    names = (
+        "torch",
+        "timm",
+        "onnx",
+        "onnxruntime",
+        "onnxslim",
+        "onnxconverter-common",
+        "onnx-graphsurgeon",
+        "polygraphy",
+        "ultralytics",
+        "tensorrt",
+        "numpy",
+    )
+    versions = {name: package_version(name) for name in names}
+    versions["python"] = platform.python_version()
+    versions["omama"] = omama_version
+    return versions
+
+
+def _manifest(run: _Export) -> Manifest:
+    """The manifest of a finished run (``runtime.manifest`` documents the layout)."""
+    config, models, decision = run.config, run.models, run.decision
+    matcher = models.matcher
+    # The seed also rebuilds random-init weights (the torch reference backend does).
+    verification: dict = {"verified": config.verify, "seed": config.seed}
+    if config.verify:
+        failures = [c.describe() for c in run.checks if not c.passed]
+        verification.update(
+            passed=not failures,
+            failures=failures,
+            tolerances=TOLERANCES,
+            parity_sets=config.parity_sets,
+            checks=len(run.checks),
+        )
+    fastsam: dict = {"included": config.include_fastsam}
+    if config.include_fastsam:
+        fastsam.update(
+            model="fastsam",
+            variant=_fastsam_variant(config),
+            imgsz=config.fastsam_imgsz,
+            conf=config.fastsam_conf,
+            iou=config.fastsam_iou,
+            retina_masks=True,
+            max_det=300,
+            mask_coefficients=32,
+            nms_in_graph=False,
+            nms="runtime: class-agnostic NMS on output0 (conf and iou above), then masks from "
+            "the 32 coefficients x output1 prototypes; ultralytics' in-graph NMS would fix conf "
+            "and iou at export time and cap detections at 300",
+            input="images (1, 3, imgsz, imgsz) float32 RGB in [0, 1], letterboxed (centred, pad "
+            "value 114/255)",
+            outputs={
+                "output0": "(1, 4 + 1 + 32, anchors): box cx, cy, w, h px, score, coefficients",
+                "output1": "(1, 32, imgsz / 4, imgsz / 4): mask prototypes",
+            },
+            exporter=f"ultralytics {run.ultralytics_version}",
+            weights=models.records["fastsam_weights"],
+        )
+    tools = tool_versions()
+    tools.update(
+        opset=config.opset,
+        exporter="torch.onnx.export (TorchScript-based, dynamo=False); FastSAM: ultralytics",
+    )
+    return Manifest(
+        direction=models.direction,
+        random_init=config.random_init,
+        views=models.views,
+        preprocess={
+            "patch_size": models.spec.patch_size,
+            "color": "RGB",
+            "layout": "NCHW float32",
+            "scale": 1.0 / 255.0,
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+            "image_resize": "nearest (OpenCV rule) to views.<role>.image_size",
+            "mask_resize": "nearest to views.<role>.image_size",
+        },
+        descriptor={
+            "reduction": REDUCTION,
+            "context_px": CONTEXT_PX,
+            "feature_dim": matcher.dim,
+            "descriptor_dim": 2 * matcher.dim,
+            "query_box": "tight box of the query mask: x1, y1, w = xmax - xmin, h = ymax - ymin",
+            "candidate_boxes": "x1, y1, w, h in pixels of the destination image",
+        },
+        matcher={
+            "model": "matcher",
+            "input": decision["chosen"],
+            "input_decision": decision,
+            "inputs": _matcher_inputs_doc(decision["chosen"]),
+            "attention": config.attention,
+            "dim": matcher.dim,
+            "heads": matcher.heads,
+            "src_grid": list(matcher.src_grid),
+            "dst_grid": list(matcher.dst_grid),
+            "similarity": "cosine; prediction = argmax over candidates",
+            "confidence": "sigmoid(max similarity)",
+            "visible_threshold": 0.5,
+            "weights": models.records["matcher_weights"],
+        },
+        fastsam=fastsam,
+        backbone=models.records["backbone"],
+        files=run.files,
+        tools=tools,
+        engines=run.engines,
+        verification=verification,
+        created_utc=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        omama_version=omama_version,
+    )
+
+
+def _fastsam_variant(config: ExportConfig) -> str:
+    if not config.random_init:
+        return Path(config.fastsam_weights).stem
+    if config.random_fastsam == "n":
+        return "YOLOv8n-seg stand-in, random weights"
+    return f"FastSAM-{config.random_fastsam} architecture, random weights"
+
+
+def _matcher_inputs_doc(form: str) -> dict[str, str]:
+    common = {
+        "src_feats": "(1, D, hs, ws) source backbone features",
+        "dst_feats": "(1, D, hd, wd) destination backbone features",
+    }
+    if form == "weights":
+        return common | {
+            "src_weights": "(B, 1, 2, hs*ws) runtime.pooling.descriptor_weights of the query "
+            "masks and boxes (source view)",
+            "dst_weights": "(1, N, 2, hd*wd) descriptor_weights of the candidates",
+        }
+    return common | {
+        "src_mask": "(B, 1, Hs, Ws) uint8 query masks at the source image size",
+        "src_box": "(B, 1, 4) float32 x1, y1, w, h px of the query masks",
+        "dst_masks": "(1, N, Hd, Wd) uint8 candidate masks at the destination image size",
+        "dst_boxes": "(1, N, 4) float32 x1, y1, w, h px of the candidates",
+    }
