@@ -1,0 +1,479 @@
+"""``omama-run pair`` latency on CPU: the pipeline on ONNX Runtime and on torch vs the O-MaMa
+reference pipeline shape, for K = 1, 4, 8, 16 query objects per frame pair.
+
+Models at the official sizes with random weights (latency does not depend on the values):
+DINOv2 ViT-B/14 with registers at 532x952 (exo, source) and 700x700 (ego, destination), the
+official exo2ego matcher, FastSAM-s at 1024 px. The FastSAM-s BatchNorm is calibrated on
+noise and its class bias set so that the destination frame gets about ``--candidates``
+candidates (random YOLO weights would otherwise give none and the matcher would never run).
+Images: frame 0 of a synthetic take, resized to the processed sizes (exo 960x540, ego
+704x704); queries: its exo object masks, repeated when K exceeds the objects.
+
+* ``ours``: :class:`runtime.pipeline.Pipeline.match_frame` with K queries (FastSAM once,
+  each backbone once, the matcher once for the K objects), medians per stage.
+* ``reference shape``: what O-MaMa does per object: FastSAM through ultralytics' predictor
+  (retina masks), both backbones (the torch backend's PyTorch forward), descriptors with a
+  per-mask loop over the 175x175 upsampled map (``benchmarks.bench_descriptors.
+  loop_reference``) for the query and the N candidates, the matcher with B = 1. These
+  per-object costs are measured once and composed: reference(K) = K x per-object cost
+  (running 16 full reference pipelines would take tens of minutes on 2 cores).
+
+Usage: ``python -m benchmarks.bench_pair [--threads 1] [--repeats 2] [--ks 1 4 8 16]``.
+Writes ``benchmarks/results/bench_pair.json``; the artifacts and weights are kept in
+``--work`` (default ``/tmp/omama_bench_pair``) and reused when the recipe is unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+RESULTS = Path(__file__).resolve().parent / "results" / "bench_pair.json"
+EGO_HW, EXO_HW = (704, 704), (540, 960)  # processed frames (ego / 2, exo / 4)
+STAGES = ("preprocess", "fastsam", "backbone_src", "backbone_dst", "descriptors", "matcher",
+          "postprocess")  # fmt: skip
+TARGETS = {1: 1.3, 8: 8.0}
+RECIPE_VERSION = 3
+
+
+def _median_ms(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(1e3 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def build_weights(folder: Path, fastsam_variant: str, candidates: int, dst_rgb) -> dict:
+    """Random ViT-B/14-reg (timm layout, 37x37 table), official exo2ego matcher and a
+    FastSAM whose class bias gives ~``candidates`` detections on ``dst_rgb``."""
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    from omama_train.models.backbones import build_backbone
+    from omama_train.models.fastsam import build_random_fastsam, load_fastsam
+    from omama_train.models.matcher import OMaMaMatcher, save_matcher
+    from runtime.fastsam_post import letterbox, postprocess
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    backbone = build_backbone("dinov2_vitb14_reg", (518, 518))
+    save_file({k: v.contiguous() for k, v in backbone.trunk.state_dict().items()},
+              str(folder / "backbone.safetensors"))  # fmt: skip
+    del backbone
+    torch.manual_seed(1)
+    save_matcher(OMaMaMatcher("exo2ego"), folder / "matcher.safetensors")
+    path = build_random_fastsam(folder / "fastsam.pt", fastsam_variant, seed=2)
+    model = load_fastsam(path)
+    net = model.model
+    batchnorms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in batchnorms:
+        bn.momentum = 1.0
+    net.train()
+    with torch.no_grad():
+        net(torch.rand(2, 3, 640, 640, generator=torch.Generator().manual_seed(3)))
+        for branch in net.model[-1].cv3:
+            branch[-1].bias.zero_()
+    for bn in batchnorms:
+        bn.momentum = 0.03
+    net.eval()
+    # The calibrated class logits are huge (scores saturate at 1): scale them to a spread
+    # of a few units, so that a bias can choose how many anchors pass conf 0.4.
+    tensor, geom = letterbox(dst_rgb, 1024)
+    heads = [branch[-1] for branch in net.model[-1].cv3]
+    raw: list = []
+    hooks = [h.register_forward_hook(lambda m, i, out: raw.append(out.flatten())) for h in heads]
+    with torch.no_grad():
+        net(torch.from_numpy(tensor))
+        for hook in hooks:
+            hook.remove()
+        scale = 3.0 / float(torch.cat(raw).std())
+        for head in heads:
+            head.weight.mul_(scale)
+        out0, out1 = (t.double().numpy() for t in net(torch.from_numpy(tensor))[0])
+    # Scores are sigmoid(logit + bias): the bias letting the m best anchors pass conf 0.4
+    # sits between the m-th and (m+1)-th logit; bisect m for the wanted count after NMS.
+    scores = np.clip(out0[0, 4], 1e-15, 1 - 1e-15)
+    logits = np.log(scores / (1 - scores))
+    order = np.sort(logits)[::-1]
+    threshold = np.log(0.4 / 0.6)
+
+    def bias_for(m: int) -> float:
+        return float(threshold - (order[m - 1] + order[m]) / 2)
+
+    def count_for(m: int) -> int:
+        shifted = out0.copy()
+        shifted[0, 4] = 1 / (1 + np.exp(-(logits + bias_for(m))))
+        return len(postprocess(shifted.astype(np.float32), out1.astype(np.float32), geom))
+
+    lo, hi = 1, len(order) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if count_for(mid) < candidates:
+            lo = mid + 1
+        else:
+            hi = mid
+    bias = bias_for(lo)
+    with torch.no_grad():
+        for branch in net.model[-1].cv3:
+            branch[-1].bias.fill_(bias)
+    model.save(str(path))
+    return {"fastsam_class_bias": bias, "fastsam_logit_scale": scale,
+            "fastsam_candidates_expected": count_for(lo)}  # fmt: skip
+
+
+def build_artifacts(work: Path, fastsam_variant: str, candidates: int, dst_rgb) -> Path:
+    """The artifacts folder (reused when ``work/recipe.json`` matches)."""
+    from export.pipeline import ExportConfig, export_artifacts
+
+    recipe = {"version": RECIPE_VERSION, "fastsam": fastsam_variant, "candidates": candidates}
+    recipe_path = work / "recipe.json"
+    art = work / "artifacts"
+    done = recipe_path.is_file() and (art / "manifest.json").is_file()
+    if done and json.loads(recipe_path.read_text()).get("recipe") == recipe:
+        return art
+    weights = work / "weights"
+    _log("bench_pair: writing random weights and exporting (one-off, a few minutes)")
+    info = build_weights(weights, fastsam_variant, candidates, dst_rgb)
+    export_artifacts(
+        ExportConfig(
+            out_dir=art,
+            backbone_weights=weights / "backbone.safetensors",
+            matcher_weights=weights / "matcher.safetensors",
+            fastsam_weights=weights / "fastsam.pt",
+            matcher_input="auto",
+            verify=False,
+        ),
+        echo=_log,
+        progress=False,
+    )
+    recipe_path.write_text(json.dumps({"recipe": recipe, **info}, indent=1))
+    return art
+
+
+def bench_images(work: Path):
+    """(source exo RGB 540x960, destination ego RGB 704x704, exo query masks 504x896)."""
+    import cv2
+
+    from omama_train.data.synth import synthesize
+    from runtime import rle
+    from runtime.video import VideoReader
+
+    synth = work / "synth"
+    synthesize(synth, 1, small=True, seed=0, frames=1, annotate_every=1)
+    videos = synth / "takes" / "synth_tabletop_000" / "frame_aligned_videos"
+    with VideoReader(videos / "cam01.mp4") as src, VideoReader(videos / "aria01_214-1.mp4") as dst:
+        src_rgb = cv2.resize(src.read(0), EXO_HW[::-1], interpolation=cv2.INTER_LINEAR)
+        dst_rgb = cv2.resize(dst.read(0), EGO_HW[::-1], interpolation=cv2.INTER_LINEAR)
+    relations = json.loads((synth / "annotations" / "relations_test.json").read_text())
+    (take,) = relations["annotations"].values()
+    from omama_train.data.prepare import decode_encoded_mask
+
+    queries = []
+    for per_cam in take["object_masks"].values():
+        annotation = per_cam.get("cam01", {}).get("annotation", {}).get("0")
+        if annotation:
+            mask = rle.decode(decode_encoded_mask(annotation))
+            if mask.any():
+                queries.append(mask)
+    return src_rgb, dst_rgb, queries
+
+
+# ----------------------------------------------------------------------------- measurements
+
+
+def measure_pipeline(art: Path, backend: str, src, dst, queries, ks, repeats, threads, weights):
+    """Per K, the stages of ``match_frame(src, dst, K queries)``.
+
+    ``match_frame`` is ``encode_source`` + ``encode_destination`` (nothing there depends on
+    K) + ``match`` (the K-dependent part): each repeat encodes the pair once and matches
+    every K against it, so a K's record is exactly what its ``match_frame`` call does.
+    """
+    import torch
+
+    from runtime.pipeline import Pipeline
+
+    records: dict[int, list[dict]] = {k: [] for k in ks}
+    chosen: dict[int, list[int]] = {}
+    with Pipeline(art, backend=backend, device="cpu", threads=threads, mask_size="model",
+                  weights_dirs=[weights]) as pipe:  # fmt: skip
+        torch.set_num_threads(threads)
+        pipe.match_frame(src, dst, queries[:1])  # warm-up (allocations, first-run kernels)
+        for _ in range(repeats):
+            torch.set_num_threads(threads)
+            src_frame, dst_frame = pipe.encode_source(src), pipe.encode_destination(dst)
+            encoded = {**src_frame.take_latency()}
+            for stage, value in dst_frame.take_latency().items():
+                encoded[stage] = encoded.get(stage, 0.0) + value
+            for k in ks:
+                batch = [queries[i % len(queries)] for i in range(k)]
+                matches = pipe.match(src_frame, dst_frame, batch)
+                own = pipe.last_latency_ms
+                records[k].append({s: encoded.get(s, 0.0) + own[s] for s in STAGES})
+                chosen[k] = [m.candidate for m in matches]
+    rows = {}
+    for k in ks:
+        stages = {s: statistics.median(r[s] for r in records[k]) for s in STAGES}
+        rows[k] = {
+            "stages_ms": stages,
+            "total_ms": statistics.median(sum(r.values()) for r in records[k]),
+            "candidates": len(dst_frame.candidates),
+            "chosen": chosen[k],
+        }
+        _log(f"  {backend} K={k}: {rows[k]['total_ms']:.0f} ms, N={rows[k]['candidates']}")
+    return rows, dst_frame
+
+
+def measure_reference(art: Path, weights: Path, src, dst, query, dst_frame, repeats, threads):
+    """Per-object costs of the O-MaMa pipeline shape (torch), each measured once."""
+    import numpy as np
+    import torch
+
+    from benchmarks.bench_descriptors import loop_reference
+    from omama_train.models.fastsam import load_fastsam, segment_everything
+    from omama_train.models.matcher import load_matcher
+    from runtime.manifest import load_manifest
+    from runtime.pooling import mask_boxes
+    from runtime.preprocess import resize_mask_nearest
+
+    manifest = load_manifest(art)
+    fastsam = load_fastsam(weights / "fastsam.pt")
+    params = manifest.fastsam
+
+    def ultralytics_fastsam():
+        torch.set_num_threads(threads)
+        return segment_everything(fastsam, dst, imgsz=int(params["imgsz"]), conf=params["conf"],
+                                  iou=params["iou"], retina_masks=True)  # fmt: skip
+
+    masks_ref, _ = ultralytics_fastsam()
+    torch.set_num_threads(threads)
+    fastsam_ms = _median_ms(ultralytics_fastsam, repeats)
+    torch.set_num_threads(threads)
+    src_view, dst_view = manifest.views["source"], manifest.views["destination"]
+    cands = dst_frame.candidates
+    dense = np.stack([cands.mask(i) for i in range(len(cands))])
+    dst_masks = resize_mask_nearest(dense, dst_view.image_size, rule="torch")
+    dst_boxes = mask_boxes(dst_masks)
+    src_mask = resize_mask_nearest(query, src_view.image_size)[None]
+    src_boxes = mask_boxes(src_mask)
+    rng = np.random.default_rng(0)
+    dst_feats = torch.from_numpy(rng.standard_normal((1, 768, *dst_view.feat_grid), np.float32))
+    src_feats = torch.from_numpy(rng.standard_normal((1, 768, *src_view.feat_grid), np.float32))
+    dm, db = torch.from_numpy(dst_masks), torch.from_numpy(dst_boxes)
+    sm, sb = torch.from_numpy(src_mask), torch.from_numpy(src_boxes)
+    with torch.no_grad():
+        descriptors_ms = _median_ms(
+            lambda: (loop_reference(src_feats, sm, sb, src_view.image_size),
+                     loop_reference(dst_feats, dm, db, dst_view.image_size)),
+            repeats,
+        )  # fmt: skip
+        matcher = load_matcher(weights / "matcher.safetensors")
+        src_desc = loop_reference(src_feats, sm, sb, src_view.image_size)[None]
+        dst_desc = loop_reference(dst_feats, dm, db, dst_view.image_size)[None]
+        matcher(src_desc, dst_desc, src_feats, dst_feats)
+        matcher_ms = _median_ms(lambda: matcher(src_desc, dst_desc, src_feats, dst_feats), repeats)
+    return {
+        "fastsam_ultralytics_ms": fastsam_ms,
+        "fastsam_ultralytics_candidates": int(len(masks_ref)),
+        "descriptors_loop_ms": descriptors_ms,
+        "descriptors_loop_masks": int(len(dst_masks) + 1),
+        "matcher_b1_ms": matcher_ms,
+    }
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def machine_info(threads: int, load_at_start) -> dict:
+    import numpy
+    import onnxruntime
+    import torch
+    import ultralytics
+
+    from benchmarks.bench_descriptors import _cpu_model
+
+    return {
+        "processor": platform.processor() or platform.machine(),
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "torch_threads": torch.get_num_threads(),
+        "load_average_at_start": list(load_at_start),
+        "load_average_at_end": list(os.getloadavg()),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "ultralytics": ultralytics.__version__,
+        "numpy": numpy.__version__,
+    }
+
+
+def compose(ours: dict, reference: dict, ks) -> dict:
+    """reference(K) = K x (FastSAM through ultralytics + both backbones (torch) + loop
+    descriptors + matcher B=1 + preprocessing), against each backend's measured total."""
+    torch_k1 = ours["torch"][ks[0]]["stages_ms"]
+    per_object = (
+        reference["fastsam_ultralytics_ms"]
+        + torch_k1["backbone_src"]
+        + torch_k1["backbone_dst"]
+        + reference["descriptors_loop_ms"]
+        + reference["matcher_b1_ms"]
+        + torch_k1["preprocess"]
+    )
+    rows = {}
+    for k in ks:
+        ref_ms = k * per_object
+        rows[k] = {
+            "reference_shape_ms": ref_ms,
+            **{f"{b}_ms": ours[b][k]["total_ms"] for b in ours},
+            **{f"speedup_{b}": ref_ms / ours[b][k]["total_ms"] for b in ours},
+        }
+    return {"reference_per_object_ms": per_object, "rows": rows}
+
+
+def stage_winners(ours: dict, k: int) -> dict:
+    out = {}
+    for stage in STAGES:
+        t, o = ours["torch"][k]["stages_ms"][stage], ours["onnxruntime"][k]["stages_ms"][stage]
+        winner = "tie (< 1 ms)" if max(t, o) < 1.0 else "onnxruntime" if o < t else "torch"
+        out[stage] = {"torch_ms": t, "onnxruntime_ms": o, "winner": winner,
+                      "ratio_torch_over_ort": t / o if o else None}  # fmt: skip
+    return out
+
+
+def format_report(report: dict) -> str:
+    lines = [
+        "omama-run pair on CPU ({threads} thread(s)); N = {n} FastSAM candidates; load "
+        "average {load:.1f} at start".format(
+            threads=report["machine"]["threads"],
+            n=report["candidates"],
+            load=report["machine"]["load_average_at_start"][0],
+        ),
+        "",
+        f"{'K':>3} {'reference shape':>16} {'torch':>10} {'onnxruntime':>12} "
+        f"{'x torch':>8} {'x ort':>7}",
+    ]
+    for k, row in report["composed"]["rows"].items():
+        lines.append(
+            f"{k:>3} {row['reference_shape_ms'] / 1e3:>15.2f}s {row['torch_ms'] / 1e3:>9.2f}s "
+            f"{row['onnxruntime_ms'] / 1e3:>11.2f}s {row['speedup_torch']:>8.2f} "
+            f"{row['speedup_onnxruntime']:>7.2f}"
+        )
+    ref = report["reference"]
+    lines += [
+        "",
+        f"reference per object (composed): {report['composed']['reference_per_object_ms']:.0f} ms"
+        f" = FastSAM via ultralytics {ref['fastsam_ultralytics_ms']:.0f} + backbones (torch) + "
+        f"loop descriptors {ref['descriptors_loop_ms']:.0f} ({ref['descriptors_loop_masks']} "
+        f"masks) + matcher B=1 {ref['matcher_b1_ms']:.0f}",
+        "",
+        f"per stage at K={report['winners_k']}:",
+        f"  {'stage':<14} {'torch ms':>10} {'ort ms':>10}  winner",
+    ]
+    for stage, row in report["stage_winners"].items():
+        lines.append(
+            f"  {stage:<14} {row['torch_ms']:>10.1f} {row['onnxruntime_ms']:>10.1f}  "
+            f"{row['winner']}"
+        )
+    lines.append("")
+    for k, met in report["targets_met"].items():
+        verdicts = ", ".join(f"{b} {'met' if ok else 'MISSED'}" for b, ok in met.items())
+        lines.append(f"target K={k} >= {report['targets'][k]}x: {verdicts}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=1, help="Threads per model (both backends).")
+    parser.add_argument("--repeats", type=int, default=2, help="Timed calls per K (median).")
+    parser.add_argument("--ks", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument("--candidates", type=int, default=64, help="FastSAM candidates wanted.")
+    parser.add_argument("--fastsam", choices=("s", "x"), default="s", help="FastSAM variant.")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/omama_bench_pair"))
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    load_at_start = os.getloadavg()
+    started = time.perf_counter()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    args.work.mkdir(parents=True, exist_ok=True)
+    src, dst, queries = bench_images(args.work)
+    art = build_artifacts(args.work, args.fastsam, args.candidates, dst)
+    weights = args.work / "weights"
+    ks = sorted(args.ks)
+    ours, dst_frame = {}, None
+    for backend in ("onnxruntime", "torch"):
+        _log(f"bench_pair: {backend}")
+        ours[backend], frame = measure_pipeline(art, backend, src, dst, queries, ks,
+                                                args.repeats, args.threads, weights)  # fmt: skip
+        dst_frame = dst_frame or frame
+    _log("bench_pair: reference shape components")
+    reference = measure_reference(art, weights, src, dst, queries[0], dst_frame, args.repeats,
+                                  args.threads)  # fmt: skip
+    composed = compose(ours, reference, ks)
+    winners_k = 8 if 8 in ks else ks[-1]
+    same_choice = all(ours["torch"][k]["chosen"] == ours["onnxruntime"][k]["chosen"] for k in ks)
+    targets_met = {
+        str(k): {b: composed["rows"][k][f"speedup_{b}"] >= t for b in ours}
+        for k, t in TARGETS.items()
+        if k in composed["rows"]
+    }
+    recipe = json.loads((args.work / "recipe.json").read_text())
+    report = {
+        "benchmark": "bench_pair",
+        "method": "ours: per repeat one encode of the pair + one match per K (= match_frame); "
+        "reference shape = K x per-object costs measured once (FastSAM through ultralytics, "
+        "PyTorch backbones, per-mask loop descriptors, matcher B=1), composed",
+        "settings": {
+            "threads": args.threads,
+            "repeats": args.repeats,
+            "ks": ks,
+            "fastsam": f"FastSAM-{args.fastsam} (random, BatchNorm calibrated, class "
+            f"bias {recipe['fastsam_class_bias']})",
+            "backbone": "dinov2_vitb14_reg",
+            "views": {"source": "exo 532x952", "destination": "ego 700x700"},
+            "images": {"source": list(EXO_HW), "destination": list(EGO_HW)},
+            "queries_distinct": len(queries),
+        },  # fmt: skip
+        "candidates": ours["onnxruntime"][ks[0]]["candidates"],
+        "same_chosen_candidates_torch_vs_onnxruntime": same_choice,
+        "pipeline": {b: {str(k): v for k, v in rows.items()} for b, rows in ours.items()},
+        "reference": reference,
+        "composed": {
+            "reference_per_object_ms": composed["reference_per_object_ms"],
+            "rows": {str(k): v for k, v in composed["rows"].items()},
+        },  # fmt: skip
+        "winners_k": winners_k,
+        "stage_winners": stage_winners(ours, winners_k),
+        "targets": {str(k): t for k, t in TARGETS.items()},
+        "targets_met": targets_met,
+        "wall_s": round(time.perf_counter() - started, 1),
+        "machine": machine_info(args.threads, load_at_start),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(format_report(report))
+    print(f"\nwritten to {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
