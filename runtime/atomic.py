@@ -14,12 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-@contextlib.contextmanager
-def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
-    """Yield a temporary path next to ``target``; rename it onto ``target`` on success.
+def temp_path_beside(target: str | os.PathLike, suffix: str | None = None) -> Path:
+    """Create an empty temporary file next to ``target`` (same folder, so a rename is atomic).
 
-    ``suffix`` defaults to the target's suffix so writers that pick a format by extension
-    (OpenCV, numpy) still work.
+    mkstemp makes 0600 files; the file gets the permissions a plain open() would give.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -27,11 +25,20 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
         prefix=f".{target.name}.", suffix=suffix or target.suffix or ".tmp", dir=target.parent
     )
     os.close(fd)
-    tmp_path = Path(tmp)
-    # mkstemp creates 0600 files; give the result the permissions a plain open() would.
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return Path(tmp)
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; rename it onto ``target`` on success.
+
+    ``suffix`` defaults to the target's suffix so writers that pick a format by extension
+    (OpenCV, numpy) still work.
+    """
+    tmp_path = temp_path_beside(target, suffix)
     try:
         yield tmp_path
         os.replace(tmp_path, target)

@@ -22,7 +22,6 @@ import contextlib
 import logging
 import os
 import queue
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.atomic import temp_path_beside
 from runtime.errors import OmamaError
 
 log = logging.getLogger(__name__)
@@ -449,11 +449,7 @@ class VideoWriter:
         self._size_hw: tuple[int, int] | None = None
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._error: BaseException | None = None
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{self.path.name}.", suffix=".mp4", dir=self.path.parent
-        )
-        os.close(fd)
-        self._tmp = Path(tmp)
+        self._tmp = temp_path_beside(self.path, suffix=".mp4")
         self._closed = False
         self._thread = threading.Thread(target=self._encode, name="omama-writer", daemon=True)
         self._thread.start()
