@@ -76,6 +76,7 @@ import cv2
 import numpy as np
 import typer
 
+from omama_train.data.masks import parse_shard, select_shard
 from runtime.atomic import atomic_path, write_json
 from runtime.egoexo import (
     DIRECTIONS,
@@ -143,23 +144,6 @@ def unique_images(pairs: Iterable[Pair]) -> list[ImageKey]:
         keys.add(ImageKey(p.take, p.ego_cam, int(p.frame)))
         keys.add(ImageKey(p.take, p.exo_cam, int(p.frame)))
     return sorted(keys)
-
-
-def select_shard(images: Sequence[ImageKey], index: int, count: int) -> list[ImageKey]:
-    """Shard ``index`` of ``count``: every count-th image of the sorted list from ``index``."""
-    return sorted(images)[index::count]
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"i/n"`` (0-based, 0 <= i < n) -> (i, n)."""
-    try:
-        index_text, count_text = text.split("/")
-        index, count = int(index_text), int(count_text)
-    except ValueError as exc:
-        raise OmamaError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from exc
-    if count < 1 or not 0 <= index < count:
-        raise OmamaError(f"--shard i/n needs n >= 1 and 0 <= i < n, got {text!r}")
-    return index, count
 
 
 def jpeg_size_hw(path: Path) -> tuple[int, int]:
