@@ -21,10 +21,13 @@ from pathlib import Path
 
 import torch
 
-from omama_train.models.fastsam import _import_ultralytics, preserve_thread_settings
+from omama_train.models.fastsam import (
+    _import_ultralytics,
+    build_random_fastsam,
+    preserve_thread_settings,
+)
 from runtime.errors import OmamaError
 
-STANDIN_YAML = "yolov8n-seg.yaml"
 OUTPUT_NAMES = ("output0", "output1")
 MASK_COEFFICIENTS = 32
 
@@ -51,23 +54,8 @@ def build_standin_fastsam(path: str | os.PathLike, seed: int = 0) -> Path:
     scale, built from ultralytics' bundled yaml without any download. For trying the
     toolchain and for tests only.
     """
-    ultralytics = _import_ultralytics()
-    from ultralytics.nn.tasks import SegmentationModel, yaml_model_load
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with quiet_ultralytics():
-        torch.manual_seed(seed)
-        wrapper = ultralytics.YOLO(STANDIN_YAML, task="segment")
-        cfg = yaml_model_load(STANDIN_YAML)
-        cfg["nc"] = 1
-        net = SegmentationModel(cfg, verbose=False)
-        net.args = wrapper.model.args
-        net.task = "segment"
-        net.names = {0: "object"}
-        wrapper.model = net
-        wrapper.save(str(path))
-    return path
+        return build_random_fastsam(path, "n", seed)
 
 
 def load_fastsam_network(weights: str | os.PathLike) -> torch.nn.Module:

@@ -176,7 +176,6 @@ def _open(
 # may not import export, so the names are repeated; tests/test_pipeline.py checks every
 # rebuilt module against its ONNX file.
 RANDOM_BACKBONE = "dinov2_vits14_reg"
-STANDIN_FASTSAM_YAML = "yolov8n-seg.yaml"
 
 
 def _is_model_ref(model: Any) -> bool:
@@ -327,25 +326,9 @@ def _fastsam_network(manifest: Any, dirs: tuple[Path, ...]) -> Any:
 def _standin_fastsam(path: Path, seed: int) -> Path:
     """The export's random FastSAM stand-in (YOLOv8n-seg, one class), saved and reloaded as
     the export does (ultralytics stores checkpoints in half precision)."""
-    import torch
+    from omama_train.models.fastsam import build_random_fastsam
 
-    from omama_train.models.fastsam import _import_ultralytics, preserve_thread_settings
-
-    ultralytics = _import_ultralytics()
-    from ultralytics.nn.tasks import SegmentationModel, yaml_model_load
-
-    with preserve_thread_settings():
-        torch.manual_seed(seed)
-        wrapper = ultralytics.YOLO(STANDIN_FASTSAM_YAML, task="segment")
-        cfg = yaml_model_load(STANDIN_FASTSAM_YAML)
-        cfg["nc"] = 1
-        net = SegmentationModel(cfg, verbose=False)
-        net.args = wrapper.model.args
-        net.task = "segment"
-        net.names = {0: "object"}
-        wrapper.model = net
-        wrapper.save(str(path))
-    return path
+    return build_random_fastsam(path, "n", seed)
 
 
 def build_artifact_module(manifest: Any, entry: Any, weights_dirs: Sequence = ()) -> Any:

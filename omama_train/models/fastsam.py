@@ -34,7 +34,8 @@ WEIGHTS_SOURCE = (
     "(https://github.com/ultralytics/assets/releases) or the FastSAM authors' page, "
     "and pass --weights PATH"
 )
-VARIANT_YAML = {"s": "yolov8s-seg.yaml", "x": "yolov8x-seg.yaml"}
+# "n" is no FastSAM release: the smallest YOLOv8-seg, a stand-in for random-init exports.
+VARIANT_YAML = {"n": "yolov8n-seg.yaml", "s": "yolov8s-seg.yaml", "x": "yolov8x-seg.yaml"}
 
 
 @contextlib.contextmanager
