@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from runtime.info import cpu_model
+
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_descriptors.json"
 IMAGE_SIZE = (700, 700)
 FEAT_GRID = (50, 50)
@@ -49,7 +51,7 @@ def _median_s(fn, repeats: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
-def _blob_masks(rng, count: int, size: tuple[int, int]):
+def blob_masks(rng, count: int, size: tuple[int, int]):
     """Ellipses of random centre and radii (4 to 250 px): FastSAM-like candidates."""
     import numpy as np
 
@@ -102,7 +104,7 @@ def worker(threads: int, counts: list[int], repeats: int, loop_repeats: int, mat
     torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
     feats_np = rng.standard_normal((CHANNELS, *FEAT_GRID)).astype(np.float32)
-    all_masks = _blob_masks(rng, max(counts), IMAGE_SIZE)
+    all_masks = blob_masks(rng, max(counts), IMAGE_SIZE)
     all_boxes = pooling.mask_boxes(all_masks)
     feats = torch.from_numpy(feats_np)[None]
 
@@ -183,7 +185,7 @@ def machine_info(load_at_start: tuple[float, float, float]) -> dict:
 
     return {
         "processor": platform.processor() or platform.machine(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         # Other processes on the CPU distort timings (2-thread ones most): keep the load.
         "load_average_at_start": list(load_at_start),
@@ -192,16 +194,6 @@ def machine_info(load_at_start: tuple[float, float, float]) -> dict:
         "torch": torch.__version__,
         "numpy": numpy.__version__,
     }
-
-
-def _cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
 
 
 def main(argv: list[str] | None = None) -> int:

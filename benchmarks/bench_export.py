@@ -37,18 +37,11 @@ def machine_info(threads: int, load_at_start: tuple[float, float, float]) -> dic
     import torch
 
     from export.pipeline import tool_versions
+    from runtime.info import cpu_model
 
-    cpu_model = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
         "processor": platform.processor() or platform.machine(),
-        "cpu_model": cpu_model,
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "onnxruntime_threads": threads,

@@ -307,11 +307,11 @@ def machine_info(threads: int, load_at_start) -> dict:
     import torch
     import ultralytics
 
-    from benchmarks.bench_descriptors import _cpu_model
+    from runtime.info import cpu_model
 
     return {
         "processor": platform.processor() or platform.machine(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "threads": threads,
         "torch_threads": torch.get_num_threads(),

@@ -43,32 +43,19 @@ BACKBONE = "dinov2_vits14_reg"
 SEED_MS = {"on_the_fly": 2467.0, "cached": 242.0, "cached_descriptors": 166.0}
 
 
-def _blob_masks(rng, count: int, size: tuple[int, int]):
-    """(count, H, W) uint8 ellipses of random centre and radii (4 to 250 px)."""
-    import numpy as np
-
-    height, width = size
-    masks = np.zeros((count, height, width), dtype=np.uint8)
-    ys, xs = np.ogrid[:height, :width]
-    for n in range(count):
-        cy, cx = rng.uniform(0, height), rng.uniform(0, width)
-        ry, rx = rng.uniform(4, 250, size=2)
-        masks[n] = ((ys - cy) / ry) ** 2 + ((xs - cx) / rx) ** 2 <= 1.0
-    return masks
-
-
 def make_batch(batch: int, n: int, geometry, seed: int = 0) -> dict:
     """A collated training batch at the real sizes (features and images both included)."""
     import numpy as np
     import torch
 
+    from benchmarks.bench_descriptors import blob_masks
     from omama_train.dataset import masks_to_grid, pack_masks
     from runtime.pooling import mask_boxes
 
     rng = np.random.default_rng(seed)
 
     def packed(count: int, size, pool):
-        masks = _blob_masks(rng, count, size)
+        masks = blob_masks(rng, count, size)
         bits = pack_masks(masks_to_grid(masks, size, pool, "torch"))
         return torch.from_numpy(bits), torch.from_numpy(mask_boxes(masks))
 
@@ -191,17 +178,11 @@ def machine_info(load_at_start: tuple[float, float, float], threads: int) -> dic
     import numpy
     import torch
 
-    cpu_model = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from runtime.info import cpu_model
+
     return {
         "processor": platform.processor() or platform.machine(),
-        "cpu_model": cpu_model,
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": threads,
         # Other processes on the CPU distort timings: keep the load next to the numbers.

@@ -53,7 +53,7 @@ import numpy as np
 
 from runtime.candidates import Candidates
 from runtime.errors import OmamaError
-from runtime.info import package_version
+from runtime.info import cpu_model, package_version
 from runtime.pipeline import STAGES
 from runtime.sessions import Session
 
@@ -427,16 +427,6 @@ class GpuMemorySampler:
 
 
 # ----------------------------------------------------------------------------- environment
-
-
-def cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
 
 
 def gpu_details() -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata as md
+import platform
 import shutil
 import subprocess
 
@@ -27,6 +28,18 @@ def package_version(name: str) -> str | None:
         return md.version(name)
     except md.PackageNotFoundError:
         return None
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name (from /proc/cpuinfo on Linux, else what platform reports)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 def nvidia_gpus() -> list[str]:
