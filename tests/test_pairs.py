@@ -14,6 +14,7 @@ from omama_train.data.pairs import PairSampler, all_pairs, kept_count, make_pair
 from runtime import rle
 from runtime.clikit import run_app
 from runtime.egoexo import Pair, ProcessedRoot, read_pairs, write_pairs
+from runtime.errors import OmamaError
 from runtime.metrics import track_order
 
 EGO = "aria01_214-1"
@@ -236,3 +237,20 @@ def test_gt_holds_exactly_the_observations_of_a_pairs_file(root, tmp_path):
     assert run_app(build_app(), [*args, "--pairs", str(pairs_file), "--split", "train"]) == 0
     write_pairs(pairs_file, [Pair("zz", "cup", EGO, "cam01", 4)], root)
     assert run_app(build_app(), [*args, "--pairs", str(pairs_file)]) == 1
+
+
+def test_gt_narrowed_to_one_take_and_camera(tmp_path):
+    from omama_train.data.gt import select_pairs
+
+    pairs = [
+        Pair("ta", "cup", EGO, "cam01", 1),
+        Pair("ta", "cup", EGO, "cam02", 1),
+        Pair("tb", "pan", EGO, "cam01", 2),
+    ]
+    assert select_pairs(pairs, [], []) == pairs
+    assert select_pairs(pairs, ["ta"], ["cam01"]) == [pairs[0]]
+    assert select_pairs(pairs, [], ["cam01"]) == [pairs[0], pairs[2]]
+    with pytest.raises(OmamaError, match="no pairs with exo camera cam09; present: cam01, cam02"):
+        select_pairs(pairs, [], ["cam09"])
+    with pytest.raises(OmamaError, match="no pairs with take tz"):
+        select_pairs(pairs, ["tz"], [])

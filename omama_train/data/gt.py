@@ -56,6 +56,21 @@ def build_gt(index: ProcessedRoot, pairs: Iterable[Pair], direction: str) -> tup
     return gt, no_query
 
 
+def select_pairs(pairs: list[Pair], takes: Iterable[str], cams: Iterable[str]) -> list[Pair]:
+    """The pairs of the given takes and exo cameras (all of them when a filter is empty);
+    a filter that matches no pair is an error naming what exists."""
+    takes, cams = set(takes), set(cams)
+    for wanted, field, what in ((takes, "take", "take"), (cams, "exo_cam", "exo camera")):
+        present = {getattr(p, field) for p in pairs}
+        unknown = sorted(wanted - present)
+        if unknown:
+            raise OmamaError(
+                f"no pairs with {what} {', '.join(unknown)}; present: "
+                f"{', '.join(sorted(present)[:10]) or 'none'}"
+            )
+    return [p for p in pairs if (not takes or p.take in takes) and (not cams or p.exo_cam in cams)]
+
+
 def add_commands(data_app: typer.Typer) -> None:
     @data_app.command("gt")
     def gt_command(
@@ -66,8 +81,20 @@ def add_commands(data_app: typer.Typer) -> None:
         pairs_file: Path | None = typer.Option(
             None, "--pairs", help="Score only these pairs (e.g. a sampled pairs file)."
         ),
+        only_takes: list[str] = typer.Option(
+            [], "--take", help="Only this take (repeatable), e.g. the take of one video run."
+        ),
+        only_cams: list[str] = typer.Option(
+            [],
+            "--cam",
+            help="Only pairs with this exo camera (repeatable), e.g. the camera of one "
+            "`omama-run video` run.",
+        ),
     ) -> None:
         """Write the evaluation GT JSON of a split, for omama eval.
+
+        --take and --cam narrow the observations to what one `omama-run video` run predicts,
+        so its results.json can be scored on its own.
 
         Example: omama data gt --root data --split test --direction exo2ego --out gt_test.json
         """
@@ -85,6 +112,7 @@ def add_commands(data_app: typer.Typer) -> None:
             pairs = all_pairs(
                 index, [t for t in index.takes(split) if index.has_take(t)], direction
             )
+        pairs = select_pairs(pairs, only_takes, only_cams)
         gt, no_query = build_gt(index, pairs, direction)
         write_json(out, gt)
         n_takes = len(gt["annotations"])
