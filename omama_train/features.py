@@ -10,6 +10,7 @@ Store layout (``CACHE``)::
     CACHE/chunks/<view>-<i>of<n>-<seq>.npy  float16 (rows, C, h, w): the maps of up to K images
     CACHE/chunks/<view>-<i>of<n>-<seq>.json index part: the "take/cam/frame" key of every row
     CACHE/report[_shard_i_n].json           the last run's summary (counts, MB per 1000 images)
+    CACHE/backbone.safetensors              --random-init only: the weights it computed with
 
 ``<view>`` is ``ego`` or ``exo`` (the two views have different token grids, so they never
 share a file), ``<i>of<n>`` the shard that wrote it and ``<seq>`` a per-shard counter.
@@ -28,19 +29,30 @@ start. One process per shard at a time.
 Compatibility. ``meta.json`` is created once, by the first run (``os.link``, so concurrent
 shards cannot overwrite each other), and records the backbone (name, timm overrides, patch
 size, positional interpolation), the sha256 of the weights, whether they are a seeded
-random initialisation, each view's image sizes (the processed jpg's, and the model input:
-the jpg rounded down to the patch-14 grid, times the backbone's patch) and token grid, the
-channels and the dtype. A later run, or a reader given ``expect``, with other weights,
+random initialisation, each view's image sizes (the processed jpg's landscape size, and the
+model input: that rounded down to the patch-14 grid, times the backbone's patch) and token
+grid, the channels and the dtype. A later run, or a reader given ``expect``, with other weights,
 another backbone, other sizes or another dtype is refused with a message naming what
 differs. The weights hash covers the tensors actually loaded: the checkpoint's tensors as
 read (sorted key order: name, dtype, shape, bytes) plus, for backbones whose 1x1 projection
-to 768 channels is not in the file, that projection's seeded initialisation; for
-``random_init`` the whole seeded state. So a file replaced under the same name is noticed.
+to 768 channels is not in the file, that projection's seeded initialisation
+(``omama_train.models.backbones.seeded_projection(spec, seed)``, which ``omama export``
+uses too); for ``random_init`` the whole seeded state. So a file replaced under the same
+name is noticed.
 
 Random initialisation (tests, demos, benchmarks; no checkpoint needed): the backbone is
 built at its pretraining grid (37 x 37 tokens) under ``torch.manual_seed(seed)``, and that
 state is loaded into each view's model through the regular checkpoint loader, so both views
-share one set of weights with the official positional interpolation.
+share one set of weights with the official positional interpolation. That state is also
+written to ``CACHE/backbone.safetensors`` (recorded in ``meta.json`` with its sha256; a
+resumed run checks it), the file to export the cache's backbone with (``omama export
+--backbone-weights``); read back by ``--weights`` it gives the same weights sha256, so the
+cache accepts it as its own.
+
+Landscape rule (OMAMA_REFERENCE.md section 7): a view's model input size comes from the
+landscape size of its images; a portrait frame of that view is resized (nearest, not
+rotated) straight to it, as the training dataset does. Frames whose landscape size is not
+the view's are refused.
 
 Reading. :class:`FeatureCache` merges every index part present (shards included) and opens
 each data file with ``np.load(mmap_mode="r")`` on first use: nothing is read until a key is
@@ -77,7 +89,7 @@ import numpy as np
 import typer
 
 from omama_train.data.masks import parse_shard, select_shard
-from runtime.atomic import atomic_path, write_json
+from runtime.atomic import atomic_path, temp_path_beside, write_json
 from runtime.egoexo import (
     DIRECTIONS,
     Pair,
@@ -88,7 +100,7 @@ from runtime.egoexo import (
     read_pairs,
 )
 from runtime.errors import OmamaError
-from runtime.preprocess import model_input_size
+from runtime.preprocess import model_input_size, resize_nearest_hw
 
 if TYPE_CHECKING:  # torch stays out of module import (omama --help must be fast)
     import torch
@@ -100,6 +112,7 @@ FORMAT_VERSION = 1
 DTYPE = "float16"
 META_NAME = "meta.json"
 CHUNKS_DIR = "chunks"
+BACKBONE_FILE = "backbone.safetensors"  # the weights of a --random-init cache
 VIEWS: tuple[str, ...] = ("ego", "exo")
 PRETRAIN_GRID = 37  # DINOv2's 518 px / 14: random-init weights are built at this grid
 DEFAULT_FLUSH_EVERY = 256
@@ -228,26 +241,14 @@ def _seeded_state(spec: BackboneSpec, seed: int) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _seeded_projection(spec: BackboneSpec, seed: int) -> dict[str, torch.Tensor]:
-    """The seeded initialisation of the 1x1 projection to 768 channels (``proj.*``)."""
-    import torch
-    from torch import nn
-
-    from omama_train.models.backbones import FEATURE_DIM
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        conv = nn.Conv2d(spec.embed_dim, FEATURE_DIM, 1)
-    return {f"proj.{k}": v.detach().clone() for k, v in conv.state_dict().items()}
-
-
 @dataclass
 class BackboneWeights:
     """One backbone and one set of weights, buildable at any image size.
 
     ``resolve`` reads (or, with ``random_init``, creates) the weights once and hashes them;
     ``build(image_size_hw)`` returns a ``Backbone`` for that size holding exactly those
-    weights (the positional table interpolated by the regular loader).
+    weights (the positional table interpolated by the regular loader). ``projection_seeded``:
+    the file has no 1x1 projection to 768, so ``seeded_projection(spec, seed)`` is used.
     """
 
     spec: BackboneSpec
@@ -256,8 +257,8 @@ class BackboneWeights:
     random_init: bool
     seed: int
     sha256: str
-    _trunk_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
-    _proj_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    projection_seeded: bool = False
+    _state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
     @classmethod
     def resolve(
@@ -270,10 +271,10 @@ class BackboneWeights:
         pos_resize: str | None = None,
     ) -> BackboneWeights:
         from omama_train.models.backbones import (
-            FEATURE_DIM,
             POS_RESIZES,
             get_spec,
             read_state_dict,
+            seeded_projection,
         )
 
         spec = backbone if not isinstance(backbone, str) else get_spec(backbone)
@@ -283,39 +284,32 @@ class BackboneWeights:
             )
         if random_init == (weights is not None):
             raise OmamaError("pass either --weights PATH or --random-init (not both, not neither)")
-        needs_proj = spec.embed_dim != FEATURE_DIM
         if random_init:
             state = _seeded_state(spec, seed)
-            trunk = {k[len("trunk.") :]: v for k, v in state.items() if k.startswith("trunk.")}
-            proj = {k: v for k, v in state.items() if k.startswith("proj.")} or None
-            return cls(spec, pos_resize, None, True, seed, weights_sha256(state), trunk, proj)
+            return cls(spec, pos_resize, None, True, seed, weights_sha256(state), False, state)
         path = Path(weights)  # type: ignore[arg-type]
         state = read_state_dict(path)
-        proj = None
-        if needs_proj and not {"proj.weight", "proj.bias"} <= set(state):
-            proj = _seeded_projection(spec, seed)
-            state = {**state, **{f"omama.{k}": v for k, v in proj.items()}}
-        return cls(spec, pos_resize, path, False, seed, weights_sha256(state), None, proj)
+        proj = {} if any(k.startswith("proj.") for k in state) else seeded_projection(spec, seed)
+        # The hash covers the projection the features are computed with, file or seeded.
+        state = {**state, **{f"omama.{k}": v for k, v in proj.items()}}
+        return cls(spec, pos_resize, path, False, seed, weights_sha256(state), bool(proj))
+
+    @property
+    def state(self) -> dict[str, torch.Tensor] | None:
+        """The whole ``Backbone`` state of a random initialisation (``None`` for a file)."""
+        return self._state
 
     def build(self, image_size_hw: tuple[int, int]) -> Backbone:
         """A ``Backbone`` in eval mode for images of exactly ``image_size_hw`` = (H, W) px."""
-        import tempfile
+        from omama_train.models.backbones import build_backbone, load_backbone_state
 
-        from safetensors.torch import save_file
-
-        from omama_train.models.backbones import build_backbone, load_backbone_weights
-
+        if self._state is None:
+            return build_backbone(
+                self.spec, image_size_hw, self.file, self.pos_resize, projection_seed=self.seed
+            )
         model = build_backbone(self.spec, image_size_hw, pos_resize=self.pos_resize)
-        if self._trunk_state is not None:
-            # Through a file, so the regular loader interpolates the 37x37 table to the grid.
-            with tempfile.TemporaryDirectory(prefix="omama-random-init-") as tmp:
-                path = Path(tmp) / "trunk.safetensors"
-                save_file({k: v.contiguous() for k, v in self._trunk_state.items()}, str(path))
-                load_backbone_weights(model, path)
-        else:
-            load_backbone_weights(model, self.file)  # type: ignore[arg-type]
-        if self._proj_state is not None:
-            model.proj.load_state_dict({k[len("proj.") :]: v for k, v in self._proj_state.items()})
+        # The regular loader interpolates the 37x37 table to the grid, as for a file.
+        load_backbone_state(model, self._state, source=f"random init (seed {self.seed})")
         return model.eval()
 
     def describe(self) -> dict:
@@ -323,7 +317,7 @@ class BackboneWeights:
         return {
             "sha256": self.sha256,
             "random_init": self.random_init,
-            "seed": self.seed if self.random_init or self._proj_state is not None else None,
+            "seed": self.seed if self.random_init or self.projection_seeded else None,
             "file": None if self.file is None else str(self.file),
         }
 
@@ -346,13 +340,52 @@ def backbone_identity(spec: BackboneSpec, pos_resize: str | None) -> dict:
 
 
 def view_sizes(source_size_hw: tuple[int, int], patch_size: int) -> dict:
-    """A view's entry in ``meta["views"]``: jpg size, model input size and token grid."""
-    image = model_input_size(int(source_size_hw[0]), int(source_size_hw[1]), patch_size)
+    """A view's entry in ``meta["views"]``: jpg size (landscape: a portrait jpg's size is
+    swapped, ``omama_train.sampling.landscape_size``), model input size and token grid."""
+    from omama_train.sampling import landscape_size
+
+    h, w = landscape_size(source_size_hw)
+    image = model_input_size(h, w, patch_size)
     return {
-        "source_size_hw": [int(source_size_hw[0]), int(source_size_hw[1])],
+        "source_size_hw": [h, w],
         "image_size_hw": list(image),
         "grid_hw": [image[0] // patch_size, image[1] // patch_size],
     }
+
+
+def write_backbone_file(out: Path, bw: BackboneWeights) -> dict:
+    """``CACHE/backbone.safetensors``: the exact weights of a ``--random-init`` cache.
+
+    The whole ``Backbone`` state (trunk at the 37 x 37 pretraining grid, projection), so
+    ``build_backbone(spec, any_size, file)`` rebuilds what computed the features and
+    ``omama export --backbone-weights`` exports it; ``omama features --weights`` on it gives
+    the cache's weights sha256. Written atomically; a file already there is kept when it
+    holds these weights and refused otherwise. Returns ``{"name", "sha256"}`` (sha256 of
+    the file's bytes, as an export manifest records it).
+    """
+    from omama_train.models.backbones import read_state_dict, save_backbone_weights
+    from runtime.manifest import sha256_file
+
+    if bw.state is None:
+        raise OmamaError("only --random-init weights are written into the cache")
+    path = Path(out) / BACKBONE_FILE
+    if path.exists():
+        held = weights_sha256(read_state_dict(path))
+        if held != bw.sha256:
+            raise OmamaError(
+                f"{path} holds other weights (sha256 {_short(held)}...) than this cache "
+                f"({_short(bw.sha256)}...): delete it and run again to rewrite it"
+            )
+    else:
+        info = {
+            "format": "omama-backbone",
+            "backbone": backbone_identity(bw.spec, bw.pos_resize),
+            "random_init": True,
+            "seed": bw.seed,
+            "weights_sha256": bw.sha256,
+        }
+        save_backbone_weights(bw.state, path, info)
+    return {"name": BACKBONE_FILE, "sha256": sha256_file(path)}
 
 
 # ------------------------------------------------------------------------------- meta
@@ -462,8 +495,8 @@ def create_or_check_meta(path: Path, meta: dict) -> dict:
     path = Path(path)
     meta_path = path / META_NAME
     if not meta_path.exists():
-        path.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path / f".{META_NAME}.new") as tmp:
+        tmp = temp_path_beside(meta_path)  # removed below: only meta.json stays
+        try:
             tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
             try:
                 os.link(tmp, meta_path)
@@ -474,6 +507,8 @@ def create_or_check_meta(path: Path, meta: dict) -> dict:
                     os.replace(tmp, meta_path)
             else:
                 return meta
+        finally:
+            tmp.unlink(missing_ok=True)
     existing = read_meta(path)
     problems = compatibility_problems(
         existing,
@@ -772,6 +807,7 @@ def _batches(items: Sequence, size: int) -> list[Sequence]:
 class _RunStats:
     computed: dict[str, int] = field(default_factory=lambda: {v: 0 for v in VIEWS})
     compute_s: dict[str, float] = field(default_factory=lambda: {v: 0.0 for v in VIEWS})
+    portrait: dict[str, int] = field(default_factory=lambda: {v: 0 for v in VIEWS})
     chunks: list[str] = field(default_factory=list)
 
 
@@ -795,6 +831,7 @@ def _compute_view(
     import torch
 
     from omama_train.models.preprocess import preprocess_image_torch
+    from omama_train.sampling import landscape_size
 
     chunks_dir = out / CHUNKS_DIR
     prefix = _chunk_prefix(view, shard)
@@ -819,12 +856,23 @@ def _compute_view(
                     rgbs = next(decoded)
                     batch = chunk[start : start + len(rgbs)]
                     for key, rgb in zip(batch, rgbs, strict=True):
-                        if rgb.shape[:2] != tuple(source_size_hw):
+                        if landscape_size(rgb.shape[:2]) != tuple(source_size_hw):
                             raise OmamaError(
                                 f"image {index.image_path(*key)} is {_fmt_hw(rgb.shape[:2])} px, "
                                 f"the {view} images of the cache at {out} are "
-                                f"{_fmt_hw(source_size_hw)}"
+                                f"{_fmt_hw(source_size_hw)} (or portrait {source_size_hw[1]}x"
+                                f"{source_size_hw[0]})"
                             )
+                    portrait = sum(rgb.shape[0] > rgb.shape[1] for rgb in rgbs)
+                    if portrait:
+                        # Resized (not rotated) straight to the model size, as the dataset
+                        # does; the rest of the batch too, so it stacks (same indices as
+                        # the device resize, so landscape images are unchanged by this).
+                        rgbs = [
+                            resize_nearest_hw(rgb, model.image_size, axes=(0, 1), rule="opencv")
+                            for rgb in rgbs
+                        ]
+                        stats.portrait[view] += portrait
                     t0 = time.perf_counter()
                     with torch.inference_mode(), amp:
                         x = torch.from_numpy(np.stack(rgbs)).to(device, non_blocking=True)
@@ -894,6 +942,8 @@ def build_cache(
     import torch
     from tqdm import tqdm
 
+    from omama_train.sampling import landscape_size
+
     started = time.perf_counter()
     root, out = Path(root), Path(out)
     device = device or default_device()
@@ -961,11 +1011,17 @@ def build_cache(
     for key in todo:  # headers only: refuse a mismatch before computing anything
         size = jpeg_size_hw(index.image_path(*key))
         want = tuple(meta["views"][key.view]["source_size_hw"])
-        if size != want:
+        if landscape_size(size) != want:
             raise OmamaError(
                 f"image {index.image_path(*key)} is {_fmt_hw(size)} px, the {key.view} images "
-                f"of the cache at {out} are {_fmt_hw(want)}"
+                f"of the cache at {out} are {_fmt_hw(want)} (or portrait {want[1]}x{want[0]}, "
+                "resized to it)"
             )
+    saved_file = None
+    if bw.random_init and (todo or (out / META_NAME).exists()):
+        saved_file = write_backbone_file(out, bw)
+        # Recorded by the run that creates meta.json (an existing one is only checked).
+        meta["weights"] = {**meta["weights"], "saved_file": saved_file}
     if todo:
         meta = create_or_check_meta(out, meta)
 
@@ -1008,12 +1064,13 @@ def build_cache(
         "root": str(root),
         "pairs_files": [str(p) for p in pairs_files],
         "backbone": identity,
-        "weights": bw.describe(),
+        "weights": bw.describe() | ({"saved_file": saved_file} if saved_file else {}),
         "shard": list(shard),
         "images_total": len(images),
         "images_in_shard": len(shard_images),
         "computed": computed,
         "computed_per_view": stats.computed,
+        "portrait_resized_per_view": stats.portrait,
         "skipped_cached": len(present) - len(uncached),
         "left_for_later": len(uncached) - len(todo),
         "missing_images": missing,
@@ -1061,6 +1118,25 @@ def summary_text(report: dict) -> str:
         lines.append(
             f"  {view}: {usage['images']} images, {usage['bytes'] / 1e6:.1f} MB, "
             f"{usage['mb_per_1000_images']:.1f} MB per 1000 images"
+        )
+    portrait = {v: n for v, n in report.get("portrait_resized_per_view", {}).items() if n}
+    if portrait:
+        lines.append(
+            "portrait frames resized to their view's landscape size: "
+            + ", ".join(f"{n} {v}" for v, n in portrait.items())
+        )
+    weights = report["weights"]
+    if weights.get("saved_file"):
+        path = Path(report["cache"]) / weights["saved_file"]["name"]
+        lines.append(
+            f"backbone weights (random init, seed {weights['seed']}): {path} "
+            f"(export with --backbone-weights {path})"
+        )
+    elif weights.get("random_init") is False and weights.get("seed") is not None:
+        lines.append(
+            f"{weights['file']} has no 1x1 projection to 768 channels: it is seeded with "
+            f"--seed {weights['seed']} (export with --backbone-weights {weights['file']} "
+            f"--seed {weights['seed']})"
         )
     return "\n".join(lines)
 
@@ -1131,9 +1207,11 @@ def register(app: typer.Typer) -> None:
 
         Writes CACHE/meta.json (backbone, weights sha256, image sizes, dtype), chunk files
         CACHE/chunks/<view>-<i>of<n>-<seq>.npy (float16, rows x 768 x h x w) with index parts
-        beside them, and CACHE/report.json. Images already cached are skipped, so an
-        interrupted run resumes; --shard i/n splits the work across machines writing into
-        one folder. A cache built with other weights, backbone or sizes is refused.
+        beside them, and CACHE/report.json; with --random-init also the weights it used,
+        CACHE/backbone.safetensors (for omama export --backbone-weights). Images already
+        cached are skipped, so an interrupted run resumes; --shard i/n splits the work
+        across machines writing into one folder. A cache built with other weights, backbone
+        or sizes is refused. Portrait frames are resized to their view's landscape size.
 
         Example: omama features --root data --split train,val,test --backbone dinov2_vitb14_reg --weights dinov2_vitb14_reg4_pretrain.pth --out data/features
         """  # noqa: E501

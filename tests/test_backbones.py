@@ -506,3 +506,76 @@ def test_onnx_export_has_no_interpolation(tmp_path, small_reference):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {"images": images[:1].numpy()})
     np.testing.assert_allclose(got, expected[:1].numpy(), rtol=0, atol=1e-4)
+
+
+# ----------------------------------------------------------------- projection and omama files
+
+
+def test_seeded_projection_is_one_function_of_spec_and_seed():
+    from omama_train.models.backbones import seeded_projection
+
+    before = torch.random.get_rng_state()
+    zero = seeded_projection(SMALL, 0)
+    assert torch.equal(torch.random.get_rng_state(), before)  # the global RNG is untouched
+    assert {k: tuple(v.shape) for k, v in zero.items()} == {
+        "proj.weight": (FEATURE_DIM, 384, 1, 1),
+        "proj.bias": (FEATURE_DIM,),
+    }
+    again, other = seeded_projection(SMALL, 0), seeded_projection(SMALL, 1)
+    assert all(torch.equal(zero[k], again[k]) for k in zero)
+    assert not torch.equal(zero["proj.weight"], other["proj.weight"])
+    assert seeded_projection(BACKBONES["dinov2_vitb14_reg"], 0) == {}  # already 768 wide
+
+
+def test_a_file_without_projection_gets_the_seeded_one(official_pth):
+    from omama_train.models.backbones import seeded_projection
+
+    default = build_backbone(SMALL, (28, 42), official_pth)
+    seeded3 = build_backbone(SMALL, (42, 28), official_pth, projection_seed=3)
+    for model, seed in ((default, 0), (seeded3, 3)):
+        want = seeded_projection(SMALL, seed)
+        assert torch.equal(model.proj.weight, want["proj.weight"])
+        assert torch.equal(model.proj.bias, want["proj.bias"])
+        assert (model.projection_source, model.projection_seed) == ("seeded", seed)
+    # The bare loader leaves a projection the file lacks as it was.
+    model = build_backbone(SMALL, (28, 42))
+    kept = model.proj.weight.detach().clone()
+    assert load_backbone_weights(model, official_pth) == "official-dinov2"
+    assert torch.equal(model.proj.weight, kept) and model.projection_source == "init"
+
+
+def test_omama_file_at_the_pretraining_grid_loads_at_any_size(tmp_path, official_pth):
+    from omama_train.models.backbones import (
+        backbone_file_info,
+        save_backbone_weights,
+        seeded_projection,
+    )
+
+    square = build_backbone(SMALL, (518, 518), official_pth, projection_seed=7)
+    info = {"backbone": {"name": SMALL.name, "pos_resize": "bicubic_antialias"}, "seed": 7}
+    path = save_backbone_weights(square.state_dict(), tmp_path / "backbone.safetensors", info)
+    again = save_backbone_weights(square.state_dict(), tmp_path / "again.safetensors", info)
+    assert path.read_bytes() == again.read_bytes()  # same tensors and info, same bytes
+    assert backbone_file_info(path) == info and backbone_file_info(official_pth) == {}
+    images = torch.randn(1, 3, 56, 70, generator=torch.Generator().manual_seed(2))
+    for pos_resize in ("bicubic_antialias", "bicubic_offset"):
+        model = build_backbone(SMALL, (56, 70), path, pos_resize=pos_resize)
+        reference = build_backbone(
+            SMALL, (56, 70), official_pth, pos_resize=pos_resize, projection_seed=7
+        )
+        assert model.projection_source == "file"
+        assert torch.equal(model.proj.weight, seeded_projection(SMALL, 7)["proj.weight"])
+        with torch.no_grad():  # interpolated from 37x37 with the model's rule, like the original
+            torch.testing.assert_close(model(images), reference(images), rtol=0, atol=1e-6)
+    # A known trunk layout plus the projection (proj.*) loads both.
+    official = torch.load(official_pth, weights_only=True)
+    save_file({**official, **seeded_projection(SMALL, 7)}, str(tmp_path / "plus.safetensors"))
+    model = build_backbone(SMALL, (56, 70), tmp_path / "plus.safetensors")
+    reference = build_backbone(SMALL, (56, 70), official_pth, projection_seed=7)
+    assert model.projection_source == "file"
+    with torch.no_grad():
+        assert torch.equal(model(images), reference(images))
+    bad = {**official, "proj.weight": torch.zeros(FEATURE_DIM, 384, 1, 1)}
+    save_file(bad, str(tmp_path / "half.safetensors"))
+    with pytest.raises(OmamaError, match="projection keys proj.weight, backbone .* needs"):
+        build_backbone(SMALL, (56, 70), tmp_path / "half.safetensors")

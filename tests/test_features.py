@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -398,3 +399,117 @@ def test_cli_builds_resumes_and_refuses(root, tmp_path, capsys):
     assert "either --weights PATH or --random-init" in capsys.readouterr().err
     assert run_app(app, [*common, "--random-init", "--split", "val", "--direction", "exo2ego"]) == 1
     assert "pairs file not found" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- backbone file, landscape
+
+
+def _features(model, rgb: np.ndarray) -> torch.Tensor:
+    with torch.no_grad():
+        return model(torch.from_numpy(preprocess_image(rgb, model.image_size))[None])[0]
+
+
+def _first_of_view(cache: FeatureCache, view: str) -> tuple[str, str, int]:
+    take, cam, frame = next(k for k in cache if F.view_of(k.split("/")[1]) == view).split("/")
+    return take, cam, int(frame)
+
+
+def test_random_init_cache_writes_the_weights_it_used(root, pairs_files, full_cache, tmp_path):
+    from omama_train.models.backbones import backbone_file_info, build_backbone, read_state_dict
+    from runtime.manifest import sha256_file
+
+    path = full_cache / F.BACKBONE_FILE
+    cache = FeatureCache(full_cache)
+    saved = cache.meta["weights"]["saved_file"]
+    assert saved == {"name": "backbone.safetensors", "sha256": sha256_file(path)}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not safetensors' own 0600
+    assert not [p.name for p in full_cache.iterdir() if p.name.startswith(".")]  # no temporaries
+    state = read_state_dict(path)
+    assert state["trunk.pos_embed"].shape == (1, 37 * 37, 384)  # any size can be built from it
+    assert {"proj.weight", "proj.bias"} <= set(state)
+    assert backbone_file_info(path)["backbone"] == F.backbone_identity(SMALL, None)
+    weights = BackboneWeights.resolve(SMALL, random_init=True, seed=0)
+    index = ProcessedRoot(root)
+    for view in ("ego", "exo"):
+        take, cam, frame = _first_of_view(cache, view)
+        rgb = F.read_rgb(index.image_path(take, cam, frame))
+        from_file = _features(build_backbone(SMALL, SIZES[view], path), rgb)
+        torch.testing.assert_close(
+            from_file, _features(weights.build(SIZES[view]), rgb), rtol=0, atol=1e-5
+        )
+        torch.testing.assert_close(
+            cache.get(take, cam, frame).float(), from_file, rtol=2e-3, atol=2e-3
+        )
+    # The file as --weights is the same cache: same sha256, nothing recomputed.
+    assert BackboneWeights.resolve(SMALL, path).sha256 == cache.weights_sha256
+    copy = copy_cache(full_cache, tmp_path / "cache")
+    report = build(root, copy, pairs_files, random_init=False, weights=copy / F.BACKBONE_FILE)
+    assert (report["computed"], report["skipped_cached"]) == (0, N_IMAGES)
+    # A resumed random-init run keeps the file, rewrites a lost one, refuses another one.
+    summary = F.summary_text(build(root, copy, pairs_files))
+    assert f"export with --backbone-weights {copy / F.BACKBONE_FILE}" in summary
+    (copy / F.BACKBONE_FILE).unlink()
+    build(root, copy, pairs_files)
+    assert sha256_file(copy / F.BACKBONE_FILE) == saved["sha256"]
+    shutil.copy(path, tmp_path / "kept.safetensors")
+    other = BackboneWeights.resolve(SMALL, random_init=True, seed=1)
+    F.write_backbone_file(tmp_path / "other", other)
+    shutil.copy(tmp_path / "other" / F.BACKBONE_FILE, copy / F.BACKBONE_FILE)
+    with pytest.raises(OmamaError, match=r"backbone.safetensors holds other weights .* delete it"):
+        build(root, copy, pairs_files)
+
+
+def test_file_weights_without_projection_name_the_seed_to_export_with(root, pairs_files, tmp_path):
+    state = F._seeded_state(SMALL, 0)
+    trunk = {k[len("trunk.") :]: v.contiguous() for k, v in state.items() if k.startswith("trunk.")}
+    path = tmp_path / "trunk.safetensors"
+    save_file(trunk, str(path))
+    report = build(root, tmp_path / "cache", pairs_files, random_init=False, weights=path, seed=4)
+    assert not (tmp_path / "cache" / F.BACKBONE_FILE).exists()  # the user has the file
+    assert f"export with --backbone-weights {path} --seed 4" in F.summary_text(report)
+
+
+def test_portrait_frame_is_resized_to_its_views_landscape_size(
+    root, pairs_files, full_cache, tmp_path
+):
+    from omama_train.dataset import ImageFrames, view_image_sizes
+    from omama_train.models.backbones import build_backbone
+    from runtime.preprocess import model_input_size
+
+    # The first exo frame (the one the view's size is read from) turned portrait: 224x126.
+    portrait = resized_root(root, tmp_path / "root", "exo", (224, 126), limit=1)
+    files = [Path(str(p).replace(str(root), str(portrait))) for p in pairs_files]
+    out = tmp_path / "cache"
+    report = build(portrait, out, files)
+    assert report["computed"] == N_IMAGES
+    assert report["portrait_resized_per_view"] == {"ego": 0, "exo": 1}
+    cache = FeatureCache(out)
+    assert cache.meta["views"]["exo"]["source_size_hw"] == [126, 224]
+    assert cache.image_size("exo") == SIZES["exo"] and cache.grid("exo") == GRIDS["exo"]
+    index = ProcessedRoot(portrait)
+    pairs = [p for f in files for p in read_pairs(f)]
+    # The training dataset derives the same sizes and feeds the same pixels.
+    assert view_image_sizes(index, pairs, lambda h, w: model_input_size(h, w, 14)) == SIZES
+    take, cam, frame = _first_of_view(cache, "exo")
+    rgb = F.read_rgb(index.image_path(take, cam, frame))
+    assert rgb.shape[:2] == (224, 126)
+    resized = cv2.resize(rgb, (224, 126), interpolation=cv2.INTER_NEAREST)
+    np.testing.assert_array_equal(
+        ImageFrames(portrait, SIZES).get(take, cam, frame).numpy(), resized
+    )
+    model = build_backbone(SMALL, SIZES["exo"], out / F.BACKBONE_FILE)
+    want = _features(model, resized)
+    torch.testing.assert_close(cache.get(take, cam, frame).float(), want, rtol=2e-3, atol=2e-3)
+    # Its batch-mates (resized on the CPU with it) are what the plain cache holds.
+    full, now = all_maps(full_cache), all_maps(out)
+    for key in full:
+        if key != f"{take}/{cam}/{frame}":
+            np.testing.assert_allclose(now[key], full[key], rtol=2e-3, atol=2e-3)
+    # A frame whose landscape size is another still is refused, before any work.
+    odd = resized_root(root, tmp_path / "odd", "exo", (252, 140), limit=1)
+    odd_files = [Path(str(p).replace(str(root), str(odd))) for p in pairs_files]
+    refusal = r"is 126x224 px, the exo images .* are 140x252 \(or portrait 252x140"
+    with pytest.raises(OmamaError, match=refusal):
+        build(odd, tmp_path / "odd_cache", odd_files)

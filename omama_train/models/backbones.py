@@ -21,12 +21,19 @@ the very ``F.interpolate`` call of the official code, and stored in the model: t
 
 Each registry entry defaults to what its torch-hub constructor does; ``pos_resize=`` picks
 the other one. Official checkpoints are read with ``weights_only=True`` only.
+
+Projection. Official files hold no 1x1 projection to 768 channels (ViT-S, ViT-L, DINOv3,
+ResNet). Whoever builds a backbone from such a file gets the same one:
+``seeded_projection(spec, seed)`` (seed 0 unless said otherwise), so a feature cache
+(``omama features --seed``), training and every export of the same file agree.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -39,6 +46,7 @@ from runtime.errors import OmamaError
 
 FEATURE_DIM = 768
 PRETRAIN_GRID = 37  # DINOv2: 518 px / 14
+FILE_METADATA_KEY = "omama_backbone"  # one key: safetensors orders several at random
 
 PosResize = Literal["bicubic_offset", "bicubic_antialias"]
 POS_RESIZES: tuple[str, ...] = ("bicubic_offset", "bicubic_antialias")
@@ -184,6 +192,9 @@ class Backbone(nn.Module):
         grid: (H/p, W/p) tokens; ``embed_dim``: trunk width; ``out_channels``: 768.
         pos_resize: the positional interpolation baked into the weights (DINOv2 only).
         trunk: the timm model; ``proj``: 1x1 Conv2d to 768 (Identity when the width is 768).
+        projection_source: where ``proj`` came from: ``"none"`` (Identity), ``"init"``
+        (torch's default initialisation), ``"file"`` (the weights file), ``"seeded"``
+        (``seeded_projection(spec, projection_seed)``, the file had none).
     """
 
     def __init__(
@@ -238,6 +249,8 @@ class Backbone(nn.Module):
         self.proj: nn.Module = (
             nn.Identity() if width == FEATURE_DIM else nn.Conv2d(width, FEATURE_DIM, 1)
         )
+        self.projection_source = "none" if width == FEATURE_DIM else "init"
+        self.projection_seed: int | None = None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images: normalised (B, 3, H, W) at ``image_size`` -> features (B, 768, h, w)."""
@@ -270,18 +283,80 @@ def build_backbone(
     image_size: tuple[int, int],
     weights: str | Path | None = None,
     pos_resize: PosResize | None = None,
+    projection_seed: int | None = 0,
 ) -> Backbone:
     """Build a registered backbone for images of exactly ``image_size`` = (H, W) px.
 
-    ``weights``: optional checkpoint loaded with ``load_backbone_weights``. Without it the
+    ``weights``: optional checkpoint loaded with ``load_backbone_weights`` (a file without
+    the 1x1 projection gets ``seeded_projection(spec, projection_seed)``). Without it the
     trunk has timm's random initialisation. ``pos_resize`` overrides the DINOv2 positional
     interpolation of the registry entry. Returned in eval mode.
     """
     spec = name if isinstance(name, BackboneSpec) else get_spec(name)
     model = Backbone(spec, image_size, pos_resize)
     if weights is not None:
-        load_backbone_weights(model, weights)
+        load_backbone_weights(model, weights, projection_seed=projection_seed)
     return model.eval()
+
+
+def seeded_projection(spec: BackboneSpec, seed: int) -> dict[str, torch.Tensor]:
+    """The 1x1 projection to 768 channels of a backbone whose weights file has none.
+
+    torch's default ``Conv2d`` initialisation under ``torch.manual_seed(seed)`` (the global
+    RNG is left as it was). Returns ``{"proj.weight": (768, C, 1, 1), "proj.bias": (768,)}``
+    float32, or ``{}`` when the trunk is already 768 wide (no projection).
+    """
+    if spec.embed_dim == FEATURE_DIM:
+        return {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        conv = nn.Conv2d(spec.embed_dim, FEATURE_DIM, 1)
+    return {f"proj.{k}": v.detach().clone() for k, v in conv.state_dict().items()}
+
+
+def save_backbone_weights(
+    state: Mapping[str, torch.Tensor], path: str | Path, info: Mapping[str, object]
+) -> Path:
+    """Write a whole ``Backbone`` state (``trunk.*``, ``proj.*``) as ``.safetensors``, atomically.
+
+    ``load_backbone_weights`` reads it back at any image size (``omama`` layout). ``info``
+    (JSON-able: backbone name, positional interpolation, ...) is stored under one metadata
+    key as sorted JSON, so the same tensors and info always give the same bytes.
+    """
+    from safetensors.torch import save_file
+
+    from runtime.atomic import atomic_path
+
+    path = Path(path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    metadata = {FILE_METADATA_KEY: json.dumps(dict(info), sort_keys=True)}
+    with atomic_path(path) as tmp:
+        mode = tmp.stat().st_mode  # save_file recreates the file as 0600: keep the usual mode
+        save_file(tensors, str(tmp), metadata=metadata)
+        tmp.chmod(mode)
+    return path
+
+
+def backbone_file_info(path: str | Path) -> dict:
+    """The ``info`` a file written by ``save_backbone_weights`` carries; ``{}`` for any other
+    file (official, Hugging Face, timm checkpoints, ``.pth``)."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return {}
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            text = (handle.metadata() or {}).get(FILE_METADATA_KEY)
+    except (SafetensorError, OSError) as exc:
+        raise OmamaError(f"{path} is not a readable safetensors file: {exc}") from exc
+    if not text:
+        return {}
+    try:
+        info = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise OmamaError(f"{path}: its {FILE_METADATA_KEY} metadata is not JSON: {exc}") from exc
+    return info if isinstance(info, dict) else {}
 
 
 # ------------------------------------------------------------------ checkpoint reading
@@ -502,12 +577,17 @@ def _resnet_trunk_state(model: Backbone, sd: dict[str, torch.Tensor]) -> tuple[s
     return "torchvision-resnet", sd
 
 
-def load_backbone_weights(model: Backbone, path: str | Path) -> str:
+def load_backbone_weights(
+    model: Backbone, path: str | Path, projection_seed: int | None = None
+) -> str:
     """Load a checkpoint into ``model``; returns the layout that was recognised.
 
-    Accepted layouts:
-      - ``omama``: this module's own ``state_dict`` (``trunk.*`` and ``proj.*``), e.g. a
-        fine-tuned backbone; the projection is loaded too.
+    Accepted layouts of the trunk:
+      - ``omama``: a ``Backbone`` state (``trunk.*`` in timm names, ``proj.*``), e.g. a
+        fine-tuned backbone or the ``backbone.safetensors`` of a random-init feature cache
+        (``save_backbone_weights``). A positional table of another grid is interpolated like
+        the timm layout: a square one (the pretraining grid) with the model's rule; a
+        non-square one must be the model's grid already.
       - ``official-dinov2``: torch-hub files (``dinov2_vitb14_reg4_pretrain.pth``), original
         key names; the 37x37 positional table is interpolated to ``model.grid``.
       - ``huggingface-dinov2``: ``model.safetensors`` of ``facebook/dinov2-*`` and
@@ -515,31 +595,50 @@ def load_backbone_weights(model: Backbone, path: str | Path) -> str:
       - ``timm``: timm names (e.g. timm's own DINOv2/DINOv3 files), any square positional grid.
       - ``official-dinov3``: DINOv3 release files (``storage_tokens``), through timm's mapping.
       - ``torchvision-resnet``: ``dino_resnet50_pretrain.pth`` (``fc.*`` ignored).
-    The projection to 768 is not part of official files and keeps its initialisation.
+    Projection: top-level ``proj.weight`` / ``proj.bias`` in any of these layouts are loaded
+    into ``model.proj``. A file without them (every official file) leaves ``model.proj`` as
+    it is with ``projection_seed=None``, or gets ``seeded_projection(model.spec,
+    projection_seed)`` (``build_backbone`` passes seed 0 unless told otherwise).
+    ``model.projection_source`` / ``model.projection_seed`` record which it was.
     Raises ``OmamaError`` naming the file and up to 10 missing/unexpected keys, or the
     first tensors whose shapes differ.
     """
-    sd = read_state_dict(path)
-    own = model.state_dict()
-    if set(sd) == set(own):
-        layout, trunk_sd = "omama", {k[6:]: v for k, v in sd.items() if k.startswith("trunk.")}
-        proj_sd = {k[5:]: v for k, v in sd.items() if k.startswith("proj.")}
-    else:
-        convert = {
-            "dinov2": _dinov2_trunk_state,
-            "dinov3": _dinov3_trunk_state,
-            "resnet": _resnet_trunk_state,
-        }[model.spec.family]
-        try:
-            layout, trunk_sd = convert(model, dict(sd))
-        except OmamaError as exc:
-            raise OmamaError(f"{path}: {exc}") from exc
-        proj_sd = {}
+    return load_backbone_state(
+        model, read_state_dict(path), source=str(path), projection_seed=projection_seed
+    )
+
+
+def load_backbone_state(
+    model: Backbone,
+    state: Mapping[str, torch.Tensor],
+    source: str = "state dict",
+    projection_seed: int | None = None,
+) -> str:
+    """``load_backbone_weights`` for tensors already in memory; ``source`` names them in
+    error messages."""
+    sd = dict(state)
+    proj_sd = {k[len("proj.") :]: v for k, v in sd.items() if k.startswith("proj.")}
+    rest = {k: v for k, v in sd.items() if not k.startswith("proj.")}
+    convert = {
+        "dinov2": _dinov2_trunk_state,
+        "dinov3": _dinov3_trunk_state,
+        "resnet": _resnet_trunk_state,
+    }[model.spec.family]
+    omama = bool(rest) and all(k.startswith("trunk.") for k in rest)
+    if omama:
+        rest = {k[len("trunk.") :]: v for k, v in rest.items()}
+    try:
+        layout, trunk_sd = convert(model, rest)
+    except OmamaError as exc:
+        # A non-square table in an omama file: saved by a model of another fixed size.
+        hint = " (was the model built for another image size?)" if omama else ""
+        raise OmamaError(f"{source}: {exc}{hint}") from exc
+    layout = "omama" if omama else layout
     expected = model.trunk.state_dict()
     missing = set(expected) - set(trunk_sd)
     unexpected = set(trunk_sd) - set(expected)
     if missing or unexpected:
-        parts = [f"{path} does not match backbone {model.name} (read as {layout} layout)"]
+        parts = [f"{source} does not match backbone {model.name} (read as {layout} layout)"]
         if missing:
             parts.append(f"missing {len(missing)} keys: {_head(missing)}")
         if unexpected:
@@ -550,15 +649,47 @@ def load_backbone_weights(model: Backbone, path: str | Path) -> str:
         for k, v in expected.items()
         if trunk_sd[k].shape != v.shape
     ]
+    wrong += _projection_problems(model, proj_sd, source)
     if wrong:
         hint = " (was the model built for another image size?)" if layout == "omama" else ""
         raise OmamaError(
-            f"{path} has tensors of other shapes than backbone {model.name}{hint}: "
+            f"{source} has tensors of other shapes than backbone {model.name}{hint}: "
             + "; ".join(wrong[:5])
             + (f"; ... ({len(wrong) - 5} more)" if len(wrong) > 5 else "")
         )
+    provenance = ("file", None) if proj_sd else None
+    if not proj_sd and projection_seed is not None and isinstance(model.proj, nn.Conv2d):
+        seeded = seeded_projection(model.spec, int(projection_seed))
+        proj_sd = {k[len("proj.") :]: v for k, v in seeded.items()}
+        provenance = ("seeded", int(projection_seed))
     with torch.no_grad():
         model.trunk.load_state_dict(trunk_sd, strict=True)
         if proj_sd:
             model.proj.load_state_dict(proj_sd, strict=True)
+    if provenance is not None:  # else the projection is left as it was, and so is its record
+        model.projection_source, model.projection_seed = provenance
     return layout
+
+
+def _projection_problems(
+    model: Backbone, proj_sd: dict[str, torch.Tensor], source: str
+) -> list[str]:
+    """Shape clauses for the ``proj.*`` tensors of a file (raises for wrong key sets)."""
+    if not proj_sd:
+        return []
+    if not isinstance(model.proj, nn.Conv2d):
+        raise OmamaError(
+            f"{source} holds a projection (proj.*), but {model.name} is already "
+            f"{FEATURE_DIM} wide and has none"
+        )
+    own = model.proj.state_dict()
+    if set(proj_sd) != set(own):
+        raise OmamaError(
+            f"{source} has projection keys {_head('proj.' + k for k in proj_sd)}, "
+            f"backbone {model.name} needs {_head('proj.' + k for k in own)}"
+        )
+    return [
+        f"proj.{k} {tuple(proj_sd[k].shape)} in file vs {tuple(v.shape)} in model"
+        for k, v in own.items()
+        if proj_sd[k].shape != v.shape
+    ]
