@@ -53,6 +53,7 @@ import numpy as np
 
 from runtime.candidates import Candidates
 from runtime.errors import OmamaError
+from runtime.fastsam_post import RANDOM_WEIGHTS_CONF, nms_thresholds
 from runtime.info import cpu_model, package_version
 from runtime.pipeline import STAGES
 from runtime.sessions import Session
@@ -61,9 +62,9 @@ END_TO_END = "end_to_end"
 REFERENCE_ROW = "reference"
 FIDELITY_CANDIDATES = 32  # O-MaMa trains with 32 candidates per frame
 # A random-weight FastSAM scores every box between 1e-3 and 1.3e-2, far below the reference's
-# 0.4: with random-init artifacts the bench lowers the threshold so the matcher sees
-# candidates (0.01 keeps the coarsest level's boxes: up to max_det after NMS).
-RANDOM_INIT_FASTSAM_CONF = 0.01
+# 0.4: random-init exports bake 0.01 (it keeps the coarsest level's boxes: up to max_det after
+# NMS); older random-init artifacts, exported with 0.4 and runtime NMS, get it at run time.
+RANDOM_INIT_FASTSAM_CONF = RANDOM_WEIGHTS_CONF
 GPU_SAMPLE_S = 0.05
 VERSIONED_PACKAGES = (
     "omama",
@@ -678,7 +679,7 @@ def measure_row(spec: RowSpec) -> dict[str, Any]:
     load_s = time.perf_counter() - t0
     conf = spec.fastsam_conf
     if pipeline.has_fastsam and conf is not None:
-        pipeline.fastsam_params["conf"] = float(conf)
+        pipeline.set_fastsam_thresholds(conf=float(conf))
     torch_threads = _set_torch_threads(spec.threads)
     on_cuda = str(pipeline.device).startswith("cuda")
     torch_cuda = spec.kind == "reference" or pipeline.backend == "torch"
@@ -1160,13 +1161,24 @@ def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
         )
     conf = config.fastsam_conf
     conf_note = None
-    if candidates == "fastsam" and conf is None and manifest.random_init:
+    manifest_conf = float(manifest.fastsam.get("conf", RANDOM_INIT_FASTSAM_CONF))
+    if (
+        candidates == "fastsam"
+        and conf is None
+        and manifest.random_init
+        and manifest_conf > RANDOM_INIT_FASTSAM_CONF
+        and not manifest.fastsam.get("nms_in_graph")
+    ):
         conf = RANDOM_INIT_FASTSAM_CONF
         conf_note = (
             "random-weight FastSAM scores lie between 1e-3 and 1.3e-2: its confidence "
-            f"threshold is lowered from {manifest.fastsam.get('conf')} to {conf} so the matcher "
+            f"threshold is lowered from {manifest_conf} to {conf} so the matcher "
             "sees candidates (--fastsam-conf sets it)"
         )
+    if candidates == "fastsam" and conf is not None:
+        # Refused here, in one line, before any worker starts: a conf below the one baked
+        # into an in-graph NMS (the workers apply it through Pipeline.set_fastsam_thresholds).
+        nms_thresholds(manifest.fastsam, conf=conf)
     if config.gt_root is not None:
         from runtime.egoexo import ProcessedRoot
 

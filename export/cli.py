@@ -86,6 +86,15 @@ def register(app: typer.Typer) -> None:
             help="Cross-attention evaluation order in the matcher graph: folded or standard.",
         ),
         fastsam_imgsz: int = typer.Option(1024, "--fastsam-imgsz", help="FastSAM input size."),
+        fastsam_nms: str = typer.Option(
+            "auto",
+            "--fastsam-nms",
+            help="Where FastSAM's NMS runs: 'graph' (ultralytics' NMS inside fastsam.onnx, "
+            "conf/iou/max_det baked in: the runtime may only raise conf; fails the export if "
+            "its parity with the runtime's NMS fails), 'runtime' (raw outputs; conf and iou "
+            "stay adjustable at run time), or 'auto' (the graph when that parity holds, else "
+            "runtime, saying why).",
+        ),
         opset: int = typer.Option(17, "--opset", help="ONNX opset (17 or newer)."),
         parity_sets: int = typer.Option(
             200, "--parity-sets", help="Random candidate sets in the matcher parity check."
@@ -100,7 +109,8 @@ def register(app: typer.Typer) -> None:
         """Export ONNX models (and TensorRT engines) into a verified artifacts folder.
 
         Writes backbone_<view>.onnx per view, matcher.onnx (descriptor pooling + matcher,
-        dynamic objects B and candidates N), fastsam.onnx (ultralytics' exporter), with
+        dynamic objects B and candidates N), fastsam.onnx (ultralytics' exporter, NMS in the
+        graph unless --fastsam-nms says otherwise or its parity fails), with
         --fp16 the *_fp16.onnx variants and, when TensorRT and a CUDA GPU are present,
         *_fp16.engine files; then manifest.json with hashes, shapes, versions and the
         parity results. INT8 is out of scope (it needs calibration data).
@@ -133,6 +143,7 @@ def register(app: typer.Typer) -> None:
             matcher_input=matcher_input,
             attention=attention,
             fastsam_imgsz=fastsam_imgsz,
+            fastsam_nms=fastsam_nms,
             parity_sets=parity_sets,
             seed=seed,
             timing_cache=timing_cache,

@@ -283,7 +283,14 @@ def _backbones(manifest: Any, dirs: tuple[Path, ...]) -> dict[str, Any]:
         return out
     path = find_weights(weights, "backbone", dirs)
     for cam in order:
-        out[cam] = build_backbone(spec, views[cam].image_size, path, pos_resize=pos_resize)
+        out[cam] = build_backbone(
+            spec,
+            views[cam].image_size,
+            path,
+            pos_resize=pos_resize,
+            # A file without the projection: the export's seeded one (manifest records seed).
+            projection_seed=int(record.get("projection_seed", 0)),
+        )
     return out
 
 
@@ -337,7 +344,9 @@ def build_artifact_module(manifest: Any, entry: Any, weights_dirs: Sequence = ()
 
     ``backbone_<camera>``: image (B, 3, H, W) -> feats (B, 768, h, w); ``matcher``: pooling
     + matcher in the manifest's input form -> similarities (B, N); ``fastsam``: images ->
-    (output0, output1), the raw head outputs.
+    (output0, output1), the raw head outputs, also for a file with NMS in its graph: the
+    runtime then runs the NMS the graph bakes in (same conf, iou, max_det; ties kept in
+    index order as ONNX Runtime keeps them), which gives the graph's candidates.
     """
     dirs = tuple(weights_search_dirs(manifest, weights_dirs))
     model = entry.model
@@ -403,7 +412,8 @@ def _graph_classes() -> tuple[type, type]:
             return self.matcher(src_desc, dst_desc, src_feats, dst_feats)
 
     class FastSAMGraph(nn.Module):
-        """The ultralytics network as exported: images -> (output0, output1)."""
+        """The ultralytics network: images -> raw (output0, output1), without the in-graph
+        NMS wrapper (the runtime's NMS reproduces it, see build_artifact_module)."""
 
         def __init__(self, net: nn.Module) -> None:
             super().__init__()

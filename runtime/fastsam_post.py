@@ -7,6 +7,11 @@ The FastSAM network (YOLOv8-seg with one class) returns two raw tensors:
   NMS in the graph returns (1, K, 6 + 32) rows ``x1, y1, x2, y2, score, class, coeffs``;
 - ``output1`` (1, 32, mh, mw): mask prototypes at a quarter of the input size.
 
+With NMS in the graph (``omama export --fastsam-nms graph``, manifest ``nms_in_graph``),
+``conf``, ``iou`` and ``max_det`` were fixed at export: the rows are already the kept
+detections, so only a higher ``conf`` can still filter them (:func:`nms_thresholds` says
+what a run may ask for).
+
 This module turns them into O-MaMa's candidates with the semantics of ultralytics'
 FastSAM predictor in "everything" mode with retina masks (``conf``, ``iou``, ``max_det``
 as given): score filter (``> conf``), class-agnostic greedy NMS (suppress ``IoU > iou``),
@@ -37,8 +42,10 @@ Matches ultralytics 8.4 (its ``process_mask_native`` retina path) mask for mask;
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import cv2
 import numpy as np
@@ -50,6 +57,10 @@ IMGSZ_PX = 1024
 CONF = 0.4
 IOU = 0.9
 MAX_DET = 300
+# A random-weight FastSAM scores every anchor with its class bias: about 1.2e-2 on the
+# coarsest level, 3e-3 and 8e-4 on the finer ones. Random-init exports use this threshold
+# so that the coarsest level's boxes (up to max_det after NMS) reach the matcher.
+RANDOM_WEIGHTS_CONF = 0.01
 MAX_NMS = 30000  # candidates entering NMS, as ultralytics
 PAD_VALUE = 114  # letterbox grey
 PROTO_STRIDE = 4  # prototypes are at 1/4 of the network input
@@ -209,7 +220,9 @@ def _iou_rows(rows, cols, x1, y1, x2, y2, areas) -> np.ndarray:
     w = np.minimum(x2[rows][:, None], x2[cols]) - np.maximum(x1[rows][:, None], x1[cols])
     h = np.minimum(y2[rows][:, None], y2[cols]) - np.maximum(y1[rows][:, None], y1[cols])
     inter = np.maximum(w, 0) * np.maximum(h, 0)
-    return inter / (areas[rows][:, None] + areas[cols] - inter)
+    # Two empty boxes give 0 / 0: NaN compares False, so neither suppresses (as torchvision).
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return inter / (areas[rows][:, None] + areas[cols] - inter)
 
 
 def scale_boxes_to_image(boxes_xyxy: np.ndarray, geom: Letterbox) -> np.ndarray:
@@ -472,14 +485,66 @@ class FastSAMResult:
         return out
 
 
-def _detections(
-    pred: np.ndarray, n_coeffs: int, conf: float, iou: float, max_det: int, max_nms: int
+def nms_thresholds(
+    fastsam: Mapping[str, Any], conf: float | None = None, iou: float | None = None
+) -> tuple[float, float, int]:
+    """(conf, iou, max_det) to post-process an artifacts folder's FastSAM with.
+
+    ``fastsam`` is the manifest's ``fastsam`` section; ``conf`` / ``iou`` None keep its
+    values. With NMS in the graph (``nms_in_graph``) its conf, iou and max_det are baked
+    into the file: a run may raise conf (the kept rows are filtered again) but a lower conf
+    or another iou would need detections the graph has already dropped, so either is an
+    :class:`OmamaError` naming the baked values and the way out.
+    """
+    baked_conf = float(fastsam.get("conf", CONF))
+    baked_iou = float(fastsam.get("iou", IOU))
+    max_det = int(fastsam.get("max_det", MAX_DET))
+    conf = baked_conf if conf is None else float(conf)
+    iou = baked_iou if iou is None else float(iou)
+    if not 0.0 <= conf < 1.0 or not 0.0 <= iou <= 1.0:
+        raise OmamaError(f"FastSAM conf must lie in [0, 1) and iou in [0, 1], got {conf}, {iou}")
+    if fastsam.get("nms_in_graph"):
+        # Compared in float32, as the graph and the post-processing compare scores.
+        lower = np.float32(conf) < np.float32(baked_conf)
+        if lower or np.float32(iou) != np.float32(baked_iou):
+            asked = f"conf {conf:g}" if lower else f"iou {iou:g}"
+            raise OmamaError(
+                f"FastSAM {asked} cannot be applied: fastsam.onnx runs NMS in its graph with "
+                f"conf {baked_conf:g} and iou {baked_iou:g} baked in (a run may only raise "
+                "conf); re-export with --fastsam-nms runtime to choose thresholds at run time"
+            )
+    return conf, iou, max_det
+
+
+def kept_anchors(
+    pred: np.ndarray,
+    n_coeffs: int,
+    conf: float,
+    iou: float,
+    max_det: int | None = MAX_DET,
+    max_nms: int = MAX_NMS,
+) -> np.ndarray:
+    """Anchors (K,) int64 of raw ``output0[0]`` (4 + classes + C, A) kept by the score
+    filter (``> conf``) and class-agnostic NMS, by decreasing score (ties: lower index first,
+    as ONNX Runtime's NonMaxSuppression orders them)."""
+    n_classes = pred.shape[0] - 4 - n_coeffs
+    scores = pred[4 : 4 + n_classes].max(axis=0)
+    idx = np.flatnonzero(scores > np.float32(conf))
+    if len(idx) > max_nms:
+        idx = idx[np.argsort(-scores[idx], kind="stable")[:max_nms]]
+    boxes = xywh_to_xyxy(pred[:4, idx].T)
+    return idx[nms(boxes, scores[idx], iou, max_det)]
+
+
+def detections(
+    pred: np.ndarray, n_coeffs: int, conf: float, iou: float, max_det: int, max_nms: int = MAX_NMS
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(boxes_xyxy (K, 4) input px, scores (K,), coeffs (K, C)) after score filter + NMS.
 
     ``pred`` is ``output0[0]``: raw (4 + classes + C, A), or (K, 6 + C) when the graph
-    already ran NMS. A (5 + C, 6 + C) array is read as raw (real exports have thousands of
-    anchors, so the two forms never collide in practice).
+    already ran NMS (then only the score filter and ``max_det`` apply). A (5 + C, 6 + C)
+    array is read as raw (real exports have thousands of anchors, so the two forms never
+    collide in practice).
     """
     raw = pred.shape[0] >= 5 + n_coeffs and (
         pred.shape[1] != 6 + n_coeffs or pred.shape[0] == 5 + n_coeffs
@@ -490,19 +555,17 @@ def _detections(
             f"({5 + n_coeffs}, anchors) or (detections, {6 + n_coeffs}) for "
             f"{n_coeffs} prototypes"
         )
-    conf32 = np.float32(conf)
-    if not raw:  # rows x1, y1, x2, y2, score, class, coeffs
-        det = pred[np.flatnonzero(pred[:, 4] > conf32)[:max_det]]
+    if not raw:  # rows x1, y1, x2, y2, score, class, coeffs; zero rows pad to max_det
+        det = pred[np.flatnonzero(pred[:, 4] > np.float32(conf))[:max_det]]
         return det[:, :4].copy(), det[:, 4].copy(), np.ascontiguousarray(det[:, 6:])
     n_classes = pred.shape[0] - 4 - n_coeffs
-    scores = pred[4 : 4 + n_classes].max(axis=0)
-    idx = np.flatnonzero(scores > conf32)
-    if len(idx) > max_nms:
-        idx = idx[np.argsort(-scores[idx], kind="stable")[:max_nms]]
-    boxes = xywh_to_xyxy(pred[:4, idx].T)
-    keep = nms(boxes, scores[idx], iou, max_det)
-    coeffs = pred[4 + n_classes :, idx[keep]].T
-    return boxes[keep], scores[idx[keep]], np.ascontiguousarray(coeffs)
+    keep = kept_anchors(pred, n_coeffs, conf, iou, max_det, max_nms)
+    boxes = xywh_to_xyxy(pred[:4, keep].T)
+    scores = pred[4 : 4 + n_classes, keep].max(axis=0)
+    return boxes, scores, np.ascontiguousarray(pred[4 + n_classes :, keep].T)
+
+
+_detections = detections  # the name tests/test_fastsam_post.py knows
 
 
 def postprocess(
@@ -537,7 +600,7 @@ def postprocess(
     pred = pred[0].astype(np.float32, copy=False)
     protos = protos[0].astype(np.float32, copy=False)
     image_hw = geom.image_hw
-    boxes_in, scores, coeffs = _detections(pred, protos.shape[0], conf, iou, max_det, max_nms)
+    boxes_in, scores, coeffs = detections(pred, protos.shape[0], conf, iou, max_det, max_nms)
     boxes = scale_boxes_to_image(boxes_in, geom)
     crops = box_masks(protos, coeffs, boxes, image_hw)
     # Ultralytics drops detections whose mask is empty; only box regions can be non-empty.

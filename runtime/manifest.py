@@ -163,11 +163,15 @@ class Manifest:
       ``dim``, ``heads``, ``src_grid``, ``dst_grid``, ``similarity``, ``confidence``,
       ``visible_threshold``, ``weights``;
     - ``fastsam``: ``included``, then ``model``, ``variant``, ``imgsz``, ``conf``, ``iou``,
-      ``retina_masks``, ``max_det``, ``mask_coefficients``, ``nms_in_graph``, ``nms``,
-      ``input``, ``outputs``, ``exporter``, ``weights``;
+      ``retina_masks``, ``max_det``, ``mask_coefficients``, ``nms_in_graph`` (true: the
+      file runs NMS with ``conf`` / ``iou`` / ``max_det`` baked in, and the runtime may only
+      raise conf), ``nms``, ``nms_decision`` (``requested``: auto | graph | runtime,
+      ``settings``, ``baked``: the values read back from the graph, ``parity``: the in-graph
+      parity numbers, ``reason``), ``input``, ``outputs``, ``exporter``, ``weights``;
     - ``backbone``: ``name``, ``description``, ``family``, ``embed_dim``,
-      ``out_channels``, ``projection``, ``pos_resize``, ``architecture_overrides``,
-      ``weights`` (file name and sha256, or ``{"random": true}``);
+      ``out_channels``, ``projection``, ``projection_seed`` (only when the weights file
+      has no projection and the export seeded it), ``pos_resize``,
+      ``architecture_overrides``, ``weights`` (file name and sha256, or ``{"random": true}``);
     - ``tools``: package versions, ``opset``, ``exporter``;
     - ``engines``: ``built``, ``note`` and ``reason`` or ``files``, ``tensorrt_version``,
       ``gpu_name``, ``timing_cache``;

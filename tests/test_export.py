@@ -137,8 +137,8 @@ def test_exo2ego_folder_is_complete_verified_and_described(exo2ego):
     assert manifest.preprocess["mean"] == [0.485, 0.456, 0.406]
     assert manifest.descriptor == manifest.descriptor | {"reduction": 4, "context_px": 100}
     assert manifest.matcher["input"] == "masks" and manifest.matcher["attention"] == "folded"
-    assert manifest.fastsam["imgsz"] == FASTSAM_IMGSZ and manifest.fastsam["nms_in_graph"] is False
-    assert manifest.fastsam["conf"] == 0.4 and manifest.fastsam["iou"] == 0.9
+    assert manifest.fastsam["imgsz"] == FASTSAM_IMGSZ and manifest.fastsam["nms_in_graph"] is True
+    assert manifest.fastsam["conf"] == 0.01 and manifest.fastsam["iou"] == 0.9
     assert manifest.backbone["projection"] == "1x1 Conv2d to 768"
     assert manifest.backbone["weights"] == {"random": True}
     assert manifest.tools["opset"] == 17 and manifest.tools["onnx"] == onnx.__version__
@@ -176,7 +176,7 @@ def test_manifest_shapes_and_dtypes(exo2ego):
     assert specs["dst_boxes"] == TensorSpec("dst_boxes", [1, "N", 4], "float32")
     assert matcher.outputs == [TensorSpec("similarities", ["B", "N"], "float32")]
     fastsam = manifest.select("fastsam")
-    assert [t.shape for t in fastsam.outputs] == [[1, 37, 336], [1, 32, 32, 32]]
+    assert [t.shape for t in fastsam.outputs] == [[1, 300, 38], [1, 32, 32, 32]]
     # fp16 variants keep float32 inputs and outputs.
     for entry in manifest.files:
         if entry.precision == "fp16":
@@ -545,3 +545,282 @@ def test_a_nan_output_fails_its_check():
     (check,) = backbone_parity(backbone, broken, "b.onnx", "backbone_ego", "fp32", "test")
     assert np.isnan(check.value) and not check.passed
     assert "nan" in check.describe()
+
+
+# ------------------------------------------------------------------ backbone weights of a cache
+
+
+def _cache_of_small_takes(base):
+    """Two synthetic takes (ego 224x224 -> 16x16 tokens, exo 126x224 -> 9x16) cached with a
+    seeded random 1-block ViT-S; returns (root, cache)."""
+    from omama_train.data.pairs import make_pairs
+    from omama_train.data.prepare import prepare
+    from omama_train.data.synth import synthesize
+    from omama_train.features import build_cache
+    from runtime.egoexo import ProcessedRoot, pairs_path, write_pairs
+
+    synthesize(base / "in", 2, small=True, seed=0, frames=3, annotate_every=3)
+    for relations in sorted((base / "in" / "annotations").glob("relations_*.json")):
+        prepare(relations, base / "in" / "takes", base / "root", progress=False)
+    index = ProcessedRoot(base / "root")
+    files = []
+    for split in index.splits():
+        files.append(pairs_path(base / "root", split, "exo2ego"))
+        write_pairs(files[-1], make_pairs(index, split, "exo2ego").pairs, base / "root")
+    cache = base / "cache"
+    build_cache(base / "root", cache, files, SMALL, random_init=True, device="cpu", progress=False)
+    return base / "root", cache
+
+
+def test_export_from_a_cache_reproduces_its_features(tmp_path):
+    """THE check that the deployed backbone sees what training saw: a random-init cache's
+    backbone.safetensors plus a matcher of the cache's grids, exported; the ONNX backbones
+    on ONNX Runtime give the cached features of an image of each view."""
+    from omama_train.features import BACKBONE_FILE, FeatureCache, read_rgb, view_of
+    from omama_train.models.matcher import OMaMaMatcher, save_matcher
+    from runtime.egoexo import ProcessedRoot
+    from runtime.manifest import sha256_file
+    from runtime.preprocess import preprocess_image
+
+    root, cache_dir = _cache_of_small_takes(tmp_path)
+    cache = FeatureCache(cache_dir)
+    grids = {view: cache.grid(view) for view in ("ego", "exo")}
+    assert grids == {"ego": (16, 16), "exo": (9, 16)}
+    torch.manual_seed(0)
+    matcher = OMaMaMatcher(
+        "exo2ego", src_grid=grids["exo"], dst_grid=grids["ego"], backbone=cache.backbone
+    )
+    matcher_path = save_matcher(matcher, tmp_path / "run" / "best.safetensors")
+    out = tmp_path / "artifacts"
+    config = ExportConfig(
+        out_dir=out,
+        backbone_weights=cache_dir / BACKBONE_FILE,
+        matcher_weights=matcher_path,
+        include_fastsam=False,
+        matcher_input="weights",
+        parity_sets=3,
+        parity_large_n=5,
+    )
+    lines: list[str] = []
+    export_artifacts(config, echo=lines.append, progress=False)
+    manifest = verify_artifacts(out)
+    # The backbone comes from the matcher's metadata, its depth from the file's.
+    assert manifest.backbone["name"] == "dinov2_vits14_reg"
+    assert manifest.backbone["architecture_overrides"] == {"depth": 1}
+    assert manifest.backbone["projection"] == "from the weights file"
+    assert manifest.backbone["pos_resize"] == cache.meta["backbone"]["pos_resize"]
+    assert manifest.backbone["weights"]["sha256"] == sha256_file(cache_dir / BACKBONE_FILE)
+    assert manifest.backbone["weights"]["sha256"] == cache.meta["weights"]["saved_file"]["sha256"]
+    assert not [line for line in lines if line.startswith("warning")]
+    index = ProcessedRoot(root)
+    for view, role in (("exo", "source"), ("ego", "destination")):
+        assert manifest.views[role].image_size == cache.image_size(view)
+        take, cam, frame = next(k for k in cache if view_of(k.split("/")[1]) == view).split("/")
+        image = preprocess_image(
+            read_rgb(index.image_path(take, cam, frame)), cache.image_size(view)
+        )
+        (feats,) = OrtRunner(out / f"backbone_{view}.onnx")({"image": image[None]}).values()
+        cached = cache.get_array(take, cam, int(frame)).astype(np.float32)
+        np.testing.assert_allclose(feats[0], cached, rtol=2e-3, atol=2e-3)
+        assert np.abs(cached).max() > 0.5
+
+
+def test_weights_without_projection_get_the_seeded_one_in_both_views(tmp_path):
+    from safetensors.torch import save_file
+
+    from export.pipeline import build_models
+    from omama_train.features import BackboneWeights
+    from omama_train.models.backbones import build_backbone, seeded_projection
+    from omama_train.models.matcher import OMaMaMatcher, save_matcher
+
+    torch.manual_seed(3)
+    matcher = OMaMaMatcher(
+        "exo2ego", src_grid=GRIDS["exo"], dst_grid=GRIDS["ego"], backbone="dinov2_vits14_reg"
+    )
+    matcher_path = save_matcher(matcher, tmp_path / "matcher.safetensors")
+    trunk = build_backbone(SMALL, (518, 518)).trunk.state_dict()
+    backbone_path = tmp_path / "vits14.safetensors"
+    save_file({k: v.contiguous() for k, v in trunk.items()}, str(backbone_path))
+    config = ExportConfig(
+        out_dir=tmp_path / "artifacts",
+        backbone=SMALL,
+        backbone_weights=backbone_path,
+        matcher_weights=matcher_path,
+        include_fastsam=False,
+        matcher_input="weights",
+        parity_sets=3,
+        parity_large_n=5,
+    )
+    for seed in (0, 5):
+        models = build_models(dataclasses.replace(config, seed=seed), tmp_path)
+        want = seeded_projection(SMALL, seed)
+        for backbone in models.backbones.values():
+            assert torch.equal(backbone.proj.weight, want["proj.weight"])
+            assert torch.equal(backbone.proj.bias, want["proj.bias"])
+        # What omama features --weights FILE --seed N computes its cache with.
+        features = BackboneWeights.resolve(SMALL, backbone_path, seed=seed).build((70, 70))
+        assert torch.equal(features.proj.weight, want["proj.weight"])
+        assert models.records["backbone"]["projection_seed"] == seed
+    lines: list[str] = []
+    export_artifacts(config, echo=lines.append, progress=False)
+    manifest = verify_artifacts(config.out_dir)
+    assert manifest.backbone["projection"] == (
+        "seeded 1x1 Conv2d to 768 (seed 0; not in the weights file)"
+    )
+    warnings = [line for line in lines if line.startswith("warning")]
+    assert len(warnings) == 1 and "vits14.safetensors has no 1x1 projection" in warnings[0]
+    assert "--seed 0" in warnings[0]
+
+
+# ------------------------------------------------------------------------------ FastSAM NMS
+
+
+def test_fastsam_nms_is_in_the_graph_by_default_and_verified(exo2ego):
+    from export.fastsam import nms_graph_params
+
+    result, lines, out = exo2ego
+    fastsam = load_manifest(out).fastsam
+    decision = fastsam["nms_decision"]
+    assert fastsam["nms_in_graph"] is True and fastsam["max_det"] == 300
+    assert decision["requested"] == "auto" and decision["reason"] == "in-graph NMS parity holds"
+    # Random-init exports bake the conf their random weights need (they score ~0.012).
+    assert decision["settings"] == {"conf": 0.01, "iou": 0.9, "max_det": 300, "agnostic": True}
+    assert decision["baked"] == pytest.approx(decision["settings"], rel=1e-6)
+    baked = nms_graph_params(out / "fastsam.onnx")  # read from the graph itself
+    assert (np.float32(baked.conf), np.float32(baked.iou), baked.max_det) == (
+        np.float32(0.01),
+        np.float32(0.9),
+        300,
+    )
+    parity = {p["metric"]: p for p in decision["parity"]}
+    assert parity["detection agreement"]["value"] == 1.0
+    assert parity["box max err px"]["value"] <= 1.0 and parity["mask IoU (min)"]["value"] > 0.99
+    assert all(p["passed"] for p in decision["parity"])
+    # The same checks gate the file and its fp16 variant, whose NMS stays float32.
+    for name in ("fastsam.onnx", "fastsam_fp16.onnx"):
+        checks = {c.metric: c for c in result.checks if c.file == name}
+        assert checks["detection agreement"].gated and checks["detection agreement"].passed
+        assert "kept: reference 32, other 32, both 32" in checks["detection agreement"].detail
+    fp16 = load_manifest(out).select("fastsam", precision="fp16")
+    assert fp16.graph["fp16_conversion"]["fp32_ops"]["NonMaxSuppression"] == 1
+    assert fp16.graph["fp16_conversion"]["fp32_nodes_by_prefix"] > 10
+    assert any("NMS in the graph (conf 0.01, iou 0.9, max_det 300" in line for line in lines)
+    rows = OrtRunner(out / "fastsam.onnx")({"images": np.zeros((1, 3, 128, 128), np.float32)})
+    assert rows["output0"].shape == (1, 300, 38) and (rows["output0"][0, :, 4] > 0).sum() == 16
+
+
+def _fastsam_step(tmp_path, echo, **overrides):
+    """Only the FastSAM step of an export (YOLOv8n-seg stand-in, 128 px): the run object."""
+    from export.fastsam import build_standin_fastsam
+    from export.pipeline import _Export, _Models
+    from runtime.manifest import ViewSpec
+
+    out = tmp_path / "artifacts"
+    out.mkdir()
+    weights = build_standin_fastsam(tmp_path / "standin.pt")
+    views = {
+        "source": ViewSpec("exo", (56, 84), (4, 6)),
+        "destination": ViewSpec("ego", (70, 70), (5, 5)),
+    }
+    models = _Models(None, "exo2ego", views, {}, None, weights, {})
+    config = _config(out, **overrides)
+    run = _Export(config, models, tmp_path, echo, lambda label: None)
+    run.fastsam()
+    return run, out
+
+
+def test_fastsam_nms_runtime_keeps_raw_outputs(tmp_path):
+    lines: list[str] = []
+    run, out = _fastsam_step(tmp_path, lines.append, fastsam_nms="runtime")
+    assert run.fastsam_nms["in_graph"] is False
+    assert run.fastsam_nms["reason"] == "requested (--fastsam-nms runtime)"
+    ops = {n.op_type for n in onnx.load(out / "fastsam.onnx").graph.node}
+    assert "NonMaxSuppression" not in ops
+    got = OrtRunner(out / "fastsam.onnx")({"images": np.zeros((1, 3, 128, 128), np.float32)})
+    assert got["output0"].shape == (1, 37, 336)  # raw: xywh, score, 32 coefficients per anchor
+    metrics = {c.metric for c in run.checks}
+    assert metrics == {"max err / max(1, peak)", "NMS detection agreement"}
+    assert all(c.passed for c in run.checks) and not any("NMS in the graph" in x for x in lines)
+
+
+def _shift_graph_boxes(monkeypatch, shift_px: float) -> None:
+    """Make the in-graph parity see the graph's boxes moved by ``shift_px`` (a real error)."""
+    from export.pipeline import _Export
+
+    real = _Export.fastsam_parity
+
+    def shifted(self, runner, file, precision, backend, in_graph=None):
+        def moved(feeds):
+            outputs = dict(runner(feeds))
+            rows = outputs["output0"].copy()
+            rows[..., :4] += np.where(rows[..., 4:5] > 0, np.float32(shift_px), 0)
+            return outputs | {"output0": rows}
+
+        use = (
+            moved
+            if (in_graph or (in_graph is None and self.fastsam_nms.get("in_graph")))
+            else runner
+        )
+        return real(self, use, file, precision, backend, in_graph)
+
+    monkeypatch.setattr(_Export, "fastsam_parity", shifted)
+
+
+def test_fastsam_nms_graph_fails_with_the_offending_numbers(tmp_path, monkeypatch):
+    _shift_graph_boxes(monkeypatch, 2.0)
+    run, out = _fastsam_step(tmp_path, lambda line: None, fastsam_nms="graph")
+    assert run.fastsam_nms["in_graph"] is True  # kept: the export fails on these checks
+    failed = [c for c in run.checks if not c.passed]
+    assert [c.metric for c in failed] == ["box max err px"]
+    assert "box max err px 2.00e+00 (needs <= 1.00e+00)" in failed[0].describe()
+
+
+def test_fastsam_nms_auto_falls_back_to_runtime_and_says_why(tmp_path, monkeypatch):
+    _shift_graph_boxes(monkeypatch, 6.0)  # beyond the 4 px match radius: no detection maps
+    out = tmp_path / "artifacts"
+    lines: list[str] = []
+    config = _config(
+        out, direction="exo2ego", matcher_input="weights", parity_sets=2, parity_large_n=4
+    )
+    export_artifacts(config, echo=lines.append, progress=False)
+    fastsam = verify_artifacts(out).fastsam
+    reason = fastsam["nms_decision"]["reason"]
+    assert fastsam["nms_in_graph"] is False and reason.startswith("in-graph NMS parity failed")
+    assert "detection agreement 0.00% (needs >= 100.00%)" in reason
+    assert "graph row 0 (score 0.0123361) matches no anchor (6 px)" in reason
+    assert any(line.startswith("  fastsam.onnx: NMS kept out of the graph") for line in lines)
+    failed = {p["metric"] for p in fastsam["nms_decision"]["parity"] if not p["passed"]}
+    assert failed == {"detection agreement"}
+    assert load_manifest(out).select("fastsam").outputs[0].shape == [1, 37, 336]
+    assert all(f.parity["passed"] for f in load_manifest(out).files)  # the raw file verified
+
+
+def test_kept_comparison_tolerates_ties_but_not_disagreements():
+    from export.verify import compare_kept
+
+    # 14 boxes in a row, none overlapping, except 12 and 13 (IoU 0.95).
+    boxes = np.array([[20 * i, 0, 20 * i + 10, 10] for i in range(14)], np.float32)
+    boxes[13] = boxes[12] + np.array([0, 0, 0, 0.5], np.float32)
+    scores = np.array([0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5, 0.5, 0.5, 0.3, 0.7, 0.7])
+    ref = [0, 1, 2, 3, 4, 12, 5, 6, 7, 8, 9]  # max_det 11: cut inside the 0.5 tie (8, 9, 10)
+    tie = dict(conf=0.2, iou=0.9, max_det=11, score_tie=1e-6, iou_tie=1e-5)
+    # 10 for 9 at the cut, and 13 for 12 (same score, IoU > 0.9): either may be kept.
+    other = [0, 1, 2, 3, 4, 13, 5, 6, 7, 8, 10]
+    result = compare_kept(ref, other, boxes, scores, **tie)
+    assert result.agreement == 1.0 and result.both == 9 and not result.unexplained
+    assert result.reasons == {"threshold": 0, "cut": 2, "suppression": 2}
+    # A real disagreement: anchor 11 (0.3) kept instead of 9 (0.5), which beats the cut.
+    wrong = [0, 1, 2, 3, 4, 12, 5, 6, 7, 8, 11]
+    result = compare_kept(ref, wrong, boxes, scores, **tie)
+    assert result.agreement == 11 / 12 and result.unexplained == [
+        "anchor 9 (score 0.5) kept by reference only"
+    ]
+    # Without the cap, the same tie at 9/10 is no longer explained by the cut.
+    result = compare_kept(ref, other, boxes, scores, **(tie | {"max_det": None}))
+    assert result.agreement < 1.0 and result.reasons["cut"] == 0
+    # A tie with the score threshold: an anchor at conf itself may be in or out.
+    result = compare_kept([0], [0, 11], boxes, scores, **(tie | {"conf": 0.3}))
+    assert result.agreement == 1.0 and result.reasons["threshold"] == 1
+    # Detections that map to no anchor always count against.
+    result = compare_kept([0], [0], boxes, scores, **tie, unmapped=["graph row 1"])
+    assert result.agreement == 0.5 and result.unexplained == ["graph row 1"]

@@ -253,3 +253,52 @@ def test_bad_outputs_are_clear_errors():
     empty = fp.postprocess(np.zeros((1, 37, 50), np.float32), np.zeros((1, 32, 80, 80)), geom)
     assert len(empty) == 0 and empty.masks().shape == (0, 100, 100)
     assert empty.boxes.shape == (0, 4)
+
+
+def test_nms_thresholds_respect_nms_baked_into_the_graph():
+    runtime_nms = {"conf": 0.4, "iou": 0.9, "max_det": 300, "nms_in_graph": False}
+    assert fp.nms_thresholds(runtime_nms) == (0.4, 0.9, 300)
+    assert fp.nms_thresholds(runtime_nms, conf=0.1, iou=0.5) == (0.1, 0.5, 300)
+    in_graph = runtime_nms | {"nms_in_graph": True}
+    assert fp.nms_thresholds(in_graph) == (0.4, 0.9, 300)
+    assert fp.nms_thresholds(in_graph, conf=0.55, iou=0.9) == (0.55, 0.9, 300)  # raise: fine
+    with pytest.raises(OmamaError, match=r"conf 0.1 cannot be applied.*--fastsam-nms runtime"):
+        fp.nms_thresholds(in_graph, conf=0.1)
+    with pytest.raises(OmamaError, match=r"iou 0.7 cannot be applied: .*conf 0.4 and iou 0.9"):
+        fp.nms_thresholds(in_graph, iou=0.7)
+    with pytest.raises(OmamaError, match=r"conf must lie in \[0, 1\)"):
+        fp.nms_thresholds(runtime_nms, conf=1.5)
+
+
+def test_in_graph_nms_file_gives_the_runtime_nms_candidates_even_on_exact_ties(tmp_path):
+    """The random YOLOv8n-seg stand-in scores every anchor of a level alike (its class
+    bias): at conf 0, max_det 300 cuts inside a level of 400 exactly tied anchors. ONNX
+    Runtime keeps ties in anchor order, as the runtime's NMS does: the same 300 candidates
+    from the in-graph file as from the raw file post-processed by the runtime."""
+    pytest.importorskip("torch")
+    from export.fastsam import (
+        NmsSettings,
+        build_standin_fastsam,
+        export_fastsam_onnx,
+        nms_graph_params,
+    )
+    from runtime.sessions import OrtSession
+
+    weights = build_standin_fastsam(tmp_path / "standin.pt", seed=1)
+    nms = NmsSettings(conf=0.0, iou=IOU, max_det=300)
+    graph, _ = export_fastsam_onnx(weights, tmp_path / "graph", IMGSZ, nms=nms)
+    raw, _ = export_fastsam_onnx(weights, tmp_path / "raw", IMGSZ)
+    assert nms_graph_params(graph) == NmsSettings(0.0, np.float32(IOU).item(), 300)
+    image = _image((240, 320), seed=3)
+    results = []
+    for path in (graph, raw):
+        with OrtSession(path, threads=1) as session:
+            results.append(fp.segment_everything(session, image, IMGSZ, 0.0, IOU, 300))
+    in_graph, runtime = results
+    # 300 kept: 100 coarse anchors, then 200 of 400 tied; those whose box lies in the
+    # letterbox padding have empty masks and are dropped by both.
+    assert len(in_graph) == len(runtime) > 150
+    assert len(np.unique(runtime.scores)) == 2
+    np.testing.assert_array_equal(in_graph.masks(), runtime.masks())
+    np.testing.assert_allclose(in_graph.boxes, runtime.boxes, atol=1e-3, rtol=0)
+    np.testing.assert_allclose(in_graph.scores, runtime.scores, atol=1e-6, rtol=0)

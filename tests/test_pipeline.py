@@ -467,10 +467,31 @@ def test_torch_modules_match_their_onnx_files(which, assets):
         with torch.no_grad():
             got = module(*[torch.from_numpy(feeds[s.name]) for s in entry.inputs])
         got = got if isinstance(got, tuple) else (got,)
+        if entry.model == "fastsam" and manifest.fastsam["nms_in_graph"]:
+            # NMS in the graph (the export's default): torch gives the raw outputs, and the
+            # runtime's NMS on them with the baked settings gives the graph's rows.
+            got = (torch.from_numpy(_nms_rows(got[0].numpy(), manifest.fastsam)), got[1])
+            want["output0"] = _graph_rows(want["output0"], manifest.fastsam)
         for spec, value in zip(entry.outputs, got, strict=True):
             ref = want[spec.name]
             err = np.abs(value.numpy() - ref).max() / max(np.abs(ref).max(), 1.0)
             assert err < 1e-4, f"{which} {entry.model} {spec.name}: {err}"
+
+
+def _graph_rows(output0: np.ndarray, fastsam: dict) -> np.ndarray:
+    """Kept rows (K, 4 + 1 + 32) of an in-graph NMS output0 (1, max_det, 38): box, score,
+    coefficients (the class column dropped), as the runtime reads them."""
+    rows = output0[0][output0[0][:, 4] > np.float32(fastsam["conf"])]
+    return np.concatenate([rows[:, :5], rows[:, 6:]], axis=1)
+
+
+def _nms_rows(raw0: np.ndarray, fastsam: dict) -> np.ndarray:
+    """The runtime's NMS on raw output0 (1, 37, A) with the manifest's settings, as rows."""
+    from runtime.fastsam_post import detections, nms_thresholds
+
+    conf, iou, max_det = nms_thresholds(fastsam)
+    boxes, scores, coeffs = detections(raw0[0], 32, conf, iou, max_det)
+    return np.concatenate([boxes, scores[:, None], coeffs], axis=1)
 
 
 def test_torch_backend_pipeline_matches_onnxruntime(assets, frames, ort_pipe):
@@ -490,7 +511,7 @@ def test_torch_backend_pipeline_matches_onnxruntime(assets, frames, ort_pipe):
 
 def test_masks_input_form_matches_between_backends(assets, frames):
     """Random-init artifacts, matcher fed with masks + boxes (the other input form), with
-    GT masks as precomputed candidates (the random FastSAM stand-in finds nothing)."""
+    GT masks as precomputed candidates (the random FastSAM stand-in's are noise)."""
     src_rgb, dst_rgb, queries, gt_dst = frames
     cands = Candidates.from_masks(np.stack(list(gt_dst.values())))
     masks = list(queries.values())
@@ -531,3 +552,65 @@ def test_take_observations_follow_the_pairs_rule(assets):
     want = all_pairs(index, [assets.take], "exo2ego")
     assert [(o.obj, o.src_cam, o.frame) for o in got] == [(p.obj, p.exo_cam, p.frame) for p in want]
     assert all(o.dst_cam == EGO for o in got)
+
+
+# ------------------------------------------------------------------------------ FastSAM NMS
+
+
+def _same_candidates(a, b) -> None:
+    """Two FastSAM results (or candidate sets): same count, boxes within 1e-3 px, masks with
+    IoU > 0.999 (pixels on the 0.5 level may flip between backends)."""
+    assert len(a) == len(b) > 0
+    np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3, rtol=0)
+    for i in range(len(a)):
+        ma, mb = a.mask(i).astype(bool), b.mask(i).astype(bool)
+        assert (ma & mb).sum() / max((ma | mb).sum(), 1) > 0.999
+
+
+def test_in_graph_nms_gives_the_runtime_nms_candidates_on_every_backend(assets, frames, tmp_path):
+    """Both test exports put NMS in the graph (the default, parity held); the runtime on
+    that file gives the candidates of a raw-output file of the same weights post-processed
+    by the runtime's NMS, and so does the torch backend (raw outputs + the runtime's NMS)."""
+    from export.fastsam import export_fastsam_onnx
+    from runtime.fastsam_post import segment_everything
+    from runtime.manifest import load_manifest
+    from runtime.pipeline import working_image
+
+    manifest = load_manifest(assets.weights)
+    random = load_manifest(assets.random).fastsam
+    assert manifest.fastsam["nms_in_graph"] and manifest.fastsam["conf"] == 0.4
+    assert random["nms_in_graph"] and random["conf"] == 0.01  # what random weights need
+    work = working_image(frames[1], manifest.views["destination"].image_size)
+    raw_path, _ = export_fastsam_onnx(assets.weights_dir / "fastsam.pt", tmp_path, FASTSAM_IMGSZ)
+    with OrtSession(raw_path, threads=1) as raw:
+        assert raw.outputs[0].shape[1] == 37  # raw head outputs: the runtime runs NMS
+        runtime_nms = segment_everything(raw, work, FASTSAM_IMGSZ, conf=0.4, iou=0.9)
+    for backend in ("onnxruntime", "torch"):
+        with Pipeline(assets.weights, backend=backend, device="cpu", threads=1,
+                      weights_dirs=[assets.weights_dir]) as pipe:  # fmt: skip
+            assert pipe.fastsam_thresholds() == (0.4, 0.9, 300)
+            _same_candidates(pipe.segment(work), runtime_nms)
+
+
+def test_in_graph_nms_conf_may_rise_but_not_fall(ort_pipe, frames):
+    from runtime.fastsam_post import segment_everything
+    from runtime.pipeline import working_image
+
+    work = working_image(frames[1], ort_pipe.views["destination"].image_size)
+    base = segment_everything(ort_pipe.sessions["fastsam"], work, FASTSAM_IMGSZ, 0.4, 0.9)
+    higher = float(np.median(base.scores))
+    keep = base.scores > np.float32(higher)
+    try:
+        ort_pipe.set_fastsam_thresholds(conf=higher)
+        fewer = ort_pipe.segment(work)  # the graph's rows, filtered again at the higher conf
+        assert 0 < len(fewer) == keep.sum() < len(base)
+        np.testing.assert_array_equal(fewer.boxes, base.boxes[keep])
+        for conf, iou in ((0.2, None), (None, 0.7)):
+            with pytest.raises(OmamaError, match="re-export with --fastsam-nms runtime"):
+                ort_pipe.set_fastsam_thresholds(conf=conf, iou=iou)
+        # A direct edit (as older callers did) is checked when segmenting.
+        ort_pipe.fastsam_params["conf"] = 0.2
+        with pytest.raises(OmamaError, match=r"conf 0.2 cannot be applied: .* conf 0.4"):
+            ort_pipe.segment(work)
+    finally:
+        ort_pipe.fastsam_params.update(conf=0.4, iou=0.9)
