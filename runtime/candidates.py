@@ -16,11 +16,17 @@ complete exactly when both files exist and agree (:func:`candidates_complete`).
 Masks of another size than the image the caller works on are resized the way O-MaMa resizes
 FastSAM candidate masks, with ``F.interpolate(mode="nearest")`` (the ``torch`` rule of
 :mod:`runtime.preprocess`, which differs from OpenCV's on e.g. 540 -> 532 rows).
+
+:class:`VideoCandidates` (:func:`open_video_candidates`) gives the candidates of a whole
+destination video, from a folder in this layout or a JSON ``{frame: [RLE, ...]}``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -221,22 +227,29 @@ def read_candidates(
     Returns:
         :class:`Candidates` with masks (N, H, W) uint8 and boxes (N, 4) float32.
     """
-    masks_path, boxes_path = Path(masks_path), Path(boxes_path)
+    candidates = _read_stored(Path(masks_path), Path(boxes_path), image_size_hw)
+    return candidates if image_size_hw is None else candidates.resized(image_size_hw)
+
+
+def _read_stored(
+    masks_path: Path, boxes_path: Path, empty_size_hw: tuple[int, int] | None
+) -> Candidates:
+    """One frame's candidates at their stored size (legacy (0, 0, 0) files: zero candidates
+    on ``empty_size_hw``, which they then need)."""
     boxes = _read_boxes(boxes_path)
     masks = _read_masks(masks_path)
     if masks.ndim == 3 and masks.shape[0] == 0 and masks.shape[1:] == (0, 0):
         _validate_boxes(boxes, 0, str(boxes_path))
-        if image_size_hw is None:
+        if empty_size_hw is None:
             raise OmamaError(
                 f"{masks_path}: empty (0, 0, 0) masks carry no image size; pass the image size"
             )
-        return Candidates.empty(image_size_hw)
+        return Candidates.empty(empty_size_hw)
     if masks.dtype == np.bool_:
         masks = masks.view(np.uint8)
     _validate_masks(masks, str(masks_path))
     _validate_boxes(boxes, int(masks.shape[0]), str(boxes_path))
-    candidates = Candidates(masks, boxes)
-    return candidates if image_size_hw is None else candidates.resized(image_size_hw)
+    return Candidates(masks, boxes)
 
 
 def _npy_header(fh) -> tuple[tuple[int, ...], np.dtype]:
@@ -313,3 +326,160 @@ def save_frame_candidates(
     masks_path, boxes_path = candidate_paths(root, split, direction, take, cam, frame)
     write_candidates(masks_path, boxes_path, candidates)
     return masks_path, boxes_path
+
+
+# ----------------------------------------------------------------------------- videos
+
+_FRAME_MASKS = re.compile(r"^(\d+)_masks\.npz$")
+_FRAME_KEY = re.compile(r"^\d+$")
+CANDIDATE_KINDS = ("folder", "json")
+
+
+class VideoCandidates:
+    """Precomputed candidates of a destination video, frame by frame (``omama-run video
+    --candidates``); frames are destination video frame indices.
+
+    Two forms (:func:`open_video_candidates`):
+
+    - ``folder``: omama's candidate layout, ``<frame>_masks.npz`` + ``<frame>_boxes.npy``
+      (what ``omama data masks`` writes under ``ROOT/Masks_<SPLIT>_<DIR>/<take>/<cam>/``);
+      a frame has an entry when its masks file exists; files are read when the frame is;
+    - ``json``: ``{"<frame>": [RLE, ...]}``, COCO RLEs (``{"size": [H, W], "counts": ...}``)
+      of one frame sharing one size (the destination video's, or any of its aspect ratio);
+      boxes come from the masks (:meth:`Candidates.from_masks`); ``[]`` is zero candidates.
+      The whole file is parsed and checked up front; masks are decoded per frame.
+
+    :meth:`load` returns a frame's candidates at their stored size; a frame whose files or
+    RLEs are unreadable is an :class:`OmamaError` naming the file and frame.
+    """
+
+    def __init__(
+        self, path: Path, kind: str, frames: dict[int, object], file_sha256: str | None = None
+    ) -> None:
+        if kind not in CANDIDATE_KINDS:
+            raise OmamaError(f"candidate source kind must be one of {CANDIDATE_KINDS}, got {kind}")
+        self.path, self.kind = Path(path), kind
+        self._frames = frames  # folder: frame -> None; json: frame -> list of RLE dicts
+        self._file_sha256 = file_sha256
+
+    def __contains__(self, frame: int) -> bool:
+        return frame in self._frames
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def frames(self) -> list[int]:
+        """Frames with an entry, sorted."""
+        return sorted(self._frames)
+
+    def paths(self, frame: int) -> tuple[Path, Path]:
+        """(``<frame>_masks.npz``, ``<frame>_boxes.npy``) of a ``folder`` source."""
+        return self.path / f"{int(frame)}_masks.npz", self.path / f"{int(frame)}_boxes.npy"
+
+    def size_hw(self, frame: int) -> tuple[int, int] | None:
+        """(H, W) the frame's candidates are stored at, from file headers or the RLE sizes
+        without decoding; None for zero candidates that carry no size."""
+        if self.kind == "folder":
+            _, h, w = inspect_candidates(*self.paths(frame))
+            return None if (h, w) == (0, 0) else (h, w)
+        rles = self._frames[frame]
+        return tuple(int(v) for v in rles[0]["size"]) if rles else None
+
+    def load(self, frame: int, empty_size_hw: tuple[int, int]) -> Candidates:
+        """The candidates of ``frame`` at their stored size: masks (N, H, W) uint8, boxes
+        (N, 4) float32. Zero candidates without a size of their own are put on
+        ``empty_size_hw`` (H, W)."""
+        if frame not in self._frames:
+            raise OmamaError(f"{self.path} has no candidates for frame {frame}")
+        if self.kind == "folder":
+            return _read_stored(*self.paths(frame), empty_size_hw)
+        rles = self._frames[frame]
+        if not rles:
+            return Candidates.empty(empty_size_hw)
+        sizes = {tuple(int(v) for v in r["size"]) for r in rles}
+        if len(sizes) > 1:
+            raise OmamaError(
+                f"{self.path}: frame {frame} mixes candidate sizes {sorted(sizes)}; the RLEs of "
+                "one frame must share the destination image's size"
+            )
+        from runtime import rle
+
+        masks = []
+        for i, item in enumerate(rles):
+            try:
+                masks.append(rle.decode(item))
+            except Exception as exc:  # pycocotools raises plain exceptions for bad counts
+                raise OmamaError(
+                    f"{self.path}: frame {frame} candidate {i}: undecodable RLE ({exc})"
+                ) from exc
+        return Candidates.from_masks(np.stack(masks))
+
+    def digest(self) -> dict:
+        """A JSON-able fingerprint (kind, path, frames, and a JSON file's sha256) that tells
+        a resumed video run whether it got the same candidates."""
+        frames = ",".join(map(str, self.frames())).encode("ascii")
+        out = {
+            "kind": self.kind,
+            "path": str(self.path.resolve()),
+            "frames": len(self._frames),
+            "frames_sha256": hashlib.sha256(frames).hexdigest(),
+        }
+        if self._file_sha256 is not None:
+            out["sha256"] = self._file_sha256
+        return out
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.path} ({len(self)} frames)"
+
+
+def open_video_candidates(path: str | os.PathLike) -> VideoCandidates:
+    """The candidate source at ``path``: a folder in omama's candidate layout or a JSON
+    ``{frame: [RLE, ...]}`` file (see :class:`VideoCandidates`). Malformed sources are one
+    :class:`OmamaError` naming the file and the first problem."""
+    path = Path(path)
+    if path.is_dir():
+        frames = {}
+        for child in path.iterdir():
+            match = _FRAME_MASKS.match(child.name)
+            if match and child.is_file():
+                frames[int(match.group(1))] = None
+        if not frames:
+            raise OmamaError(
+                f"candidate folder {path} holds no <frame>_masks.npz files: give the folder of "
+                "one destination camera (ROOT/Masks_<SPLIT>_<DIR>/<take>/<cam>, as `omama data "
+                "masks` writes it) or a JSON {frame: [RLE, ...]}"
+            )
+        return VideoCandidates(path, "folder", frames)
+    if not path.is_file():
+        raise OmamaError(f"candidates not found: {path}")
+    try:
+        raw = path.read_bytes()
+        data = json.loads(raw.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise OmamaError(
+            f"candidates {path} is not readable JSON ({exc}); give a JSON {{frame: [RLE, ...]}} "
+            "or a folder of <frame>_masks.npz + <frame>_boxes.npy"
+        ) from exc
+    if not isinstance(data, dict) or not data:
+        raise OmamaError(f"candidates {path} must hold a non-empty JSON object {{frame: [RLE]}}")
+    frames: dict[int, object] = {}
+    for key, value in data.items():
+        if not _FRAME_KEY.match(str(key)):
+            raise OmamaError(f"candidates {path}: key {key!r} is not a frame index")
+        if not isinstance(value, list):
+            raise OmamaError(f"candidates {path}: frame {key} must map to a list of RLEs")
+        for i, item in enumerate(value):
+            if not _json_rle_ok(item):
+                raise OmamaError(
+                    f"candidates {path}: frame {key} candidate {i} is not an RLE with 'size' "
+                    "[H, W] and 'counts'"
+                )
+        frames[int(key)] = value
+    return VideoCandidates(path, "json", frames, hashlib.sha256(raw).hexdigest())
+
+
+def _json_rle_ok(item: object) -> bool:
+    if not (isinstance(item, dict) and "counts" in item and isinstance(item.get("size"), list)):
+        return False
+    size = item["size"]
+    return len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)

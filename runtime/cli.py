@@ -211,6 +211,14 @@ def video_command(
     cam: str | None = typer.Option(
         None, "--cam", help="Source camera of an annotation.json track (e.g. cam01)."
     ),
+    candidates: Path | None = typer.Option(
+        None,
+        "--candidates",
+        help="Precomputed candidates of the destination video, by its frame index: a folder of "
+        "<frame>_masks.npz + <frame>_boxes.npy (as `omama data masks` writes per camera) or a "
+        "JSON {frame: [RLE, ...]} at the destination video's size. Frames without an entry "
+        "use FastSAM, or get no candidates when the artifacts hold none.",
+    ),
     direction: str | None = typer.Option(
         None, "--direction", help="exo2ego or ego2exo; must be the artifacts' (default: theirs)."
     ),
@@ -251,9 +259,15 @@ def video_command(
     (frames, objects, fps, per-stage p50/p90 latency, skips), and with --overlay an overlay
     MP4. Frames that fail to decode are reported and skipped; partial results are written
     every --checkpoint-every frames, so an interrupted run continues with --resume.
+    Candidate masks come from FastSAM in the artifacts or, with --candidates, from your own
+    segmenter (needed for artifacts exported with --no-fastsam-export).
 
     Example: omama-run video cam01.mp4 aria01.mp4 --query annotation.json --cam cam01 --overlay
+
+    Example: omama-run video cam01.mp4 aria01.mp4 --query cup_masks/ --candidates
+    ego_candidates.json --artifacts artifacts_no_fastsam
     """
+    from runtime.candidates import open_video_candidates
     from runtime.manifest import load_manifest
     from runtime.pipeline import VideoRun, default_cams, format_video_summary, run_video
     from runtime.tracks import load_tracks
@@ -264,10 +278,16 @@ def video_command(
             f"--direction {direction} but the artifacts in {artifacts} are {manifest.direction}: "
             "export for that direction, or drop --direction"
         )
+    if candidates is None and not manifest.fastsam.get("included"):
+        raise OmamaError(
+            f"the artifacts in {artifacts} hold no FastSAM model (exported with "
+            "--no-fastsam-export): give precomputed candidate masks with --candidates"
+        )
     for path, what in ((src_video, "source"), (dst_video, "destination")):
         if not path.is_file():
             raise OmamaError(f"{what} video not found: {path}")
     tracks = load_tracks(query, objects, cam)
+    video_candidates = open_video_candidates(candidates) if candidates is not None else None
     default_src, default_dst = default_cams(manifest.direction, src_video, dst_video)
     track_cams = tracks.cams()
     if len(track_cams) == 1 and src_cam is None:
@@ -285,6 +305,7 @@ def video_command(
         resume=resume,
         overlay=overlay,
         checkpoint_every=checkpoint_every,
+        candidates=video_candidates,
     )
     with _open_pipeline(artifacts, backend, device, precision, threads, mask_size, weights) as pipe:
         summary = run_video(pipe, run)

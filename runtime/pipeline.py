@@ -56,10 +56,10 @@ import numpy as np
 
 from runtime import overlay
 from runtime.atomic import atomic_path, write_json
-from runtime.candidates import Candidates, read_candidates, scale_boxes
+from runtime.candidates import Candidates, VideoCandidates, read_candidates, scale_boxes
 from runtime.egoexo import ProcessedRoot, candidate_paths, check_direction, is_ego_cam
 from runtime.errors import OmamaError
-from runtime.fastsam_post import FastSAMResult, segment_everything
+from runtime.fastsam_post import FastSAMResult, nms_thresholds, segment_everything
 from runtime.manifest import ArtifactFile, Manifest, ViewSpec, sha256_file, verify_artifacts
 from runtime.pooling import descriptor_weights, index_slice, mask_boxes, pooling_grid
 from runtime.preprocess import (
@@ -495,22 +495,42 @@ class Pipeline:
             latency_ms={"preprocess": 1e3 * (t1 - t0), "backbone_src": 1e3 * (t2 - t1)},
         )
 
+    def set_fastsam_thresholds(self, conf: float | None = None, iou: float | None = None) -> None:
+        """Run-time FastSAM thresholds (None keeps the current one).
+
+        With NMS in fastsam.onnx (manifest ``nms_in_graph``) conf may only rise above the
+        baked one and iou cannot change: anything else is an OmamaError saying to re-export
+        with ``--fastsam-nms runtime``.
+        """
+        conf = self.fastsam_params.get("conf") if conf is None else conf
+        iou = self.fastsam_params.get("iou") if iou is None else iou
+        conf, iou, _ = nms_thresholds(self.manifest.fastsam, conf, iou)
+        self.fastsam_params.update(conf=conf, iou=iou)
+
+    def fastsam_thresholds(self) -> tuple[float, float, int]:
+        """(conf, iou, max_det) that :meth:`segment` uses, checked against the manifest."""
+        return nms_thresholds(
+            self.manifest.fastsam, self.fastsam_params.get("conf"), self.fastsam_params.get("iou")
+        )
+
     def segment(self, dst_work_rgb: np.ndarray) -> CandidateSet:
-        """FastSAM "everything" on a destination working image."""
+        """FastSAM "everything" on a destination working image.
+
+        With NMS in the graph the session's rows are the kept detections (only a raised conf
+        filters them again); a session with raw outputs (``--fastsam-nms runtime`` files, or
+        the torch backend, which runs the network without the NMS wrapper) gets the
+        runtime's NMS with the same conf / iou / max_det, so both give the same candidates.
+        """
         if not self.has_fastsam:
             raise OmamaError(
                 f"the artifacts in {self.manifest.root} hold no FastSAM model (exported with "
                 "--no-fastsam-export): this needs precomputed candidate masks"
             )
+        conf, iou, max_det = self.fastsam_thresholds()
         session = self.sessions["fastsam"]
         input_hw = tuple(int(d) for d in session.inputs[0].shape[2:4])
         result = segment_everything(
-            session,
-            dst_work_rgb,
-            input_hw=input_hw,
-            conf=float(self.fastsam_params.get("conf", 0.4)),
-            iou=float(self.fastsam_params.get("iou", 0.9)),
-            max_det=int(self.fastsam_params.get("max_det", 300)),
+            session, dst_work_rgb, input_hw=input_hw, conf=conf, iou=iou, max_det=max_det
         )
         return CandidateSet(result)
 
@@ -810,6 +830,14 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+# Where a video frame's candidates came from -> its counter in the run state.
+CANDIDATE_COUNTS = {
+    "precomputed": "precomputed_frames",
+    "fastsam": "fastsam_frames",
+    "none": "no_candidate_frames",
+}
+
+
 @dataclass
 class VideoRun:
     """What ``omama-run video`` runs.
@@ -824,6 +852,9 @@ class VideoRun:
         overlay: write an overlay MP4.
         checkpoint_every: write the partial results every this many frames.
         queue_size: frame pairs decoded ahead / outputs waiting to be written.
+        candidates: precomputed candidates of the destination video
+            (:func:`runtime.candidates.open_video_candidates`); frames with queries but no
+            entry get FastSAM, or zero candidates when the artifacts hold no FastSAM.
     """
 
     src_video: Path
@@ -838,6 +869,7 @@ class VideoRun:
     overlay: bool = False
     checkpoint_every: int = CHECKPOINT_EVERY
     queue_size: int = 8
+    candidates: VideoCandidates | None = None
 
 
 def default_cams(direction: str, src_video: Path, dst_video: Path) -> tuple[str, str]:
@@ -903,7 +935,11 @@ class _Sink:
                 item = self._queue.get()
                 if item is None:
                     break
-                index, src, dst, names, queries, matches = item
+                index, src, dst, names, queries, matches, source = item
+                counts = self.state["counts"]
+                if source is not None:
+                    key = CANDIDATE_COUNTS[source]
+                    counts[key] = counts.get(key, 0) + 1
                 for name, match in zip(names, matches, strict=True):
                     run = self.run
                     add_prediction(
@@ -912,7 +948,6 @@ class _Sink:
                     )  # fmt: skip
                     line = {"frame": index, "object": name, **match.to_json()}
                     self._details.write(json.dumps(line) + "\n")
-                    counts = self.state["counts"]
                     counts["predictions"] += 1
                     counts["visible"] += int(match.visible)
                     counts["no_candidates"] += int(match.candidate < 0)
@@ -978,13 +1013,17 @@ def _run_inputs(run: VideoRun, pipeline: Pipeline, src_info, dst_info) -> dict:
         "take": run.take,
         "src_cam": run.src_cam,
         "dst_cam": run.dst_cam,
+        # None = FastSAM only, which also matches states written before --candidates existed
+        "candidates": run.candidates.digest() if run.candidates is not None else None,
     }
 
 
 def _new_state(inputs: dict) -> dict:
-    counts = {"frames": 0, "predictions": 0, "visible": 0, "no_candidates": 0}
+    counts = {"frames": 0, "predictions": 0, "visible": 0, "no_candidates": 0,
+              **dict.fromkeys(CANDIDATE_COUNTS.values(), 0)}  # fmt: skip
     return {"inputs": inputs, "next_frame": 0, "complete": False, "counts": counts,
-            "skipped_frames": [], "query_skips": {"count": 0, "listed": []}}  # fmt: skip
+            "skipped_frames": [], "query_skips": {"count": 0, "listed": []},
+            "candidate_skips": {"count": 0, "listed": []}}  # fmt: skip
 
 
 def _load_resume(run: VideoRun, inputs: dict) -> tuple[dict, dict]:
@@ -1040,6 +1079,43 @@ def _queries_fit(run: VideoRun, pipeline: Pipeline, src_hw: tuple[int, int]) -> 
             )
 
 
+def _candidate_misfit(cands_hw: tuple[int, int], dst_hw: tuple[int, int]) -> str | None:
+    """Why candidates of ``cands_hw`` cannot serve a destination image of ``dst_hw`` (the
+    rule of :meth:`Pipeline.encode_destination`: same aspect ratio, then resized), or None."""
+    if aspect_mismatch(cands_hw, dst_hw) <= ASPECT_TOLERANCE:
+        return None
+    return (
+        f"candidate masks are {cands_hw[1]}x{cands_hw[0]} px, which does not fit the "
+        f"destination video {dst_hw[1]}x{dst_hw[0]} (aspect ratios differ by "
+        f"{100 * aspect_mismatch(cands_hw, dst_hw):.0f}%)"
+    )
+
+
+def _candidates_fit(source: VideoCandidates, dst_hw: tuple[int, int]) -> None:
+    """Refuse, before any work, a candidate source whose first frame does not fit the
+    destination video (a frame that cannot be read is left to the per-frame report)."""
+    first = source.frames()[0]
+    try:
+        size = source.size_hw(first)
+    except OmamaError:
+        return
+    problem = size and _candidate_misfit(size, dst_hw)
+    if problem:
+        raise OmamaError(f"--candidates {source.path} (frame {first}): {problem}")
+
+
+def _frame_candidates(
+    source: VideoCandidates, frame: int, dst_hw: tuple[int, int], work_hw: tuple[int, int]
+) -> Candidates:
+    """Precomputed candidates of one destination frame at their stored size (the pipeline
+    resizes them to the working size); OmamaError naming the source and frame otherwise."""
+    cands = source.load(frame, work_hw)
+    problem = _candidate_misfit(cands.size_hw, dst_hw)
+    if problem:
+        raise OmamaError(f"{source.path} frame {frame}: {problem}")
+    return cands
+
+
 def run_video(
     pipeline: Pipeline, run: VideoRun, progress: bool = True, echo: Callable[[str], None] = print
 ) -> dict:
@@ -1050,11 +1126,21 @@ def run_video(
     encodes the overlay and checkpoints ``results.json`` + ``run_state.json`` every
     ``run.checkpoint_every`` frames, so an interrupted run continues with ``resume``.
     Frames that fail to decode and queries that cannot be used are reported and skipped.
+
+    Candidates: ``run.candidates`` where it has an entry for the frame, else FastSAM, else
+    (artifacts without FastSAM) zero candidates: empty masks with confidence 0, without
+    running the models. A frame whose precomputed candidates cannot be read is reported and
+    skipped, as :func:`run_take` does; the summary counts the frames of each kind.
     """
     from tqdm import tqdm
 
     from runtime.video import PrefetchReader, VideoWriter, read_video_info
 
+    if run.candidates is None and not pipeline.has_fastsam:
+        raise OmamaError(
+            f"the artifacts in {pipeline.manifest.root} hold no FastSAM model (exported with "
+            "--no-fastsam-export): give precomputed candidate masks with --candidates"
+        )
     started = time.perf_counter()
     out = Path(run.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -1065,6 +1151,9 @@ def run_video(
     pipeline.check_image(src_hw, "source", f"source video {run.src_video}")
     pipeline.check_image(dst_hw, "destination", f"destination video {run.dst_video}")
     _queries_fit(run, pipeline, src_hw)
+    if run.candidates is not None:
+        _candidates_fit(run.candidates, dst_hw)
+    work_hw = working_size(dst_hw, pipeline.views["destination"].image_size)
     inputs = _run_inputs(run, pipeline, src_info, dst_info)
     if run.resume:
         state, results = _load_resume(run, inputs)
@@ -1095,6 +1184,8 @@ def run_video(
         writer = VideoWriter(out / name, fps=src_info.fps or 30.0, queue_size=run.queue_size)
     sink = _Sink(run, results, state, writer, run.queue_size)
     query_skips = _Skips(state["query_skips"]["listed"], state["query_skips"]["count"])
+    old_skips = state.get("candidate_skips") or {"count": 0, "listed": []}
+    candidate_skips = _Skips(old_skips["listed"], old_skips["count"])
     pipeline.latency = LatencyLog()
     bar = tqdm(total=len(reader), desc="video", unit="frame", disable=not progress)
     inferred = 0
@@ -1119,14 +1210,30 @@ def run_video(
                 names.append(track.name)
                 masks.append(mask)
             matches: list[Match] = []
+            source = None
             if names:
+                cands, source = None, "fastsam"
+                if run.candidates is not None and pair.index in run.candidates:
+                    try:
+                        cands = _frame_candidates(run.candidates, pair.index, dst_hw, work_hw)
+                        source = "precomputed"
+                    except OmamaError as exc:
+                        candidate_skips.add(frame=pair.index, reason=str(exc))
+                        names, masks, source = [], [], None
+                elif not pipeline.has_fastsam:
+                    source = "none"
+                    out_hw = pipeline.output_size(dst_hw)
+                    matches = [Match(np.zeros(out_hw, np.uint8), 0.0, -1, None, [], 0)
+                               for _ in names]  # fmt: skip
+            if source in ("fastsam", "precomputed"):
                 t0 = time.perf_counter()
-                matches = pipeline.match_frame(pair.src, pair.dst, masks)
+                matches = pipeline.match_frame(pair.src, pair.dst, masks, candidates=cands)
                 infer_s += time.perf_counter() - t0
                 inferred += 1
             keep_frames = writer is not None
             sink.put((pair.index, pair.src if keep_frames else None,
-                      pair.dst if keep_frames else None, names, masks, matches))  # fmt: skip
+                      pair.dst if keep_frames else None, names, masks, matches,
+                      source))  # fmt: skip
             bar.update(1)
         finished = True
     finally:
@@ -1143,6 +1250,8 @@ def run_video(
                 reader.stats.skipped
             )
             state["query_skips"] = {"count": query_skips.count, "listed": query_skips.listed}
+            state["candidate_skips"] = {"count": candidate_skips.count,
+                                        "listed": candidate_skips.listed}  # fmt: skip
             # Complete = the end of the shorter video was reached (a --max-frames run is not).
             state["complete"] = finished and reader.stop >= end
             if finished and sink.error is None:
@@ -1180,6 +1289,11 @@ def run_video(
         "skipped_frames": {"count": counts.get("skipped_frames", 0),
                            "listed": state["skipped_frames"]},
         "query_skips": state["query_skips"],
+        "candidates": {
+            "source": run.candidates.describe() if run.candidates is not None else "fastsam",
+            **{key: counts.get(key, 0) for key in CANDIDATE_COUNTS.values()},
+            "unreadable_frames": state["candidate_skips"],
+        },
         "query_frames_past_the_end": outside,
         "wall_s": round(wall_s, 3),
         "fps_inferred": round(inferred / infer_s, 3) if infer_s else None,
@@ -1208,6 +1322,13 @@ def format_video_summary(summary: dict) -> str:
         format_latency(summary["latency_ms"]),
         f"  results: {summary['results']}",
     ]
+    cands = summary.get("candidates")  # absent from summaries written before --candidates
+    if cands:
+        lines.insert(3, (
+            f"  candidates: {cands['precomputed_frames']} frames precomputed, "
+            f"{cands['fastsam_frames']} by FastSAM, {cands['no_candidate_frames']} with none; "
+            f"{cands['unreadable_frames']['count']} frames skipped for unreadable candidates"
+        ))  # fmt: skip
     if summary.get("overlay"):
         lines.append(f"  overlay: {summary['overlay']}")
     return "\n".join(lines)
