@@ -142,8 +142,11 @@ def masks_to_grid(
 
 
 def pack_masks(masks: np.ndarray) -> np.ndarray:
-    """(N, H, W) binary -> (N, ceil(H*W/8)) uint8, row-major, most significant bit first."""
-    return np.packbits(masks.reshape(len(masks), -1) != 0, axis=1)
+    """(N, H, W) binary -> (N, ceil(H*W/8)) uint8, row-major, most significant bit first.
+
+    N may be 0 (a frame where the segmenter found nothing): (0, ceil(H*W/8))."""
+    cells = int(np.prod(masks.shape[1:]))
+    return np.packbits(masks.reshape(len(masks), cells) != 0, axis=1)
 
 
 def unpack_masks(bits: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

@@ -100,11 +100,12 @@ def reference_gt(rle_dict: dict, size_hw: tuple[int, int]) -> np.ndarray:
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.integers(1, 5), st.integers(1, 40), st.integers(1, 40), st.integers(0, 2**31 - 1))
+@given(st.integers(0, 5), st.integers(1, 40), st.integers(1, 40), st.integers(0, 2**31 - 1))
 def test_pack_unpack_round_trip(n, h, w, seed):
     masks = np.random.default_rng(seed).random((n, h, w)) > 0.5
     out = unpack_masks(torch.from_numpy(pack_masks(masks)), (h, w))
     assert out.dtype == torch.bool and np.array_equal(out.numpy(), masks)
+    assert pack_masks(masks).shape == (n, (h * w + 7) // 8)  # n = 0: a frame with no candidates
 
 
 @pytest.mark.parametrize(("raw", "image"), [((704, 704), (700, 700)), ((540, 960), (532, 952))])
