@@ -410,6 +410,14 @@ def _backbone_record(config: ExportConfig, spec: BackboneSpec, model) -> dict:
         "architecture_overrides": dict(spec.timm_overrides),
         "weights": _weights_record(None if config.random_init else config.backbone_weights),
     }
+    if not config.random_init:
+        # A file written by `omama features --random-init` (or a fine-tuning run) says what
+        # it holds: carry that over, so a random-weight backbone is never taken for a real one.
+        from omama_train.models.backbones import backbone_file_info
+
+        info = backbone_file_info(config.backbone_weights)
+        if info.get("random_init"):
+            record["weights"].update(random_init=True, seed=info.get("seed"))
     if spec.embed_dim == FEATURE_DIM:
         return record
     if config.random_init:

@@ -426,7 +426,9 @@ class Pipeline:
             "direction": self.direction,
             "matcher_input": self.matcher_input,
             "mask_size": self.mask_size,
-            "random_weights": bool(self.manifest.random_init),
+            # The whole export random (--random-init), or a backbone from a random-init cache.
+            "random_weights": bool(self.manifest.random_init)
+            or bool(((self.manifest.backbone or {}).get("weights") or {}).get("random_init")),
             "views": {role: view.to_dict() for role, view in self.views.items()},
             "sessions": {
                 role: {

@@ -611,6 +611,13 @@ def test_export_from_a_cache_reproduces_its_features(tmp_path):
     assert manifest.backbone["pos_resize"] == cache.meta["backbone"]["pos_resize"]
     assert manifest.backbone["weights"]["sha256"] == sha256_file(cache_dir / BACKBONE_FILE)
     assert manifest.backbone["weights"]["sha256"] == cache.meta["weights"]["saved_file"]["sha256"]
+    # A random-init cache's backbone stays marked random in the artifacts and at run time.
+    assert manifest.backbone["weights"]["random_init"] is True
+    assert manifest.backbone["weights"]["seed"] == cache.meta["weights"]["seed"]
+    from runtime.pipeline import Pipeline
+
+    with Pipeline(out, backend="onnxruntime", device="cpu", threads=1) as pipe:
+        assert pipe.describe()["random_weights"] is True
     assert not [line for line in lines if line.startswith("warning")]
     index = ProcessedRoot(root)
     for view, role in (("exo", "source"), ("ego", "destination")):
