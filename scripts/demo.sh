@@ -83,8 +83,8 @@ print(f"IoU of the trained matcher on the video: {iou[0]:.3f}; "
       f"a random candidate on the test split: {iou[1]:.3f}")
 PY
 
-step "9/10 omama bench: PyTorch vs ONNX Runtime (and the O-MaMa reference shape)"
-omama bench --artifacts "$OUT/artifacts" --backends torch,onnxruntime --precisions fp32 \
+step "9/10 omama bench: PyTorch vs ONNX Runtime (TensorRT: a row saying why not), and the O-MaMa reference shape"
+omama bench --artifacts "$OUT/artifacts" --backends torch,onnxruntime,tensorrt --precisions fp32 \
   --device cpu --pairs 3 --objects-per-frame 4 --repeats 2 --warmup 1 \
   --weights "$OUT/run" --weights "$OUT/features" --gt "$OUT/root" --gt-frames 6 \
   --out "$OUT/bench"
