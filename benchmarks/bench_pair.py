@@ -358,6 +358,25 @@ def stage_winners(ours: dict, k: int) -> dict:
     return out
 
 
+def k1_ceiling(ours: dict, reference_per_object_ms: float) -> dict:
+    """The best K=1 speed-up any pipeline of these backbones could reach: the reference's
+    per-object time over the two backbone passes alone (every other stage free), per backend.
+
+    At K=1 the pipeline and the reference both run the source and the destination backbone
+    once; only the other stages can be saved, so this bounds what doing less work can give.
+    """
+    out = {}
+    for backend, rows in ours.items():
+        stages = rows[min(rows)]["stages_ms"]
+        backbones_ms = stages["backbone_src"] + stages["backbone_dst"]
+        out[backend] = {
+            "backbones_ms": backbones_ms,
+            "backbone_share_of_reference": backbones_ms / reference_per_object_ms,
+            "max_speedup": reference_per_object_ms / backbones_ms,
+        }
+    return out
+
+
 def format_report(report: dict) -> str:
     lines = [
         "omama-run pair on CPU ({threads} thread(s)); N = {n} FastSAM candidates; load "
@@ -393,6 +412,13 @@ def format_report(report: dict) -> str:
             f"{row['winner']}"
         )
     lines.append("")
+    for backend, row in report.get("k1_ceiling", {}).items():
+        lines.append(
+            f"K=1 ceiling ({backend}): the two backbone passes alone take "
+            f"{row['backbones_ms'] / 1e3:.2f}s = {100 * row['backbone_share_of_reference']:.0f}% "
+            f"of the reference per object, so no pipeline of them beats it by more than "
+            f"{row['max_speedup']:.2f}x at K=1"
+        )
     for k, met in report["targets_met"].items():
         verdicts = ", ".join(f"{b} {'met' if ok else 'MISSED'}" for b, ok in met.items())
         lines.append(f"target K={k} >= {report['targets'][k]}x: {verdicts}")
@@ -465,6 +491,7 @@ def main(argv: list[str] | None = None) -> dict:
         "stage_winners": stage_winners(ours, winners_k),
         "targets": {str(k): t for k, t in TARGETS.items()},
         "targets_met": targets_met,
+        "k1_ceiling": k1_ceiling(ours, composed["reference_per_object_ms"]),
         "wall_s": round(time.perf_counter() - started, 1),
         "machine": machine_info(args.threads, load_at_start),
     }
