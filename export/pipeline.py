@@ -789,30 +789,10 @@ class _Export:
         (:func:`fastsam_nms_parity`) or raw outputs against the network (:func:`fastsam_parity`)."""
         cfg = self.config
         conf, iou, max_det = fastsam_settings(cfg)
+        args = (self.fastsam_net, runner, cfg.fastsam_imgsz, file, precision, backend, conf, iou)
         if self.fastsam_nms.get("in_graph") if in_graph is None else in_graph:
-            return fastsam_nms_parity(
-                self.fastsam_net,
-                runner,
-                cfg.fastsam_imgsz,
-                file,
-                precision,
-                backend,
-                conf,
-                iou,
-                max_det,
-                seed=cfg.seed,
-            )
-        return fastsam_parity(
-            self.fastsam_net,
-            runner,
-            cfg.fastsam_imgsz,
-            file,
-            precision,
-            backend,
-            conf,
-            iou,
-            seed=cfg.seed,
-        )
+            return fastsam_nms_parity(*args, max_det, seed=cfg.seed)
+        return fastsam_parity(*args, seed=cfg.seed)
 
     def fastsam(self) -> None:
         """``fastsam.onnx`` with NMS in the graph or not (``--fastsam-nms``).
