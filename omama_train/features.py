@@ -114,7 +114,6 @@ META_NAME = "meta.json"
 CHUNKS_DIR = "chunks"
 BACKBONE_FILE = "backbone.safetensors"  # the weights of a --random-init cache
 VIEWS: tuple[str, ...] = ("ego", "exo")
-PRETRAIN_GRID = 37  # DINOv2's 518 px / 14: random-init weights are built at this grid
 DEFAULT_FLUSH_EVERY = 256
 PREFETCH_BATCHES = 2  # batches decoded ahead of the model
 
@@ -227,20 +226,6 @@ def weights_sha256(state: Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def _seeded_state(spec: BackboneSpec, seed: int) -> dict[str, torch.Tensor]:
-    """The whole ``Backbone`` state (``trunk.*``, ``proj.*``) of a seeded random init,
-    built at the pretraining grid so its positional table is square (37 x 37)."""
-    import torch
-
-    from omama_train.models.backbones import build_backbone
-
-    size = model_input_size(PRETRAIN_GRID * 14, PRETRAIN_GRID * 14, spec.patch_size)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build_backbone(spec, size)
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
 @dataclass
 class BackboneWeights:
     """One backbone and one set of weights, buildable at any image size.
@@ -273,6 +258,7 @@ class BackboneWeights:
         from omama_train.models.backbones import (
             POS_RESIZES,
             get_spec,
+            random_backbone_state,
             read_state_dict,
             seeded_projection,
         )
@@ -285,7 +271,7 @@ class BackboneWeights:
         if random_init == (weights is not None):
             raise OmamaError("pass either --weights PATH or --random-init (not both, not neither)")
         if random_init:
-            state = _seeded_state(spec, seed)
+            state = random_backbone_state(spec, seed)
             return cls(spec, pos_resize, None, True, seed, weights_sha256(state), False, state)
         path = Path(weights)  # type: ignore[arg-type]
         state = read_state_dict(path)
@@ -301,16 +287,15 @@ class BackboneWeights:
 
     def build(self, image_size_hw: tuple[int, int]) -> Backbone:
         """A ``Backbone`` in eval mode for images of exactly ``image_size_hw`` = (H, W) px."""
-        from omama_train.models.backbones import build_backbone, load_backbone_state
+        from omama_train.models.backbones import build_backbone, build_random_backbone
 
         if self._state is None:
             return build_backbone(
                 self.spec, image_size_hw, self.file, self.pos_resize, projection_seed=self.seed
             )
-        model = build_backbone(self.spec, image_size_hw, pos_resize=self.pos_resize)
-        # The regular loader interpolates the 37x37 table to the grid, as for a file.
-        load_backbone_state(model, self._state, source=f"random init (seed {self.seed})")
-        return model.eval()
+        return build_random_backbone(
+            self.spec, image_size_hw, self.seed, self.pos_resize, state=self._state
+        )
 
     def describe(self) -> dict:
         """The ``weights`` entry of ``meta.json``."""

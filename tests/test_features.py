@@ -26,7 +26,7 @@ from omama_train.data.pairs import make_pairs
 from omama_train.data.prepare import prepare
 from omama_train.data.synth import synthesize
 from omama_train.features import BackboneWeights, FeatureCache, build_cache, unique_images
-from omama_train.models.backbones import BACKBONES
+from omama_train.models.backbones import BACKBONES, random_backbone_state
 from runtime.clikit import new_app, run_app
 from runtime.egoexo import DIRECTIONS, ProcessedRoot, pairs_path, read_pairs, write_pairs
 from runtime.errors import OmamaError
@@ -144,7 +144,7 @@ def test_weights_hash_follows_the_tensors_not_the_file_name(tmp_path):
     a = BackboneWeights.resolve(SMALL, random_init=True, seed=0).sha256
     assert a == BackboneWeights.resolve(SMALL, random_init=True, seed=0).sha256
     assert a != BackboneWeights.resolve(SMALL, random_init=True, seed=1).sha256
-    state = F._seeded_state(SMALL, 0)
+    state = random_backbone_state(SMALL, 0)
     trunk = {k[len("trunk.") :]: v.contiguous() for k, v in state.items() if k.startswith("trunk.")}
     path = tmp_path / "weights.safetensors"
     save_file(trunk, str(path))
@@ -175,7 +175,7 @@ def test_other_weights_are_refused(root, pairs_files, full_cache, tmp_path):
 
 
 def test_weights_file_changed_under_the_same_name_is_refused(root, pairs_files, tmp_path):
-    state = F._seeded_state(SMALL, 0)
+    state = random_backbone_state(SMALL, 0)
     trunk = {k[len("trunk.") :]: v.contiguous() for k, v in state.items() if k.startswith("trunk.")}
     path = tmp_path / "backbone.safetensors"
     save_file(trunk, str(path))
@@ -462,7 +462,7 @@ def test_random_init_cache_writes_the_weights_it_used(root, pairs_files, full_ca
 
 
 def test_file_weights_without_projection_name_the_seed_to_export_with(root, pairs_files, tmp_path):
-    state = F._seeded_state(SMALL, 0)
+    state = random_backbone_state(SMALL, 0)
     trunk = {k[len("trunk.") :]: v.contiguous() for k, v in state.items() if k.startswith("trunk.")}
     path = tmp_path / "trunk.safetensors"
     save_file(trunk, str(path))

@@ -314,6 +314,48 @@ def seeded_projection(spec: BackboneSpec, seed: int) -> dict[str, torch.Tensor]:
     return {f"proj.{k}": v.detach().clone() for k, v in conv.state_dict().items()}
 
 
+def random_backbone_state(spec: str | BackboneSpec, seed: int) -> dict[str, torch.Tensor]:
+    """The one random initialisation of a backbone: the whole ``Backbone`` state
+    (``trunk.*``, ``proj.*``) of timm's initialisation under ``torch.manual_seed(seed)``,
+    built at the pretraining grid (37 x 37 tokens for DINOv2) so that its positional table is
+    square and loads at any image size like an official file (the global RNG is left as it
+    was).
+
+    ``omama features --random-init``, ``omama export --random-init`` and the torch backend
+    rebuilding a random-init export all call :func:`build_random_backbone`, which loads this
+    state, so the same seed gives the same tensors everywhere.
+    """
+    from runtime.preprocess import model_input_size
+
+    spec = spec if isinstance(spec, BackboneSpec) else get_spec(spec)
+    side = PRETRAIN_GRID * 14
+    size = model_input_size(side, side, spec.patch_size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        model = Backbone(spec, size, None)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def build_random_backbone(
+    spec: str | BackboneSpec,
+    image_size: tuple[int, int],
+    seed: int,
+    pos_resize: PosResize | None = None,
+    state: Mapping[str, torch.Tensor] | None = None,
+) -> Backbone:
+    """A random-init backbone for images of ``image_size`` = (H, W) px, in eval mode:
+    :func:`random_backbone_state` (or ``state``, when already computed for this seed) loaded
+    with the regular loader, which interpolates the square positional table to the grid."""
+    spec = spec if isinstance(spec, BackboneSpec) else get_spec(spec)
+    model = Backbone(spec, image_size, pos_resize)
+    load_backbone_state(
+        model,
+        random_backbone_state(spec, seed) if state is None else state,
+        source=f"random init (seed {seed})",
+    )
+    return model.eval()
+
+
 def save_backbone_weights(
     state: Mapping[str, torch.Tensor], path: str | Path, info: Mapping[str, object]
 ) -> Path:
