@@ -53,20 +53,22 @@ def machine_info(threads: int, load_at_start: tuple[float, float, float]) -> dic
     }
 
 
-def run_export(out: Path, small: bool) -> dict:
-    from export.pipeline import ExportConfig, export_artifacts
+def random_config(out: Path, small: bool, **overrides):
+    """The export of the benchmarks: the official structure with random weights (ViT-B/14
+    reg, 38x68 / 50x50 tokens, the FastSAM-x architecture), or ``--random-init``'s."""
+    from export.pipeline import ExportConfig
 
-    if small:
-        config = ExportConfig(out_dir=out, random_init=True, fp16=True)
-    else:
-        config = ExportConfig(
-            out_dir=out,
-            random_init=True,
-            backbone="dinov2_vitb14_reg",
-            random_grids=dict(OFFICIAL_GRIDS),
-            random_fastsam="x",
-            fp16=True,
-        )
+    official = dict(
+        backbone="dinov2_vitb14_reg", random_grids=dict(OFFICIAL_GRIDS), random_fastsam="x"
+    )
+    return ExportConfig(out_dir=out, random_init=True, **({} if small else official), **overrides)
+
+
+def run_export(out: Path, small: bool) -> dict:
+    from export.pipeline import export_artifacts
+    from runtime.manifest import to_json
+
+    config = random_config(out, small, fp16=True)
     start = time.perf_counter()
     result = export_artifacts(config, echo=lambda line: print(line, file=sys.stderr))
     total_s = time.perf_counter() - start
@@ -80,9 +82,8 @@ def run_export(out: Path, small: bool) -> dict:
                 "model": entry.model,
                 "precision": entry.precision,
                 "size_mb": round(sum(r.size_bytes for r in entry.file_refs()) / 1e6, 2),
-                "nodes_exported": entry.graph.get("nodes_exported"),
-                "nodes_final": entry.graph.get("nodes_final", entry.graph.get("fp16_conversion",
-                                                                              {}).get("nodes")),
+                "nodes_exported": entry.graph.nodes_exported if entry.graph else None,
+                "nodes_final": entry.graph.nodes_final if entry.graph else None,
                 **timing,
             }
         )  # fmt: skip
@@ -91,28 +92,37 @@ def run_export(out: Path, small: bool) -> dict:
         "views": {role: view.to_dict() for role, view in manifest.views.items()},
         "total_s": round(total_s, 2),
         "files": files,
-        "matcher_input_decision": manifest.matcher["input_decision"],
-        "verification_passed": manifest.verification.get("passed"),
+        "matcher_input_decision": to_json(manifest.matcher.input_decision),
+        "verification_passed": manifest.verification.passed,
+        "golden": {
+            "files": {g.path: g.size_bytes for g in manifest.verification.golden},
+            "total_mb": round(sum(g.size_bytes for g in manifest.verification.golden) / 1e6, 3),
+        },
         "checks": [
             {
-                k: c[k]
-                for k in (
-                    "file",
-                    "backend",
-                    "output",
-                    "metric",
-                    "value",
-                    "tolerance",
-                    "gated",
-                    "passed",
-                    "detail",
-                )
+                "file": record.file,
+                "backend": record.backend,
+                "inputs": record.inputs,
+                "output": c.output,
+                "metric": c.metric,
+                "value": c.value,
+                "tolerance": c.tolerance,
+                "gated": c.gated,
+                "passed": c.passed,
+                "detail": c.detail,
             }
-            for entry in manifest.files
-            for c in (entry.parity or {}).get("checks", [])
+            for record in manifest.verification.records
+            for c in record.checks
         ],
-        "engines": manifest.engines.get("note"),
+        "engines": manifest.engines.note,
     }
+
+
+def _ort_cpu(path: Path, threads: int):
+    """An ONNX file on ONNX Runtime's CPU provider, opened as ``omama-run`` opens it."""
+    from runtime.sessions import select_backend
+
+    return select_backend("onnxruntime", "cpu").open(path, threads=threads)
 
 
 def run_attention(workdir: Path, small: bool, threads: int) -> list[dict]:
@@ -120,7 +130,7 @@ def run_attention(workdir: Path, small: bool, threads: int) -> list[dict]:
     import torch
 
     from export.pipeline import RANDOM_GRIDS, export_matcher
-    from export.verify import OrtRunner, finalize_onnx, median_ms
+    from export.verify import finalize_onnx, median_ms
     from omama_train.models.matcher import OMaMaMatcher
     from runtime.manifest import ViewSpec
 
@@ -136,7 +146,7 @@ def run_attention(workdir: Path, small: bool, threads: int) -> list[dict]:
         export_matcher(matcher, src, dst, "weights", raw, 17)
         graph = finalize_onnx(raw, final)
         export_s = time.perf_counter() - start
-        runner = OrtRunner(final, threads=threads)
+        runner = _ort_cpu(final, threads)
         rng = np.random.default_rng(0)
         hs, ws = src.feat_grid
         hd, wd = dst.feat_grid
@@ -149,7 +159,7 @@ def run_attention(workdir: Path, small: bool, threads: int) -> list[dict]:
                 "dst_weights": rng.dirichlet(np.ones(hd * wd), (1, count, 2)).astype(np.float32),
             }
             latency[f"B{batch}_N{count}_ms"] = round(
-                median_ms(lambda f=feeds, r=runner: r(f), 5), 2
+                median_ms(lambda f=feeds, r=runner: r.infer(f), 5), 2
             )
         rows.append(
             {
@@ -174,8 +184,9 @@ def run_fastsam_nms(workdir: Path, small: bool, threads: int) -> dict:
     import numpy as np
 
     from export.fastsam import build_standin_fastsam, export_fastsam_onnx, quiet_ultralytics
-    from export.verify import OrtRunner, median_ms, nms_keep
+    from export.verify import median_ms
     from omama_train.models.fastsam import _import_ultralytics, build_random_fastsam
+    from runtime.fastsam_post import kept_anchors
 
     imgsz, iou = (640 if small else 1024), 0.9
     weights = (
@@ -184,9 +195,9 @@ def run_fastsam_nms(workdir: Path, small: bool, threads: int) -> dict:
         else build_random_fastsam(workdir / "fs-x.pt", "x")
     )
     raw_path, _ = export_fastsam_onnx(weights, workdir / "raw", imgsz)
-    raw_runner = OrtRunner(raw_path, threads=threads)
+    raw_runner = _ort_cpu(raw_path, threads)
     x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
-    raw = raw_runner({"images": x})
+    raw = raw_runner.infer({"images": x})
     scores = raw["output0"][0, 4]
     conf = float(np.sort(scores)[-100]) - 1e-7
     ultralytics = _import_ultralytics()
@@ -199,10 +210,10 @@ def run_fastsam_nms(workdir: Path, small: bool, threads: int) -> dict:
             format="onnx", imgsz=imgsz, dynamic=False, simplify=True, nms=True, conf=conf,
             iou=iou, opset=17, device="cpu", verbose=False,
         )  # fmt: skip
-    nms_runner = OrtRunner(nms_path, threads=threads)
-    in_graph = nms_runner({"images": x})["output0"][0]  # (300, 4 + 1 + 1 + 32) xyxy
+    nms_runner = _ort_cpu(Path(nms_path), threads)
+    in_graph = nms_runner.infer({"images": x})["output0"][0]  # (300, 4 + 1 + 1 + 32) xyxy
     kept_graph = in_graph[in_graph[:, 4] > 0]
-    keep = nms_keep(raw["output0"], conf, iou, max_det=300)  # ultralytics' max_det
+    keep = kept_anchors(raw["output0"][0], 32, conf, iou, max_det=300)  # ultralytics' max_det
     xywh = raw["output0"][0, :4][:, keep].T  # (K, 4)
     xyxy = np.concatenate([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], 1)
 
@@ -221,8 +232,8 @@ def run_fastsam_nms(workdir: Path, small: bool, threads: int) -> dict:
         "kept_in_graph": int(len(kept_graph)),
         "kept_runtime_style": int(len(xyxy)),
         "box_agreement": round(both / union, 4) if union else 1.0,
-        "raw_graph_ms": round(median_ms(lambda: raw_runner({"images": x}), 3), 1),
-        "nms_graph_ms": round(median_ms(lambda: nms_runner({"images": x}), 3), 1),
+        "raw_graph_ms": round(median_ms(lambda: raw_runner.infer({"images": x}), 3), 1),
+        "nms_graph_ms": round(median_ms(lambda: nms_runner.infer({"images": x}), 3), 1),
         "raw_output0_shape": list(raw["output0"].shape),
         "nms_output0_shape": [1, *in_graph.shape],
     }

@@ -259,8 +259,8 @@ def measure_reference(art: Path, weights: Path, src, dst, query, dst_frame, repe
 
     def ultralytics_fastsam():
         torch.set_num_threads(threads)
-        return segment_everything(fastsam, dst, imgsz=int(params["imgsz"]), conf=params["conf"],
-                                  iou=params["iou"], retina_masks=True)  # fmt: skip
+        return segment_everything(fastsam, dst, imgsz=params.imgsz, conf=params.conf,
+                                  iou=params.iou, retina_masks=True)  # fmt: skip
 
     masks_ref, _ = ultralytics_fastsam()
     torch.set_num_threads(threads)

@@ -44,7 +44,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,7 @@ from runtime.errors import OmamaError
 from runtime.fastsam_post import RANDOM_WEIGHTS_CONF, nms_thresholds
 from runtime.info import cpu_model, package_version
 from runtime.pipeline import STAGES
-from runtime.sessions import Session
+from runtime.sessions import InstrumentedSession, Session
 
 END_TO_END = "end_to_end"
 REFERENCE_ROW = "reference"
@@ -280,43 +280,6 @@ def synthetic_pairs(
 # ----------------------------------------------------------------------------- sessions
 
 
-class _Wrapped(Session):
-    """A session that forwards to another one (attributes such as TensorRT's
-    ``profile_range`` included) and lets a subclass observe each call."""
-
-    def __init__(self, inner: Session) -> None:
-        self.inner = inner
-        self.backend, self.device, self.name = inner.backend, inner.device, inner.name
-        self.inputs, self.outputs = inner.inputs, inner.outputs
-
-    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self._run(dict(feeds))
-
-    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.inner.infer(feeds)
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "inner":  # not set yet (during unpickling / early failures)
-            raise AttributeError(name)
-        return getattr(self.inner, name)
-
-
-class RecordingSession(_Wrapped):
-    """Keeps the first output of every call: the matcher's similarity blocks."""
-
-    def __init__(self, inner: Session) -> None:
-        super().__init__(inner)
-        self.blocks: list[np.ndarray] = []
-
-    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = self.inner.infer(feeds)
-        self.blocks.append(np.asarray(out[self.outputs[0].name]))
-        return out
-
-
 def assemble_blocks(blocks: Sequence[np.ndarray], batch: int, count: int) -> np.ndarray:
     """The (B, N) similarity matrix from the pipeline's matcher calls, which cover it in
     row-major blocks (objects outer, candidates inner) when a TensorRT profile limits B or
@@ -340,27 +303,23 @@ def assemble_blocks(blocks: Sequence[np.ndarray], batch: int, count: int) -> np.
     return out
 
 
-class CudaEventSession(_Wrapped):
-    """Times each call of a torch session with CUDA events (device time, ms)."""
+class CudaEventTimer:
+    """Device time of one call with CUDA events (torch sessions on a GPU): the device timer
+    :class:`runtime.sessions.InstrumentedSession` takes."""
 
-    def __init__(self, inner: Session) -> None:
-        super().__init__(inner)
-        self.device_ms = 0.0
-
-    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __init__(self) -> None:
         import torch
 
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        out = self.inner.infer(feeds)
-        end.record()
-        end.synchronize()
-        self.device_ms += start.elapsed_time(end)
-        return out
+        self._start = torch.cuda.Event(enable_timing=True)
+        self._end = torch.cuda.Event(enable_timing=True)
 
-    def take(self) -> float:
-        value, self.device_ms = self.device_ms, 0.0
-        return value
+    def start(self) -> None:
+        self._start.record()
+
+    def stop(self) -> float:
+        self._end.record()
+        self._end.synchronize()
+        return float(self._start.elapsed_time(self._end))
 
 
 # ----------------------------------------------------------------------------- memory
@@ -568,35 +527,53 @@ class PassOutput:
 class PipelineRunner:
     """The deployed pipeline (:class:`runtime.pipeline.Pipeline`) behind the bench's
     interface: ``run`` one pair (per-stage ms, matches) and ``similarities`` on fixed
-    candidates."""
+    candidates. Every model session is an :class:`runtime.sessions.InstrumentedSession`
+    (``Pipeline(wrap_session=...)``): the matcher's keeps its similarity blocks, and on a
+    GPU the torch backend's time each call with CUDA events."""
 
-    def __init__(self, pipeline: Any, cuda_events: bool = False) -> None:
+    def __init__(self, pipeline: Any) -> None:
         self.pipeline = pipeline
-        self.recorder = RecordingSession(pipeline.sessions["matcher"])
-        pipeline.sessions["matcher"] = self.recorder
-        self.events: dict[str, CudaEventSession] = {}
-        if cuda_events:
-            for role in ("fastsam", "backbone_src", "backbone_dst", "matcher"):
-                if role in pipeline.sessions:
-                    self.events[role] = CudaEventSession(pipeline.sessions[role])
-                    pipeline.sessions[role] = self.events[role]
+        self.timed: dict[str, InstrumentedSession] = dict(pipeline.sessions)
+
+    @staticmethod
+    def wrapper(cuda_events: bool):
+        """The ``wrap_session`` to open the pipeline with."""
+
+        def wrap(role: str, session: Session) -> Session:
+            return InstrumentedSession(
+                session,
+                device_timer=CudaEventTimer if cuda_events else None,
+                keep_outputs=role == "matcher",
+            )
+
+        return wrap
+
+    def _take(self) -> tuple[dict[str, float], list[np.ndarray]]:
+        device: dict[str, float] = {}
+        blocks: list[np.ndarray] = []
+        for role, session in self.timed.items():
+            calls, kept = session.take()
+            timed = [c.device_ms for c in calls if c.device_ms is not None]
+            if timed:
+                device[role] = float(sum(timed))
+            if role == "matcher":
+                blocks = [np.asarray(next(iter(out.values()))) for out in kept]
+        return device, blocks
 
     def run(self, pair: BenchPair, candidates: Candidates | None) -> tuple[dict, list]:
+        self._take()
         matches = self.pipeline.match_frame(pair.src_rgb, pair.dst_rgb, pair.queries, candidates)
         record = {s: float(self.pipeline.last_latency_ms.get(s, 0.0)) for s in STAGES}
-        self.recorder.blocks.clear()
-        device = {role: ev.take() for role, ev in self.events.items()}
+        device, _ = self._take()
         return {"host": record, "device": device}, matches
 
     def similarities(self, pair: BenchPair) -> tuple[np.ndarray, list]:
-        self.recorder.blocks.clear()
+        self._take()
         matches = self.pipeline.match_frame(
             pair.src_rgb, pair.dst_rgb, pair.queries, pair.candidates
         )
-        sims = assemble_blocks(self.recorder.blocks, len(pair.queries), len(pair.candidates))
-        self.recorder.blocks.clear()
-        for ev in self.events.values():
-            ev.take()
+        _, blocks = self._take()
+        sims = assemble_blocks(blocks, len(pair.queries), len(pair.candidates))
         return sims, matches
 
 
@@ -666,6 +643,11 @@ def measure_row(spec: RowSpec) -> dict[str, Any]:
 
     started = time.perf_counter()
     t0 = time.perf_counter()
+    cuda_events = (
+        spec.kind != "reference"
+        and spec.backend == "torch"
+        and (str(spec.device).startswith("cuda"))
+    )
     pipeline = Pipeline(
         spec.artifacts,
         backend="torch" if spec.kind == "reference" else spec.backend,
@@ -675,6 +657,7 @@ def measure_row(spec: RowSpec) -> dict[str, Any]:
         mask_size="image",
         weights_dirs=spec.weights_dirs,
         check_hashes=False,  # the parent verified the hashes once
+        wrap_session=None if spec.kind == "reference" else PipelineRunner.wrapper(cuda_events),
     )
     load_s = time.perf_counter() - t0
     conf = spec.fastsam_conf
@@ -692,7 +675,7 @@ def measure_row(spec: RowSpec) -> dict[str, Any]:
 
         runner = ReferenceRunner(pipeline, spec.weights_dirs)
     else:
-        runner = PipelineRunner(pipeline, cuda_events=torch_cuda and on_cuda)
+        runner = PipelineRunner(pipeline)
     src_hw = pipeline.views["source"].image_size
     dst_hw = pipeline.views["destination"].image_size
     pairs = synthetic_pairs(src_hw, dst_hw, spec.pairs, spec.objects, seed=spec.seed)
@@ -733,7 +716,7 @@ def measure_row(spec: RowSpec) -> dict[str, Any]:
         "threads": {"requested": spec.threads, "torch": torch_threads},
         "candidates": {
             "source": "fastsam" if use_fastsam else "synthetic",
-            "fastsam_conf": pipeline.fastsam_params.get("conf") if pipeline.has_fastsam else None,
+            "fastsam_conf": pipeline.fastsam_conf if pipeline.has_fastsam else None,
             "per_pair": final.candidates.tolist(),
             "mean": float(final.candidates.mean()),
         },
@@ -810,7 +793,7 @@ def gt_metrics(pipeline: Any, spec: RowSpec) -> dict[str, Any]:
         "takes": len(takes),
         "frames_per_take": spec.gt_frames,
         "protocol": report["protocol"],
-        "fastsam_conf": pipeline.fastsam_params.get("conf") if pipeline.has_fastsam else None,
+        "fastsam_conf": pipeline.fastsam_conf if pipeline.has_fastsam else None,
         **report["aggregated_metrics"],
         "observations": report["counts"]["observations"],
         "gt_visible": report["counts"]["gt_visible"],
@@ -1035,19 +1018,9 @@ def row_files(manifest: Any, backend: str, precision: str) -> tuple[list[Any], s
     or the reason they are not there."""
     fmt = "tensorrt" if backend == "tensorrt" else "onnx"
     wanted = "fp32" if backend == "torch" else precision
-    models = [
-        manifest.backbone_model("source"),
-        manifest.backbone_model("destination"),
-        str(manifest.matcher.get("model", "matcher")),
-    ]
-    if manifest.fastsam.get("included"):
-        models.append(str(manifest.fastsam.get("model", "fastsam")))
     files, missing = [], []
-    for model in dict.fromkeys(models):
-        entry = next(
-            (f for f in manifest.files if (f.model, f.format, f.precision) == (model, fmt, wanted)),
-            None,
-        )
+    for model in dict.fromkeys(manifest.role_models().values()):
+        entry = manifest.find(model, fmt, wanted)
         if entry is None:
             missing.append(model)
         else:
@@ -1055,8 +1028,8 @@ def row_files(manifest: Any, backend: str, precision: str) -> tuple[list[Any], s
     if not missing:
         return files, None
     if fmt == "tensorrt":
-        engines = manifest.engines or {}
-        why = engines.get("reason") or engines.get("note") or "exported without engines"
+        engines = manifest.engines
+        why = engines.reason or engines.note or "exported without engines"
         return files, (
             f"no TensorRT {wanted} engine for {', '.join(missing)} in the artifacts ({why})"
         )
@@ -1146,28 +1119,28 @@ def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
 
     from tqdm import tqdm
 
-    from runtime.manifest import verify_artifacts
+    from runtime.manifest import check_artifacts
 
     _validate(config)
-    manifest = verify_artifacts(config.artifacts)
+    manifest = check_artifacts(config.artifacts)
     device = resolve_device(config.device)
     candidates = config.candidates
     if candidates == "auto":
-        candidates = "fastsam" if manifest.fastsam.get("included") else "synthetic"
-    if candidates == "fastsam" and not manifest.fastsam.get("included"):
+        candidates = "fastsam" if manifest.fastsam.included else "synthetic"
+    if candidates == "fastsam" and not manifest.fastsam.included:
         raise OmamaError(
             f"--candidates fastsam: the artifacts in {config.artifacts} hold no FastSAM model "
             "(exported with --no-fastsam-export); use --candidates synthetic"
         )
     conf = config.fastsam_conf
     conf_note = None
-    manifest_conf = float(manifest.fastsam.get("conf", RANDOM_INIT_FASTSAM_CONF))
+    manifest_conf = float(manifest.fastsam.conf)
     if (
         candidates == "fastsam"
         and conf is None
         and manifest.random_init
         and manifest_conf > RANDOM_INIT_FASTSAM_CONF
-        and not manifest.fastsam.get("nms_in_graph")
+        and not manifest.fastsam.nms_in_graph
     ):
         conf = RANDOM_INIT_FASTSAM_CONF
         conf_note = (
@@ -1315,14 +1288,12 @@ def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
             "direction": manifest.direction,
             "random_init": manifest.random_init,
             "views": {role: view.to_dict() for role, view in manifest.views.items()},
-            "matcher_input": manifest.matcher.get("input"),
-            "attention": manifest.matcher.get("attention"),
-            "backbone": manifest.backbone.get("name"),
-            "fastsam": manifest.fastsam.get("variant")
-            if manifest.fastsam.get("included")
-            else None,
-            "fastsam_imgsz": manifest.fastsam.get("imgsz"),
-            "engines": manifest.engines.get("note"),
+            "matcher_input": manifest.matcher.input,
+            "attention": manifest.matcher.attention,
+            "backbone": manifest.backbone.name,
+            "fastsam": manifest.fastsam.variant if manifest.fastsam.included else None,
+            "fastsam_imgsz": manifest.fastsam.imgsz,
+            "engines": manifest.engines.note,
         },
         "config": {
             "backends": config.backends,

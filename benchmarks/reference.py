@@ -52,7 +52,7 @@ class ReferencePipeline:
         self.pipeline = pipeline
         manifest = pipeline.manifest
         self.device = pipeline.sessions["backbone_src"].device
-        entry = manifest.select(str(manifest.matcher.get("model", "matcher")), "onnx", "fp32")
+        entry = manifest.select(manifest.matcher.model, "onnx", "fp32")
         graph = build_artifact_module(manifest, entry, tuple(Path(d) for d in weights_dirs))
         self.matcher = copy.deepcopy(graph.matcher).to(self.device).eval()
         self.matcher.CROSS_context_attn.mode = "standard"  # O-MaMa's order: keys of every token

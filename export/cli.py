@@ -112,8 +112,10 @@ def register(app: typer.Typer) -> None:
         dynamic objects B and candidates N), fastsam.onnx (ultralytics' exporter, NMS in the
         graph unless --fastsam-nms says otherwise or its parity fails), with
         --fp16 the *_fp16.onnx variants and, when TensorRT and a CUDA GPU are present,
-        *_fp16.engine files; then manifest.json with hashes, shapes, versions and the
-        parity results. INT8 is out of scope (it needs calibration data).
+        *_fp16.engine files; golden/<model>.npz (golden inputs and the torch fp32 outputs,
+        for `omama-run verify` on the target machine); then manifest.json with hashes,
+        shapes, versions and the verification records. INT8 is out of scope (it needs
+        calibration data).
 
         Example: omama export --fp16 --backbone-weights dinov2_vitb14_reg4_pretrain.pth
         --matcher omama_exo2ego.pt --fastsam FastSAM-x.pt --out artifacts
@@ -151,8 +153,13 @@ def register(app: typer.Typer) -> None:
         result = export_artifacts(config, echo=typer.echo)
         manifest = result.manifest
         total_mb = sum(ref.size_bytes for f in manifest.files for ref in f.file_refs()) / 1e6
-        gated = sum(1 for check in result.checks if check.gated)
-        verified = f"verified ({gated} checks passed)" if verify else "not verified"
+        gated = sum(1 for record in result.records for check in record.checks if check.gated)
+        verified = (
+            f"verified ({gated} checks in {len(result.records)} records passed; "
+            f"`omama-run verify {out}` re-checks them on another machine)"
+            if verify
+            else "not verified (`omama-run verify` can check them)"
+        )
         typer.echo(
             f"artifacts: {out} ({len(manifest.files)} files, {total_mb:.1f} MB), {verified}; "
             f"{result.engines_note}"

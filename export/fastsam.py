@@ -34,7 +34,6 @@ import os
 import shutil
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +45,7 @@ from omama_train.models.fastsam import (
     preserve_thread_settings,
 )
 from runtime.errors import OmamaError
+from runtime.manifest import NmsSettings
 
 OUTPUT_NAMES = ("output0", "output1")
 MASK_COEFFICIENTS = 32
@@ -87,19 +87,6 @@ def load_fastsam_network(weights: str | os.PathLike) -> torch.nn.Module:
     with preserve_thread_settings():
         model = load_fastsam(weights)
     return model.model.eval()
-
-
-@dataclass(frozen=True)
-class NmsSettings:
-    """What ultralytics bakes into a graph with NMS: score threshold (``> conf``), IoU
-    threshold (suppress ``IoU > iou``), at most ``max_det`` detections, class-agnostic."""
-
-    conf: float
-    iou: float
-    max_det: int = MAX_DET
-
-    def to_dict(self) -> dict:
-        return {"conf": self.conf, "iou": self.iou, "max_det": self.max_det, "agnostic": True}
 
 
 def export_fastsam_onnx(

@@ -2,17 +2,25 @@
 
 Steps, each file written atomically, ``manifest.json`` last:
 
-1. build the models: the matcher (official ``.pt`` / omama ``.safetensors``, or random),
-   one backbone per view at the size its token grid fixes, FastSAM (checkpoint or the
-   YOLOv8n-seg stand-in);
+1. build the models: the matcher (official ``.pt`` / omama ``.safetensors``, or the one
+   random initialisation ``random_matcher``), one backbone per view at the size its token
+   grid fixes (``build_backbone`` from the weights file, or ``build_random_backbone``),
+   FastSAM (checkpoint or a random network of its architecture);
 2. ``backbone_<camera>.onnx`` per view (TorchScript exporter, dynamic batch, positional
    table baked in, projection included), ``matcher.onnx`` (descriptor pooling + matcher,
    dynamic B and N; its input form chosen by measurement unless given), ``fastsam.onnx``
-   (ultralytics' exporter); every graph folded with onnxslim, checked and shape-inferred;
-3. parity of every file with its PyTorch model (``export.verify``);
+   (ultralytics' exporter); every graph folded with onnxslim, checked and shape-inferred.
+   The traced modules are ``omama_train.models.artifact_modules``: the torch backend runs
+   the same ones;
+3. parity of every file with the torch backend (``export.verify``), the file opened through
+   ``runtime.sessions`` as ``omama-run`` opens it;
 4. with ``fp16``: ``*_fp16.onnx`` variants, and TensorRT fp16 engines when TensorRT and a
    CUDA GPU are present (else one line saying why they were skipped);
-5. ``manifest.json`` (``runtime.manifest``) with hashes, shapes, tools, parity results.
+5. ``golden/<model>.npz``: golden inputs at the real sizes and the torch fp32 records;
+6. ``manifest.json`` (``runtime.manifest``) with hashes, shapes, tools and the verification
+   records: the parity runs, and the golden files replayed through the same code
+   ``omama-run verify`` runs (``runtime.verification.replay``) on every file and on the
+   torch backend rebuilt from the manifest.
 A failed check still writes the manifest (it records the failure, and the runtime refuses
 the folder) and then raises an OmamaError naming the offending outputs.
 """
@@ -33,21 +41,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from export.verify import (
-    TOLERANCES,
-    Check,
+    BackboneParity,
+    FastSAMParity,
     GraphReport,
     MatcherParity,
-    OrtRunner,
     ViewGeometry,
-    backbone_parity,
-    candidate_boxes,
-    fastsam_nms_parity,
-    fastsam_parity,
     finalize_onnx,
-    format_table,
     io_specs,
     median_ms,
-    random_masks,
     temporary_dir,
 )
 from runtime import __version__ as omama_version
@@ -59,15 +60,40 @@ from runtime.info import package_version
 from runtime.manifest import (
     MANIFEST_NAME,
     ArtifactFile,
+    BackboneRecord,
+    CheckRecord,
+    DescriptorSpec,
+    EngineRecord,
+    EnginesRecord,
+    FastSAMSpec,
+    GoldenFile,
+    GraphRecord,
+    InputDecision,
     Manifest,
+    MatcherSpec,
+    NmsDecision,
+    NmsSettings,
+    PreprocessSpec,
+    TensorSpec,
+    ToolsRecord,
+    VerificationRecord,
+    VerificationSection,
     ViewSpec,
+    WeightsRecord,
     file_entry,
+    file_ref,
     load_manifest,
     sha256_file,
     write_manifest,
 )
 from runtime.pooling import CONTEXT_PX, REDUCTION, descriptor_weights
 from runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from runtime.sessions import Session, open_artifact, select_backend
+from runtime.verification import golden as golden_io
+from runtime.verification.compare import fastsam_reference, feats_reference
+from runtime.verification.inputs import candidate_boxes, random_masks
+from runtime.verification.replay import replay_model, session_record
+from runtime.verification.tolerances import TOLERANCES, check, format_table
 
 if TYPE_CHECKING:
     from omama_train.models.backbones import BackboneSpec
@@ -96,6 +122,7 @@ MIN_OPSET = 17  # LayerNormalization as one op (and TensorRT's INormalizationLay
 DECISION_CANDIDATES = 64  # the TensorRT profile's opt N: what the decision is timed at
 DECISION_MARGIN = 0.10  # within 10%, weights win: they move N*2*h*w floats, not N*H*W bytes
 FP32_PREFIXES = ("/src_weights/", "/dst_weights/")  # in-graph pooling weights (masks input)
+PARITY_INPUTS = "export parity"
 
 
 @dataclass
@@ -145,17 +172,17 @@ class ExportConfig:
 
 @dataclass
 class ExportResult:
-    """The written manifest, every check, the engines line, and seconds per file and phase
-    (``{"matcher.onnx": {"export_s": ..., "verify_s": ...}}``)."""
+    """The written manifest, every verification record, the engines line, and seconds per
+    file and phase (``{"matcher.onnx": {"export_s": ..., "verify_s": ...}}``)."""
 
     manifest: Manifest
-    checks: list[Check]
+    records: list[VerificationRecord]
     engines_note: str
     timings: dict[str, dict[str, float]] = field(default_factory=dict)
 
-    @property
-    def failures(self) -> list[Check]:
-        return [c for c in self.checks if not c.passed]
+    def failures(self) -> list[str]:
+        """One line per failed check (file, backend, output, metric, value, tolerance)."""
+        return [line for record in self.records for line in record.failures()]
 
 
 @dataclass
@@ -166,7 +193,9 @@ class _Models:
     backbones: dict[str, object]  # camera -> Backbone
     spec: object
     fastsam_weights: Path | None
-    records: dict[str, dict]
+    backbone_record: BackboneRecord
+    matcher_weights: WeightsRecord
+    fastsam_record: WeightsRecord | None
     notes: list[str] = field(default_factory=list)  # warning lines the export prints
 
 
@@ -239,10 +268,10 @@ def _validate(config: ExportConfig) -> None:
 # ------------------------------------------------------------------------------ models
 
 
-def _weights_record(path: Path | None) -> dict:
+def _weights_record(path: Path | None, seed: int) -> WeightsRecord:
     if path is None:
-        return {"random": True}
-    return {"file": Path(path).name, "sha256": sha256_file(path), "random": False}
+        return WeightsRecord(random=True, seed=seed)
+    return WeightsRecord(random=False, file=Path(path).name, sha256=sha256_file(path))
 
 
 def _cameras(direction: str) -> tuple[str, str]:
@@ -252,19 +281,17 @@ def _cameras(direction: str) -> tuple[str, str]:
 
 def build_models(config: ExportConfig, workdir: Path) -> _Models:
     """The PyTorch models of the export, in eval mode."""
-    import torch
-
     from omama_train.models.backbones import backbone_file_info
-    from omama_train.models.matcher import OMaMaMatcher, load_matcher
+    from omama_train.models.matcher import load_matcher, random_matcher
 
     if config.random_init:
         direction = check_direction(config.direction or "exo2ego")
         src_cam, dst_cam = _cameras(direction)
-        torch.manual_seed(config.seed)
-        matcher = OMaMaMatcher(
+        matcher = random_matcher(
             direction,
-            src_grid=config.random_grids[src_cam],
-            dst_grid=config.random_grids[dst_cam],
+            config.random_grids[src_cam],
+            config.random_grids[dst_cam],
+            config.seed,
             attention=config.attention,
             backbone=RANDOM_BACKBONE,
         )
@@ -287,31 +314,21 @@ def build_models(config: ExportConfig, workdir: Path) -> _Models:
     }
     backbones = _build_backbones(config, spec, pos_resize, views, matcher.dim)
     fastsam = None
+    fastsam_record = None
     if config.include_fastsam:
-        if config.random_init and config.random_fastsam == "n":
-            from export.fastsam import build_standin_fastsam
-
-            fastsam = build_standin_fastsam(workdir / "fastsam-standin.pt", seed=config.seed)
-        elif config.random_init:
-            from omama_train.models.fastsam import build_random_fastsam
+        if config.random_init:
+            from omama_train.models.fastsam import VARIANT_YAML, build_random_fastsam
 
             fastsam = build_random_fastsam(
-                workdir / f"FastSAM-{config.random_fastsam}-random.pt",
+                workdir / f"fastsam-{config.random_fastsam}-random.pt",
                 config.random_fastsam,
                 seed=config.seed,
             )
+            architecture = VARIANT_YAML[config.random_fastsam].removesuffix(".yaml")
+            fastsam_record = WeightsRecord(random=True, seed=config.seed, architecture=architecture)
         else:
             fastsam = Path(config.fastsam_weights)
-    records = {
-        "backbone": _backbone_record(config, spec, backbones[src_cam]),
-        "matcher_weights": _weights_record(None if config.random_init else config.matcher_weights),
-        "fastsam_weights": _weights_record(
-            None if config.random_init or not config.include_fastsam else config.fastsam_weights
-        ),
-    }
-    if config.random_init:
-        # Which random network it was: the YOLOv8n-seg stand-in or a FastSAM architecture.
-        records["fastsam_weights"]["architecture"] = f"yolov8{config.random_fastsam}-seg"
+            fastsam_record = _weights_record(fastsam, config.seed)
     notes = []
     if backbones[src_cam].projection_source == "seeded":
         name = Path(config.backbone_weights).name  # type: ignore[arg-type]
@@ -320,7 +337,20 @@ def build_models(config: ExportConfig, workdir: Path) -> _Models:
             f"seeded with --seed {config.seed}, as omama features --seed {config.seed} does "
             "(a matcher trained on a cache of another seed would get other features)"
         )
-    return _Models(matcher, direction, views, backbones, spec, fastsam, records, notes)
+    return _Models(
+        matcher=matcher,
+        direction=direction,
+        views=views,
+        backbones=backbones,
+        spec=spec,
+        fastsam_weights=fastsam,
+        backbone_record=_backbone_record(config, spec, backbones[src_cam]),
+        matcher_weights=_weights_record(
+            None if config.random_init else config.matcher_weights, config.seed
+        ),
+        fastsam_record=fastsam_record,
+        notes=notes,
+    )
 
 
 def _backbone_spec(
@@ -363,29 +393,35 @@ def _build_backbones(
 
     Real weights: both views load the file; a file without the 1x1 projection gets
     ``seeded_projection(spec, config.seed)`` in both (what ``omama features --seed`` computes
-    a cache with). Random init: one seeded backbone, shared by both sizes.
+    a cache with). Random init: the registry's one random initialisation for ``config.seed``
+    (``build_random_backbone``, as ``omama features --random-init --seed`` builds it), at
+    each view's size.
     """
-    import torch
+    from omama_train.models.backbones import (
+        build_backbone,
+        build_random_backbone,
+        random_backbone_state,
+    )
 
-    from omama_train.models.backbones import build_backbone
-
+    state = random_backbone_state(spec, config.seed) if config.random_init else None
     backbones: dict[str, object] = {}
-    first = None
     for view in views.values():
         if config.random_init:
-            torch.manual_seed(config.seed + 1)
-        model = build_backbone(
-            spec,
-            view.image_size,
-            config.backbone_weights,
-            pos_resize=pos_resize,  # type: ignore[arg-type]
-            projection_seed=config.seed,
-        )
-        if config.random_init and first is not None:
-            # One backbone, two input sizes: share every weight but the positional table.
-            shared = {k: v for k, v in first.state_dict().items() if "pos_embed" not in k}
-            model.load_state_dict(shared, strict=False)
-        first = first or model
+            model = build_random_backbone(
+                spec,
+                view.image_size,
+                config.seed,
+                pos_resize,
+                state=state,  # type: ignore[arg-type]
+            )
+        else:
+            model = build_backbone(
+                spec,
+                view.image_size,
+                config.backbone_weights,
+                pos_resize=pos_resize,  # type: ignore[arg-type]
+                projection_seed=config.seed,
+            )
         if model.out_channels != channels:
             raise OmamaError(
                 f"backbone {spec.name} gives {model.out_channels} channels, the matcher expects "
@@ -395,41 +431,47 @@ def _build_backbones(
     return backbones
 
 
-def _backbone_record(config: ExportConfig, spec: BackboneSpec, model) -> dict:
-    """The manifest's ``backbone`` entry (``model``: the source view's ``Backbone``)."""
-    from omama_train.models.backbones import FEATURE_DIM
+def _backbone_record(config: ExportConfig, spec: BackboneSpec, model) -> BackboneRecord:
+    """The manifest's ``backbone`` record (``model``: the source view's ``Backbone``)."""
+    from omama_train.models.backbones import FEATURE_DIM, backbone_file_info
 
-    record = {
-        "name": spec.name,
-        "description": spec.description,
-        "family": spec.family,
-        "embed_dim": spec.embed_dim,
-        "out_channels": FEATURE_DIM,
-        "projection": None,
-        "pos_resize": model.pos_resize,
-        "architecture_overrides": dict(spec.timm_overrides),
-        "weights": _weights_record(None if config.random_init else config.backbone_weights),
-    }
+    weights = _weights_record(None if config.random_init else config.backbone_weights,
+                              config.seed)  # fmt: skip
     if not config.random_init:
         # A file written by `omama features --random-init` (or a fine-tuning run) says what
         # it holds: carry that over, so a random-weight backbone is never taken for a real one.
-        from omama_train.models.backbones import backbone_file_info
-
         info = backbone_file_info(config.backbone_weights)
         if info.get("random_init"):
-            record["weights"].update(random_init=True, seed=info.get("seed"))
-    if spec.embed_dim == FEATURE_DIM:
-        return record
-    if config.random_init:
-        record["projection"] = "1x1 Conv2d to 768"
-    elif model.projection_source == "seeded":
-        record["projection"] = (
-            f"seeded 1x1 Conv2d to 768 (seed {model.projection_seed}; not in the weights file)"
-        )
-        record["projection_seed"] = model.projection_seed
-    else:
-        record["projection"] = "from the weights file"
-    return record
+            weights = WeightsRecord(
+                random=False,
+                file=weights.file,
+                sha256=weights.sha256,
+                from_random_init=True,
+                seed=info.get("seed"),
+            )
+    projection, projection_seed = None, None
+    if spec.embed_dim != FEATURE_DIM:
+        if config.random_init:
+            projection = "1x1 Conv2d to 768 (random init)"
+        elif model.projection_source == "seeded":
+            projection = (
+                f"seeded 1x1 Conv2d to 768 (seed {model.projection_seed}; not in the weights file)"
+            )
+            projection_seed = model.projection_seed
+        else:
+            projection = "from the weights file"
+    return BackboneRecord(
+        name=spec.name,
+        family=spec.family,
+        embed_dim=spec.embed_dim,
+        out_channels=FEATURE_DIM,
+        weights=weights,
+        description=spec.description,
+        projection=projection,
+        projection_seed=projection_seed,
+        pos_resize=model.pos_resize,
+        architecture_overrides=dict(spec.timm_overrides),
+    )
 
 
 # ------------------------------------------------------------------------------ exports
@@ -462,7 +504,7 @@ def export_backbone(backbone, raw_path: Path, opset: int) -> None:
     no batch-1 shortcut is recorded."""
     import torch
 
-    from export.onnx_models import BackboneOnnx
+    from omama_train.models.artifact_modules import BackboneOnnx
 
     example = torch.zeros(2, 3, *backbone.image_size)
     _torch_export(
@@ -515,13 +557,12 @@ def export_matcher(
     Traced with B = 1 object and N = 3 candidates: with one object the matcher takes no
     batch-folding branch, so nothing in the graph depends on B, and both axes are dynamic.
     """
-    from export.onnx_models import MatcherFromMasks, MatcherFromWeights
+    from omama_train.models.artifact_modules import matcher_module
 
+    wrapper = matcher_module(matcher, form, src.image_size, dst.image_size)
     if form == "weights":
-        wrapper = MatcherFromWeights(matcher)
         dynamic = {"src_weights": {0: "B"}, "dst_weights": {1: "N"}}
     else:
-        wrapper = MatcherFromMasks(matcher, src.image_size, dst.image_size)
         dynamic = {
             "src_mask": {0: "B"},
             "src_box": {0: "B"},
@@ -530,7 +571,7 @@ def export_matcher(
         }
     dynamic["similarities"] = {0: "B", 1: "N"}
     _torch_export(
-        wrapper.eval(),
+        wrapper,
         _matcher_example(matcher, src, dst, form),
         raw_path,
         wrapper.input_names,
@@ -540,9 +581,15 @@ def export_matcher(
     )
 
 
+def _onnxruntime_cpu(path: Path, name: str, threads: int | None = None) -> Session:
+    """An ONNX file on ONNX Runtime's CPU provider, opened as ``omama-run --backend
+    onnxruntime --device cpu`` opens it."""
+    return select_backend("onnxruntime", "cpu").open(path, name=name, threads=threads)
+
+
 def measure_matcher_inputs(
     paths: dict[str, Path], src: ViewSpec, dst: ViewSpec, dim: int, count: int = DECISION_CANDIDATES
-) -> dict:
+) -> InputDecision:
     """Time both matcher forms on one frame pair with ``count`` candidates (ONNX Runtime).
 
     ``weights``: the runtime's numpy pooling weights + the graph; ``masks``: the graph fed
@@ -558,7 +605,6 @@ def measure_matcher_inputs(
         "src_feats": rng.standard_normal((1, dim, *src.feat_grid), dtype=np.float32),
         "dst_feats": rng.standard_normal((1, dim, *dst.feat_grid), dtype=np.float32),
     }
-    runners = {form: OrtRunner(path) for form, path in paths.items()}
 
     def weights_feeds() -> dict:
         return {
@@ -578,37 +624,45 @@ def measure_matcher_inputs(
         "dst_masks": dst_masks[None],
         "dst_boxes": dst_boxes[None],
     }
-    weights_ms = median_ms(lambda: runners["weights"](weights_feeds()))
-    masks_ms = median_ms(lambda: runners["masks"](masks_feeds))
+    with (
+        _onnxruntime_cpu(paths["weights"], "matcher") as by_weights,
+        _onnxruntime_cpu(paths["masks"], "matcher") as by_masks,
+    ):
+        weights_ms = median_ms(lambda: by_weights.infer(weights_feeds()))
+        masks_ms = median_ms(lambda: by_masks.infer(masks_feeds))
     weights_bytes = sum(v.nbytes for k, v in weights_feeds().items() if k not in feats)
     masks_bytes = sum(v.nbytes for k, v in masks_feeds.items() if k not in feats)
     chosen = "weights" if weights_ms <= masks_ms * (1 + DECISION_MARGIN) else "masks"
-    return {
-        "chosen": chosen,
-        "rule": "lower median latency (pooling inputs + graph); within 10% weights win, "
+    return InputDecision(
+        chosen=chosen,
+        rule="lower median latency (pooling inputs + graph); within 10% weights win, "
         "as they move far fewer bytes to the device",
-        "candidates": count,
-        "backend": "onnxruntime CPUExecutionProvider",
-        "machine": platform.processor() or platform.machine(),
-        "weights_ms": round(weights_ms, 3),
-        "masks_ms": round(masks_ms, 3),
-        "weights_input_bytes": int(weights_bytes),
-        "masks_input_bytes": int(masks_bytes),
-    }
+        candidates=count,
+        backend="onnxruntime CPUExecutionProvider",
+        machine=platform.processor() or platform.machine(),
+        weights_ms=round(weights_ms, 3),
+        masks_ms=round(masks_ms, 3),
+        weights_input_bytes=int(weights_bytes),
+        masks_input_bytes=int(masks_bytes),
+    )
 
 
 # ------------------------------------------------------------------------------ pipeline
 
 
 def _clear_previous(out: Path) -> None:
-    """Remove the previous export's manifest and listed files, so a half-written folder never
-    carries a manifest that vouches for files of another run."""
+    """Remove the previous export's manifest, listed files, golden files and verification
+    files, so a half-written folder never carries a manifest (or a record) that vouches for
+    files of another run."""
     manifest_path = out / MANIFEST_NAME
+    for stale in out.glob("verify_*.json"):
+        stale.unlink()
+    shutil.rmtree(out / golden_io.GOLDEN_DIR, ignore_errors=True)
     if not manifest_path.exists():
         return
     try:
         old = load_manifest(out)
-        names = [ref.path for entry in old.files for ref in entry.file_refs()]
+        names = [ref.path for ref in old.all_refs()]
     except OmamaError:
         names = []
     manifest_path.unlink()
@@ -616,8 +670,20 @@ def _clear_previous(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
+def _fastsam_io(imgsz: int) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Inputs and outputs of FastSAM's raw network (the torch reference of either form)."""
+    return (
+        [TensorSpec("images", (1, 3, imgsz, imgsz), "float32")],
+        [
+            TensorSpec("output0", (1, None, None), "float32"),
+            TensorSpec("output1", (1, None, imgsz // 4, imgsz // 4), "float32"),
+        ],
+    )
+
+
 class _Export:
-    """One export run: the models, the files written so far and their checks."""
+    """One export run: the models, their torch reference sessions, the files written so
+    far and their verification records."""
 
     def __init__(self, config: ExportConfig, models: _Models, work: Path, echo, step) -> None:
         self.config = config
@@ -627,17 +693,21 @@ class _Export:
         self.step = step
         self.out = Path(config.out_dir)
         self.files: list[ArtifactFile] = []
-        self.checks: list[Check] = []
+        self.records: list[VerificationRecord] = []
         self.graphs: dict[str, GraphReport] = {}
         self.fp32_files: dict[str, str] = {}  # model -> fp32 ONNX file name
         self.src, self.dst = models.views["source"], models.views["destination"]
-        self.decision: dict = {}
+        self.decision: InputDecision | None = None
         self.form = config.matcher_input
+        self.references: dict[str, Session] = {}  # model -> torch backend session
         self.matcher_parity: MatcherParity | None = None
-        self.fastsam_net = None
-        self.fastsam_nms: dict = {}  # the NMS form of fastsam.onnx and why (see fastsam())
+        self.backbone_parity: dict[str, BackboneParity] = {}
+        self.fastsam_check: FastSAMParity | None = None
+        self.nms_decision: NmsDecision | None = None
+        self.fastsam_in_graph = False
         self.ultralytics_version: str | None = None
-        self.engines: dict = {}
+        self.engines = EnginesRecord(built=False, note="")
+        self.golden: list[GoldenFile] = []
         self.timings: dict[str, dict[str, float]] = {}
 
     @contextlib.contextmanager
@@ -646,6 +716,35 @@ class _Export:
         yield
         self.timings.setdefault(name, {})[phase] = round(time.perf_counter() - start, 3)
 
+    # -- torch reference -------------------------------------------------------------------
+    def reference(self, model: str) -> Session:
+        """The torch backend's session of ``model``: a ``TorchSession`` of the module of
+        ``omama_train.models.artifact_modules`` the file is traced from."""
+        if model not in self.references:
+            from omama_train.models.artifact_modules import (
+                BackboneOnnx,
+                FastSAMRaw,
+                matcher_module,
+            )
+            from omama_train.torch_backend import TorchSession
+
+            if model == "fastsam":
+                from export.fastsam import load_fastsam_network
+
+                module = FastSAMRaw(load_fastsam_network(self.models.fastsam_weights))
+                inputs, outputs = _fastsam_io(self.config.fastsam_imgsz)
+            else:
+                inputs, outputs = io_specs(self.out / self.fp32_files[model])
+                if model == "matcher":
+                    module = matcher_module(
+                        self.models.matcher, self.form, self.src.image_size, self.dst.image_size
+                    )
+                else:
+                    module = BackboneOnnx(self.models.backbones[model.removeprefix("backbone_")])
+            self.references[model] = TorchSession(module, inputs, outputs, device="cpu",
+                                                  name=model)  # fmt: skip
+        return self.references[model]
+
     # -- bookkeeping ------------------------------------------------------------------------
     def add_file(
         self,
@@ -653,33 +752,20 @@ class _Export:
         model: str,
         fmt: str,
         precision: str,
-        checks: list[Check],
+        record: VerificationRecord | None,
         io_from: Path | None = None,
-        **extra,
+        graph: GraphRecord | None = None,
+        engine: EngineRecord | None = None,
+        external_data: list[str] = (),
     ) -> ArtifactFile:
         inputs, outputs = io_specs(io_from or self.out / path)
-        parity = None
-        if self.config.verify:
-            parity = {
-                "passed": all(c.passed for c in checks),
-                "checks": [c.to_dict() for c in checks],
-            }
-        external = extra.pop("external_data", [])
-        entry = file_entry(
-            self.out,
-            path,
-            model,
-            fmt,
-            precision,
-            inputs,
-            outputs,
-            external_data=external,
-            parity=parity,
-            **extra,
-        )
+        entry = file_entry(self.out, path, model, fmt, precision, inputs, outputs,
+                           external_data=external_data, graph=graph, engine=engine)  # fmt: skip
         self.files.append(entry)
-        self.checks += checks
-        status = "" if parity is None else (" verified" if parity["passed"] else " FAILED")
+        status = ""
+        if record is not None:
+            self.records.append(record)
+            status = " verified" if record.passed else " FAILED"
         self.echo(f"  {path}: {entry.size_bytes / 1e6:.1f} MB, {precision}{status}")
         return entry
 
@@ -691,7 +777,7 @@ class _Export:
         )
         return report
 
-    def add_fp32(self, model: str, graph: GraphReport, checks: list[Check]) -> None:
+    def add_fp32(self, model: str, graph: GraphReport, record: VerificationRecord | None) -> None:
         name = f"{model}.onnx"
         self.graphs[name] = graph
         self.add_file(
@@ -699,26 +785,35 @@ class _Export:
             model,
             "onnx",
             "fp32",
-            checks,
-            opset=graph.opset,
-            graph=graph.to_dict(),
+            record,
+            graph=GraphRecord(
+                opset=graph.opset,
+                nodes_final=graph.nodes_final,
+                nodes_exported=graph.nodes_exported,
+                folded_with=graph.folded_with,
+                checker=graph.checker,
+                shape_inference=graph.shape_inference,
+            ),
             external_data=graph.external_data,
         )
         self.fp32_files[model] = name
         self.step(model)
 
-    def parity(self, model: str, runner, file: str, precision: str, backend: str) -> list[Check]:
-        """The parity checks of ``model`` for any runner (ONNX Runtime or TensorRT)."""
-        if not self.config.verify:
-            return []
+    def checks(self, model: str, session: Session, precision: str) -> list[CheckRecord]:
+        """The parity checks of ``model`` for a session of any backend and precision."""
         if model == "matcher":
-            return self.matcher_parity.run(runner, file, precision, backend)
+            return self.matcher_parity.run(session, precision)
         if model == "fastsam":
-            return self.fastsam_parity(runner, file, precision, backend)
-        backbone = self.models.backbones[model.removeprefix("backbone_")]
-        return backbone_parity(
-            backbone, runner, file, model, precision, backend, seed=self.config.seed
-        )
+            return self.fastsam_check.run(session, precision, self.fastsam_in_graph)
+        return self.backbone_parity[model].run(session, precision)
+
+    def parity(self, model: str, session: Session, file: str, precision: str):
+        """The parity record of ``file`` on ``session`` (None without ``--verify``)."""
+        if not self.config.verify:
+            return None
+        checks = self.checks(model, session, precision)
+        return session_record(session, file, model, precision, PARITY_INPUTS,
+                              TOLERANCES[precision], checks)  # fmt: skip
 
     # -- steps --------------------------------------------------------------------------------
     def backbones(self) -> None:
@@ -729,9 +824,16 @@ class _Export:
                 raw = self.work / f"{model}.raw.onnx"
                 export_backbone(backbone, raw, self.config.opset)
                 graph = self.finalize(raw, self.out / name)
+            self.fp32_files[model] = name
+            record = None
             with self.timed(name, "verify_s"):
-                checks = self.parity(model, OrtRunner(self.out / name), name, "fp32", "onnxruntime")
-            self.add_fp32(model, graph, checks)
+                if self.config.verify:
+                    self.backbone_parity[model] = BackboneParity(
+                        self.reference(model), backbone.image_size, seed=self.config.seed
+                    )
+                    with _onnxruntime_cpu(self.out / name, model) as session:
+                        record = self.parity(model, session, name, "fp32")
+            self.add_fp32(model, graph, record)
 
     def matcher(self) -> None:
         config, models = self.config, self.models
@@ -751,144 +853,130 @@ class _Export:
                 )
             d = self.decision
             self.echo(
-                f"  matcher input: {d['chosen']} (N={d['candidates']}: weights "
-                f"{d['weights_ms']:.1f} ms, masks {d['masks_ms']:.1f} ms on ONNX Runtime CPU)"
+                f"  matcher input: {d.chosen} (N={d.candidates}: weights "
+                f"{d.weights_ms:.1f} ms, masks {d.masks_ms:.1f} ms on ONNX Runtime CPU)"
             )
         else:
-            self.decision = {"chosen": config.matcher_input, "rule": "given (--matcher-input)"}
-        self.form = self.decision["chosen"]
+            self.decision = InputDecision(config.matcher_input, "given (--matcher-input)")
+        self.form = self.decision.chosen
         shutil.move(str(finals[self.form]), str(self.out / "matcher.onnx"))
+        self.fp32_files["matcher"] = "matcher.onnx"
         graph = reports[self.form]
         self.echo(
             f"  matcher.onnx: {graph.nodes_exported} -> {graph.nodes_final} nodes "
             f"({graph.folded_with})"
         )
-        self.matcher_parity = MatcherParity(
-            models.matcher,
-            ViewGeometry(self.src.image_size, self.src.feat_grid),
-            ViewGeometry(self.dst.image_size, self.dst.feat_grid),
-            self.form,
-            random_sets=config.parity_sets,
-            large_n=config.parity_large_n,
-            seed=config.seed,
-        )
+        record = None
         with self.timed("matcher.onnx", "verify_s"):
-            checks = self.parity(
-                "matcher",
-                OrtRunner(self.out / "matcher.onnx"),
-                "matcher.onnx",
-                "fp32",
-                "onnxruntime",
-            )
-        self.add_fp32("matcher", graph, checks)
+            if config.verify:
+                self.matcher_parity = MatcherParity(
+                    self.reference("matcher"),
+                    models.matcher.dim,
+                    ViewGeometry(self.src.image_size, self.src.feat_grid),
+                    ViewGeometry(self.dst.image_size, self.dst.feat_grid),
+                    self.form,
+                    random_sets=config.parity_sets,
+                    large_n=config.parity_large_n,
+                    seed=config.seed,
+                )
+                with _onnxruntime_cpu(self.out / "matcher.onnx", "matcher") as session:
+                    record = self.parity("matcher", session, "matcher.onnx", "fp32")
+        self.add_fp32("matcher", graph, record)
 
-    def fastsam_parity(
-        self, runner, file: str, precision: str, backend: str, in_graph: bool | None = None
-    ) -> list[Check]:
-        """FastSAM's checks for a runner: in-graph NMS against the runtime's path
-        (:func:`fastsam_nms_parity`) or raw outputs against the network (:func:`fastsam_parity`)."""
-        cfg = self.config
-        conf, iou, max_det = fastsam_settings(cfg)
-        args = (self.fastsam_net, runner, cfg.fastsam_imgsz, file, precision, backend, conf, iou)
-        if self.fastsam_nms.get("in_graph") if in_graph is None else in_graph:
-            return fastsam_nms_parity(*args, max_det, seed=cfg.seed)
-        return fastsam_parity(*args, seed=cfg.seed)
+    def _fastsam_onnx(self, settings: NmsSettings | None) -> GraphReport:
+        """Export ``fastsam.onnx`` with ultralytics: NMS in the graph with ``settings``, or
+        raw outputs for None."""
+        from export.fastsam import export_fastsam_onnx
+
+        workdir = self.work / ("fastsam_nms" if settings is not None else "fastsam")
+        produced, self.ultralytics_version = export_fastsam_onnx(
+            self.models.fastsam_weights,
+            workdir,
+            self.config.fastsam_imgsz,
+            self.config.opset,
+            nms=settings,
+        )
+        return self.finalize(produced, self.out / "fastsam.onnx")
 
     def fastsam(self) -> None:
         """``fastsam.onnx`` with NMS in the graph or not (``--fastsam-nms``).
 
         ``graph`` / ``auto`` export ultralytics' in-graph NMS with this export's conf, iou
         and max_det (read back from the file and compared), then check it against the
-        runtime's NMS on the PyTorch network's outputs. ``auto`` runs that check even with
+        runtime's NMS on the torch backend's outputs. ``auto`` runs that check even with
         ``--no-verify`` (it decides the form) and, when it fails, exports the raw outputs
         instead and says why; ``graph`` keeps the file and its failing checks (the export
         then fails with their numbers).
         """
-        from export.fastsam import (
-            NmsSettings,
-            check_baked_nms,
-            export_fastsam_onnx,
-            load_fastsam_network,
-        )
+        from export.fastsam import check_baked_nms
 
         config = self.config
         mode = config.fastsam_nms
-        settings = NmsSettings(*fastsam_settings(config))
+        settings = fastsam_settings(config)
         if config.verify or mode == "auto":
-            self.fastsam_net = load_fastsam_network(self.models.fastsam_weights)
-        record: dict = {"requested": mode, "settings": settings.to_dict()}
-        checks: list[Check] = []
+            self.fastsam_check = FastSAMParity(
+                self.reference("fastsam"), config.fastsam_imgsz, settings, seed=config.seed
+            )
+        checks: list[CheckRecord] = []
+        baked = None
+        record = None
         in_graph = mode != "runtime"
         if in_graph:
             with self.timed("fastsam.onnx", "export_s"):
-                produced, self.ultralytics_version = export_fastsam_onnx(
-                    self.models.fastsam_weights,
-                    self.work / "fastsam_nms",
-                    config.fastsam_imgsz,
-                    config.opset,
-                    nms=settings,
-                )
-                graph = self.finalize(produced, self.out / "fastsam.onnx")
-                record["baked"] = check_baked_nms(self.out / "fastsam.onnx", settings).to_dict()
-            if self.fastsam_net is not None:
-                with self.timed("fastsam.onnx", "verify_s"):
-                    checks = self.fastsam_parity(
-                        OrtRunner(self.out / "fastsam.onnx"),
-                        "fastsam.onnx",
-                        "fp32",
-                        "onnxruntime",
-                        in_graph=True,
-                    )
-                record["parity"] = _parity_numbers(checks)
+                graph = self._fastsam_onnx(settings)
+                baked = check_baked_nms(self.out / "fastsam.onnx", settings)
+            self.fastsam_in_graph = True
+            if self.fastsam_check is not None:
+                with (
+                    self.timed("fastsam.onnx", "verify_s"),
+                    _onnxruntime_cpu(self.out / "fastsam.onnx", "fastsam") as session,
+                ):
+                    checks = self.checks("fastsam", session, "fp32")
+                    record = session_record(session, "fastsam.onnx", "fastsam", "fp32",
+                                            PARITY_INPUTS, TOLERANCES["fp32"], checks)  # fmt: skip
             failed = [c for c in checks if not c.passed]
             if failed and mode == "auto":
                 in_graph = False
-                numbers = "; ".join(f"{c.describe()} [{c.detail}]" for c in failed)
-                record["reason"] = f"in-graph NMS parity failed: {numbers}"
-                self.echo(
-                    "  fastsam.onnx: NMS kept out of the graph (the runtime runs it): "
-                    + record["reason"]
+                numbers = "; ".join(
+                    f"{c.output}: {c.metric} {c.value:.3g} (tolerance {c.tolerance:g}) [{c.detail}]"
+                    for c in failed
                 )
+                reason = f"in-graph NMS parity failed: {numbers}"
+                self.echo(f"  fastsam.onnx: NMS kept out of the graph (the runtime runs it): "
+                          f"{reason}")  # fmt: skip
                 (self.out / "fastsam.onnx").unlink()
             elif mode == "auto":
-                record["reason"] = "in-graph NMS parity holds"
+                reason = "in-graph NMS parity holds"
             else:
-                record["reason"] = "requested (--fastsam-nms graph)"
+                reason = "requested (--fastsam-nms graph)"
         else:
-            record["reason"] = "requested (--fastsam-nms runtime)"
+            reason = "requested (--fastsam-nms runtime)"
         if not in_graph:
             phase = "export_s" if mode == "runtime" else "export_without_nms_s"
             with self.timed("fastsam.onnx", phase):
-                produced, self.ultralytics_version = export_fastsam_onnx(
-                    self.models.fastsam_weights,
-                    self.work / "fastsam",
-                    config.fastsam_imgsz,
-                    config.opset,
-                )
-                graph = self.finalize(produced, self.out / "fastsam.onnx")
-            checks = []
+                graph = self._fastsam_onnx(None)
+            self.fastsam_in_graph = False
+            record = None
             if config.verify:
-                with self.timed("fastsam.onnx", "verify_s"):
-                    checks = self.fastsam_parity(
-                        OrtRunner(self.out / "fastsam.onnx"),
-                        "fastsam.onnx",
-                        "fp32",
-                        "onnxruntime",
-                        in_graph=False,
-                    )
-        record["in_graph"] = in_graph
-        self.fastsam_nms = record
+                with (
+                    self.timed("fastsam.onnx", "verify_s"),
+                    _onnxruntime_cpu(self.out / "fastsam.onnx", "fastsam") as session,
+                ):
+                    record = self.parity("fastsam", session, "fastsam.onnx", "fp32")
+        self.nms_decision = NmsDecision(
+            requested=mode, settings=settings, reason=reason, baked=baked, checks=tuple(checks)
+        )
         if in_graph:
             self.echo(
                 f"  fastsam.onnx: NMS in the graph (conf {settings.conf:g}, iou "
-                f"{settings.iou:g}, max_det {settings.max_det}; {record['reason']})"
+                f"{settings.iou:g}, max_det {settings.max_det}; {reason})"
             )
-        self.add_fp32("fastsam", graph, checks if config.verify else [])
+        self.add_fp32("fastsam", graph, record if config.verify else None)
 
     def fp32_prefixes(self, model: str) -> tuple[str, ...]:
         """Subgraphs kept fp32 in half-precision variants: the in-graph pooling weights, and
         FastSAM's in-graph NMS (by node name: every node outside the network)."""
-        if model == "fastsam" and self.fastsam_nms.get("in_graph"):
+        if model == "fastsam" and self.fastsam_in_graph:
             from export.fastsam import nms_tail_nodes
 
             return nms_tail_nodes(self.out / self.fp32_files["fastsam"])
@@ -907,55 +995,51 @@ class _Export:
                     check=self.config.verify,
                 )
             self.echo(f"  {name}: fp16 weights, fp32 I/O; kept fp32: {_kept(report)}")
+            record = None
             with self.timed(name, "verify_s"):
-                checks = self.parity(model, OrtRunner(self.out / name), name, "fp16", "onnxruntime")
-            self.add_file(
-                name,
-                model,
-                "onnx",
-                "fp16",
-                checks,
+                if self.config.verify:
+                    with _onnxruntime_cpu(self.out / name, model) as session:
+                        record = self.parity(model, session, name, "fp16")
+            graph = GraphRecord(
                 opset=self.graphs[fp32_name].opset,
-                graph={"fp16_conversion": report},
-                external_data=report["external_data"],
+                nodes_final=int(report["nodes"]),
+                converter=report["converter"],
+                fp32_ops=dict(report["fp32_ops"]),
+                fp32_nodes_by_prefix=int(report["fp32_nodes_by_prefix"]),
             )
+            self.add_file(name, model, "onnx", "fp16", record, graph=graph,
+                          external_data=report["external_data"])  # fmt: skip
             self.step(name)
 
     def tensorrt(self) -> None:
         """Build and verify TensorRT fp16 engines when possible; fills ``self.engines``."""
         config = self.config
         if not config.fp16:
-            self.engines = {
-                "built": False,
-                "note": "engines: not requested (--fp16 builds TensorRT fp16 engines)",
-            }
+            self.engines = EnginesRecord(
+                built=False, note="engines: not requested (--fp16 builds TensorRT fp16 engines)"
+            )
             return
         if not config.engines:
-            self.engines = {"built": False, "note": "engines: skipped (--no-engines)"}
-            self.echo(self.engines["note"])
+            self.engines = EnginesRecord(built=False, note="engines: skipped (--no-engines)")
+            self.echo(self.engines.note)
             return
-        from export.tensorrt import (
-            TrtEngineRunner,
-            build_engine,
-            compare_with_onnxruntime,
-            dynamic_profile,
-            tensorrt_status,
-        )
+        from export.tensorrt import build_engine, compare_sessions, dynamic_profile, tensorrt_status
 
         usable, reason = tensorrt_status()
         if not usable:
             note = f"engines: skipped, {reason}; the ONNX files are complete without them"
-            self.engines = {"built": False, "note": note, "reason": reason}
+            self.engines = EnginesRecord(built=False, note=note, reason=reason)
             self.echo(note)
             return
         cache = Path(config.timing_cache or self.out / "trt_timing.cache")
         built = []
-        record: dict = {}
+        engine: EngineRecord | None = None
+        tensorrt = select_backend("tensorrt", "cuda")
         for model, fp32_name in self.fp32_files.items():
             name = f"{model}_fp16.engine"
             onnx_path = self.out / fp32_name
             with self.timed(name, "export_s"):
-                record = build_engine(
+                made = build_engine(
                     onnx_path,
                     self.out / name,
                     dynamic_profile(io_specs(onnx_path)[0]),
@@ -963,52 +1047,61 @@ class _Export:
                     timing_cache=cache,
                     fp32_layer_prefixes=self.fp32_prefixes(model),
                 )
-            checks: list[Check] = []
+            engine = _engine_record(made)
+            record = None
             start = time.perf_counter()
             if config.verify:
-                with TrtEngineRunner(self.out / name) as runner:
-                    checks = self.parity(model, runner, name, "fp16", "tensorrt")
-                report = compare_with_onnxruntime(
-                    self.out / name,
-                    onnx_path,
-                    self._comparison_feeds(model),
-                    _comparison_tolerances(model, bool(self.fastsam_nms.get("in_graph"))),
-                )
-                record["onnxruntime_comparison"] = report
-                checks += [
-                    Check(
-                        model=model,
-                        file=name,
-                        precision="fp16",
-                        backend="tensorrt vs onnxruntime",
-                        metric="max abs err",
-                        output=output,
-                        value=values["max_abs_err"],
-                        tolerance=values["allowed"],
-                        detail=f"polygraphy Comparator passed: {values['polygraphy_passed']}",
+                built_with = {"tensorrt": engine.tensorrt_version, "gpu": engine.gpu_name}
+                with (
+                    tensorrt.open(self.out / name, name=model, built_with=built_with) as session,
+                    _onnxruntime_cpu(onnx_path, model) as onnx_session,
+                ):
+                    record = self.parity(model, session, name, "fp16")
+                    report = compare_sessions(
+                        session,
+                        onnx_session,
+                        self._comparison_feeds(model),
+                        _comparison_tolerances(model, self.fastsam_in_graph),
                     )
-                    for output, values in report.items()
-                ]
+                    self.records.append(
+                        session_record(
+                            session,
+                            name,
+                            model,
+                            "fp16",
+                            "onnxruntime fp32 outputs",
+                            TOLERANCES["fp16"],
+                            [
+                                check(
+                                    output,
+                                    "max abs err vs onnxruntime fp32",
+                                    values["max_abs_err"],
+                                    values["allowed"],
+                                )  # fmt: skip
+                                for output, values in report.items()
+                            ],
+                        )
+                    )
             self.timings[name]["verify_s"] = round(time.perf_counter() - start, 3)
-            self.add_file(name, model, "tensorrt", "fp16", checks, io_from=onnx_path, engine=record)
+            self.add_file(name, model, "tensorrt", "fp16", record, io_from=onnx_path,
+                          engine=engine)  # fmt: skip
             built.append(name)
-        note = (
-            f"engines: built {', '.join(built)} (TensorRT {record['tensorrt_version']}, "
-            f"{record['gpu_name']})"
+        note = f"engines: built {', '.join(built)} (TensorRT {engine.tensorrt_version}, " + (
+            f"{engine.gpu_name})"
         )
         self.echo(note)
-        self.engines = {
-            "built": True,
-            "note": note,
-            "files": built,
-            "timing_cache": cache.name,
-            "tensorrt_version": record["tensorrt_version"],
-            "gpu_name": record["gpu_name"],
-        }
+        self.engines = EnginesRecord(
+            built=True,
+            note=note,
+            files=tuple(built),
+            timing_cache=cache.name,
+            tensorrt_version=engine.tensorrt_version,
+            gpu_name=engine.gpu_name,
+        )
 
     def _comparison_feeds(self, model: str) -> list[dict]:
         """Inputs of the TensorRT vs ONNX Runtime comparison."""
-        from export.verify import random_images
+        from runtime.verification.inputs import random_images
 
         rng = np.random.default_rng([self.config.seed, 9])
         if model == "matcher":
@@ -1020,29 +1113,118 @@ class _Export:
         backbone = self.models.backbones[model.removeprefix("backbone_")]
         return [{"image": random_images(rng, 1, backbone.image_size)}]
 
+    def write_golden(self) -> None:
+        """``golden/<model>.npz`` of every model: golden inputs at the real sizes and the
+        torch backend's fp32 records (what ``omama-run verify`` replays)."""
+        config = self.config
+        settings = fastsam_settings(config)
+        for model in self.fp32_files:
+            with self.timed(f"golden/{model}.npz", "export_s"):
+                reference = self.reference(model)
+                if model == "matcher":
+                    profile_n = 256  # the TensorRT profile's largest N
+                    cases = golden_io.matcher_cases(
+                        self.form,
+                        (self.src.image_size, self.src.feat_grid),
+                        (self.dst.image_size, self.dst.feat_grid),
+                        self.models.matcher.dim,
+                        config.seed,
+                        max_candidates=profile_n,
+                    )
+                elif model == "fastsam":
+                    cases = golden_io.fastsam_cases(config.fastsam_imgsz, config.seed)
+                else:
+                    view = (
+                        self.src
+                        if self.src.camera == model.removeprefix("backbone_")
+                        else (self.dst)
+                    )
+                    cases = golden_io.backbone_cases(view.image_size, config.seed)
+                for case in cases:
+                    out = reference.infer(case.feeds())
+                    if model == "matcher":
+                        case.reference = {"similarities": out["similarities"]}
+                    elif model == "fastsam":
+                        from runtime.verification.compare import geometry_of
 
-def fastsam_settings(config: ExportConfig) -> tuple[float, float, int]:
-    """(conf, iou, max_det) of the export's FastSAM: the config's, conf defaulting to the
+                        geom = geometry_of(np.asarray(case.info["geometry"]))
+                        case.reference = fastsam_reference(
+                            out["output0"], out["output1"], geom, settings
+                        )
+                    else:
+                        case.reference = feats_reference(out["feats"])
+                path = f"{golden_io.GOLDEN_DIR}/{model}.npz"
+                golden_io.write_golden(self.out / path, model, _kind(model), cases)
+                ref = file_ref(self.out, path)
+                self.golden.append(GoldenFile(model, path, ref.sha256, ref.size_bytes, len(cases)))
+        total = sum(g.size_bytes for g in self.golden) / 1e6
+        self.echo(f"  {golden_io.GOLDEN_DIR}/: {len(self.golden)} files, {total:.2f} MB")
+
+    def replay(self, manifest: Manifest) -> list[VerificationRecord]:
+        """The golden files replayed on every file as ``omama-run verify`` replays them
+        (``runtime.sessions.open_artifact`` + ``runtime.verification.replay``), and on the
+        torch backend rebuilt from ``manifest`` and the weights files (proving the rebuild
+        gives the exported numbers)."""
+        config = self.config
+        dirs = [
+            Path(p).parent
+            for p in (config.backbone_weights, config.matcher_weights, config.fastsam_weights)
+            if p is not None
+        ]
+        runs = [
+            (
+                select_backend(
+                    "tensorrt" if e.format == "tensorrt" else "onnxruntime",
+                    "cuda" if e.format == "tensorrt" else "cpu",
+                ),
+                e,
+            )  # fmt: skip
+            for e in manifest.files
+        ]
+        torch_choice = select_backend("torch", "cpu")
+        runs += [(torch_choice, e) for e in manifest.files if e.format == "onnx"
+                 and e.precision == "fp32"]  # fmt: skip
+        records = []
+        for choice, entry in runs:
+            with (
+                self.timed(entry.path, f"golden_{choice.name}_s"),
+                open_artifact(choice, manifest, entry, weights_dirs=dirs) as session,
+            ):
+                records.append(replay_model(session, manifest, entry.path, entry.model,
+                                            entry.precision))  # fmt: skip
+        return records
+
+
+def _kind(model: str) -> str:
+    from runtime.verification.compare import model_kind
+
+    return model_kind(model)
+
+
+def _engine_record(made: dict) -> EngineRecord:
+    """The manifest record of what ``export.tensorrt.build_engine`` returned."""
+    return EngineRecord(
+        tensorrt_version=str(made["tensorrt_version"]),
+        gpu_name=str(made["gpu_name"]),
+        compute_capability=str(made.get("compute_capability", "")),
+        cuda_version=made.get("cuda_version"),
+        built_from=str(made.get("built_from", "")),
+        precision_flags=tuple(made.get("precision_flags", ())),
+        fp32_pinned_layers=int(made.get("fp32_pinned_layers", 0)),
+        profiles=tuple(made.get("profiles", ())),
+        timing_cache=made.get("timing_cache"),
+        build_s=float(made.get("build_s", 0.0)),
+    )
+
+
+def fastsam_settings(config: ExportConfig) -> NmsSettings:
+    """conf, iou and max_det of the export's FastSAM: the config's, conf defaulting to the
     reference's 0.4, or to :data:`RANDOM_WEIGHTS_CONF` for random weights (which score
     below 0.013, so 0.4 would leave the runtime without candidates)."""
     conf = config.fastsam_conf
     if conf is None:
         conf = RANDOM_WEIGHTS_CONF if config.random_init else REFERENCE_CONF
-    return float(conf), float(config.fastsam_iou), int(config.fastsam_max_det)
-
-
-def _parity_numbers(checks: list[Check]) -> list[dict]:
-    """The manifest's short form of checks: output, metric, value, tolerance, passed."""
-    return [
-        {
-            "output": c.output,
-            "metric": c.metric,
-            "value": c.to_dict()["value"],
-            "tolerance": c.tolerance,
-            "passed": c.passed,
-        }
-        for c in checks
-    ]
+    return NmsSettings(float(conf), float(config.fastsam_iou), int(config.fastsam_max_det))
 
 
 def _comparison_tolerances(model: str, fastsam_nms_in_graph: bool = False) -> dict[str, float]:
@@ -1068,10 +1250,10 @@ def _kept(report: dict) -> str:
 def export_artifacts(
     config: ExportConfig, echo: Callable[[str], None] = print, progress: bool = True
 ) -> ExportResult:
-    """Run the export described by ``config``; returns the manifest and every check.
+    """Run the export described by ``config``; returns the manifest and every record.
 
     Raises OmamaError for missing weights (naming each and where it comes from), for a
-    graph that fails the checker, and, after writing the manifest, for failed parity checks
+    graph that fails the checker, and, after writing the manifest, for failed checks
     (naming the file, backend and output).
     """
     import torch
@@ -1081,7 +1263,7 @@ def export_artifacts(
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     models_count = 3 + int(config.include_fastsam)
-    total = 3 + models_count * (2 if config.fp16 else 1)
+    total = 5 + models_count * (2 if config.fp16 else 1)
     bar = tqdm(total=total, desc="export", unit="step", disable=not progress, leave=False)
 
     def step(label: str) -> None:
@@ -1114,26 +1296,34 @@ def export_artifacts(
                 run.fp16()
             run.tensorrt()
             step("engines")
+            run.write_golden()
+            step("golden")
             manifest = _manifest(run)
-            write_manifest(out, manifest)
             manifest.root = out
+            if config.verify:
+                records = [*run.records, *run.replay(manifest)]
+                manifest.verification = _verification(config, records, run.golden)
+            step("golden replay")
+            write_manifest(out, manifest)
             step("manifest")
     finally:
         bar.close()
 
-    result = ExportResult(manifest, run.checks, run.engines["note"], run.timings)
+    records = list(manifest.verification.records)
+    result = ExportResult(manifest, records, run.engines.note, run.timings)
     if config.verify:
-        echo(format_table(run.checks))
-    if result.failures:
-        named = "; ".join(c.describe() for c in result.failures[:3])
-        more = f" (+{len(result.failures) - 3} more)" if len(result.failures) > 3 else ""
+        echo(format_table(records))
+    failures = result.failures()
+    if failures:
+        named = "; ".join(failures[:3])
+        more = f" (+{len(failures) - 3} more)" if len(failures) > 3 else ""
         raise OmamaError(
             f"verification failed: {named}{more}; {out / MANIFEST_NAME} records every result"
         )
     return result
 
 
-def tool_versions() -> dict:
+def tool_versions() -> dict[str, str | None]:
     names = (
         "torch",
         "timm",
@@ -1153,114 +1343,112 @@ def tool_versions() -> dict:
     return versions
 
 
+def _verification(
+    config: ExportConfig, records: list[VerificationRecord], golden: list[GoldenFile]
+) -> VerificationSection:
+    failures = tuple(line for r in records for line in r.failures())
+    return VerificationSection(
+        verified=config.verify,
+        seed=config.seed,
+        passed=not failures,
+        failures=failures,
+        tolerances={k: dict(v) for k, v in TOLERANCES.items()},
+        parity_sets=config.parity_sets if config.verify else 0,
+        records=tuple(records),
+        golden=tuple(golden),
+    )
+
+
+def _fastsam_spec(run: _Export) -> FastSAMSpec:
+    config = run.config
+    if not config.include_fastsam:
+        return FastSAMSpec(included=False)
+    settings = fastsam_settings(config)
+    conf, iou, max_det = settings.conf, settings.iou, settings.max_det
+    if run.fastsam_in_graph:
+        nms = (
+            f"graph: ultralytics' class-agnostic NMS inside fastsam.onnx with conf {conf:g}, "
+            f"iou {iou:g} and max_det {max_det} baked in; the runtime skips its own NMS, "
+            "may raise conf (the rows are filtered again) but not lower it or change iou, "
+            "and assembles the masks from the 32 coefficients x output1 prototypes"
+        )
+        output0 = (
+            f"(1, {max_det}, 4 + 1 + 1 + 32): kept detections x1, y1, x2, y2 px, score, "
+            "class, coefficients, by decreasing score; zero rows after the last"
+        )
+    else:
+        nms = (
+            "runtime: class-agnostic NMS on output0 (conf and iou above, adjustable at run "
+            "time), then masks from the 32 coefficients x output1 prototypes"
+        )
+        output0 = "(1, 4 + 1 + 32, anchors): box cx, cy, w, h px, score, coefficients"
+    return FastSAMSpec(
+        included=True,
+        model="fastsam",
+        variant=_fastsam_variant(config),
+        imgsz=config.fastsam_imgsz,
+        conf=conf,
+        iou=iou,
+        max_det=max_det,
+        retina_masks=True,
+        mask_coefficients=32,
+        nms_in_graph=run.fastsam_in_graph,
+        nms=nms,
+        nms_decision=run.nms_decision,
+        input="images (1, 3, imgsz, imgsz) float32 RGB in [0, 1], letterboxed (centred, pad "
+        "value 114/255)",
+        outputs={
+            "output0": output0,
+            "output1": "(1, 32, imgsz / 4, imgsz / 4): mask prototypes",
+        },
+        exporter=f"ultralytics {run.ultralytics_version}",
+        weights=run.models.fastsam_record,
+    )
+
+
 def _manifest(run: _Export) -> Manifest:
-    """The manifest of a finished run (``runtime.manifest`` documents the layout)."""
+    """The manifest of a finished run (``runtime.manifest`` documents every record)."""
     config, models, decision = run.config, run.models, run.decision
     matcher = models.matcher
-    # The seed also rebuilds random-init weights (the torch reference backend does).
-    verification: dict = {"verified": config.verify, "seed": config.seed}
-    if config.verify:
-        failures = [c.describe() for c in run.checks if not c.passed]
-        verification.update(
-            passed=not failures,
-            failures=failures,
-            tolerances=TOLERANCES,
-            parity_sets=config.parity_sets,
-            checks=len(run.checks),
-        )
-    fastsam: dict = {"included": config.include_fastsam}
-    if config.include_fastsam:
-        conf, iou, max_det = fastsam_settings(config)
-        nms_record = run.fastsam_nms
-        in_graph = bool(nms_record["in_graph"])
-        if in_graph:
-            nms = (
-                f"graph: ultralytics' class-agnostic NMS inside fastsam.onnx with conf {conf:g}, "
-                f"iou {iou:g} and max_det {max_det} baked in; the runtime skips its own NMS, "
-                "may raise conf (the rows are filtered again) but not lower it or change iou, "
-                "and assembles the masks from the 32 coefficients x output1 prototypes"
-            )
-            output0 = (
-                f"(1, {max_det}, 4 + 1 + 1 + 32): kept detections x1, y1, x2, y2 px, score, "
-                "class, coefficients, by decreasing score; zero rows after the last"
-            )
-        else:
-            nms = (
-                "runtime: class-agnostic NMS on output0 (conf and iou above, adjustable at run "
-                "time), then masks from the 32 coefficients x output1 prototypes"
-            )
-            output0 = "(1, 4 + 1 + 32, anchors): box cx, cy, w, h px, score, coefficients"
-        fastsam.update(
-            model="fastsam",
-            variant=_fastsam_variant(config),
-            imgsz=config.fastsam_imgsz,
-            conf=conf,
-            iou=iou,
-            retina_masks=True,
-            max_det=max_det,
-            mask_coefficients=32,
-            nms_in_graph=in_graph,
-            nms=nms,
-            # What was asked, why this form, the baked settings read back from the graph and
-            # the in-graph parity numbers (also when they sent the NMS back to the runtime).
-            nms_decision={k: v for k, v in nms_record.items() if k != "in_graph"},
-            input="images (1, 3, imgsz, imgsz) float32 RGB in [0, 1], letterboxed (centred, pad "
-            "value 114/255)",
-            outputs={
-                "output0": output0,
-                "output1": "(1, 32, imgsz / 4, imgsz / 4): mask prototypes",
-            },
-            exporter=f"ultralytics {run.ultralytics_version}",
-            weights=models.records["fastsam_weights"],
-        )
-    tools = tool_versions()
-    tools.update(
-        opset=config.opset,
-        exporter="torch.onnx.export (TorchScript-based, dynamo=False); FastSAM: ultralytics",
-    )
     return Manifest(
         direction=models.direction,
         random_init=config.random_init,
         views=models.views,
-        preprocess={
-            "patch_size": models.spec.patch_size,
-            "color": "RGB",
-            "layout": "NCHW float32",
-            "scale": 1.0 / 255.0,
-            "mean": list(IMAGENET_MEAN),
-            "std": list(IMAGENET_STD),
-            "image_resize": "nearest (OpenCV rule) to views.<role>.image_size",
-            "mask_resize": "nearest to views.<role>.image_size",
-        },
-        descriptor={
-            "reduction": REDUCTION,
-            "context_px": CONTEXT_PX,
-            "feature_dim": matcher.dim,
-            "descriptor_dim": 2 * matcher.dim,
-            "query_box": "tight box of the query mask: x1, y1, w = xmax - xmin, h = ymax - ymin",
-            "candidate_boxes": "x1, y1, w, h in pixels of the destination image",
-        },
-        matcher={
-            "model": "matcher",
-            "input": decision["chosen"],
-            "input_decision": decision,
-            "inputs": _matcher_inputs_doc(decision["chosen"]),
-            "attention": config.attention,
-            "dim": matcher.dim,
-            "heads": matcher.heads,
-            "src_grid": list(matcher.src_grid),
-            "dst_grid": list(matcher.dst_grid),
-            "similarity": "cosine; prediction = argmax over candidates",
-            "confidence": "sigmoid(max similarity)",
-            "visible_threshold": 0.5,
-            "weights": models.records["matcher_weights"],
-        },
-        fastsam=fastsam,
-        backbone=models.records["backbone"],
-        files=run.files,
-        tools=tools,
+        preprocess=PreprocessSpec(
+            patch_size=models.spec.patch_size,
+            mean=tuple(float(v) for v in IMAGENET_MEAN),
+            std=tuple(float(v) for v in IMAGENET_STD),
+        ),
+        descriptor=DescriptorSpec(
+            reduction=REDUCTION,
+            context_px=CONTEXT_PX,
+            feature_dim=matcher.dim,
+            descriptor_dim=2 * matcher.dim,
+            query_box="tight box of the query mask: x1, y1, w = xmax - xmin, h = ymax - ymin",
+            candidate_boxes="x1, y1, w, h in pixels of the destination image",
+        ),
+        matcher=MatcherSpec(
+            input=decision.chosen,
+            input_decision=decision,
+            attention=config.attention,
+            dim=matcher.dim,
+            heads=matcher.heads,
+            src_grid=tuple(matcher.src_grid),
+            dst_grid=tuple(matcher.dst_grid),
+            weights=models.matcher_weights,
+            model="matcher",
+            inputs=_matcher_inputs_doc(decision.chosen),
+        ),
+        fastsam=_fastsam_spec(run),
+        backbone=models.backbone_record,
+        files=list(run.files),
+        tools=ToolsRecord(
+            versions=tool_versions(),
+            opset=config.opset,
+            exporter="torch.onnx.export (TorchScript-based, dynamo=False); FastSAM: ultralytics",
+        ),
         engines=run.engines,
-        verification=verification,
+        verification=_verification(config, list(run.records), run.golden),
         created_utc=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         omama_version=omama_version,
     )

@@ -8,17 +8,22 @@ profile each (:data:`PROFILE_CANDIDATES`, :data:`PROFILE_OBJECTS`). One timing c
 shared by all builds of an export, so later builds reuse the kernel timings of earlier ones.
 
 Written against the TensorRT 10 Python API and polygraphy's documented loaders
-(``network_from_onnx_path``, ``CreateConfig``, ``Profile``, ``engine_from_network``,
-``save_engine``, ``TrtRunner``; ``Comparator`` / ``CompareFunc`` for the comparison).
-Engines are tied to the TensorRT version and GPU that built them; both are recorded.
+(``network_from_onnx_path``, ``CreateConfig``, ``Profile``, ``engine_bytes_from_network``,
+``save_bytes``): the build yields the serialized engine, which is written to disk without
+being deserialised here. Running an engine is the runtime's business: open it with
+``runtime.sessions.TrtSession`` (and the ONNX graph with ``runtime.sessions.OrtSession``),
+then :func:`compare_sessions` compares the two. Engines are tied to the TensorRT version
+and GPU that built them; both are recorded.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -115,17 +120,21 @@ def build_engine(
     softmax and reduction layers.
     """
     import tensorrt as trt
+    from polygraphy.backend.common import save_bytes
     from polygraphy.backend.trt import (
         CreateConfig,
         Profile,
-        engine_from_network,
+        engine_bytes_from_network,
         network_from_onnx_path,
-        save_engine,
     )
+    from polygraphy.exception import PolygraphyException
 
     engine_path = Path(engine_path)
     start = time.perf_counter()
-    builder, network, parser = network_from_onnx_path(str(onnx_path))
+    try:
+        builder, network, parser = network_from_onnx_path(str(onnx_path))
+    except PolygraphyException as exc:
+        raise OmamaError(f"TensorRT cannot parse {Path(onnx_path).name}: {_one_line(exc)}") from exc
     pinned = 0
     if fp16:
         sensitive = {trt.LayerType.NORMALIZATION, trt.LayerType.SOFTMAX, trt.LayerType.REDUCE}
@@ -153,16 +162,22 @@ def build_engine(
         precision_constraints="prefer" if pinned else None,
         load_timing_cache=str(cache) if cache is not None and cache.is_file() else None,
     )
-    engine = engine_from_network(
-        (builder, network, parser),
-        config=config,
-        save_timing_cache=str(cache) if cache is not None else None,
-    )
-    if engine is None:
-        raise OmamaError(f"TensorRT could not build an engine from {Path(onnx_path).name}")
+    try:
+        # The serialized engine (trt.IHostMemory); polygraphy raises when the build fails.
+        serialized = engine_bytes_from_network(
+            (builder, network, parser),
+            config=config,
+            save_timing_cache=str(cache) if cache is not None else None,
+        )
+    except PolygraphyException as exc:
+        raise OmamaError(
+            f"TensorRT could not build an engine from {Path(onnx_path).name}: {_one_line(exc)}"
+        ) from exc
+    # save_engine takes an engine object; save_bytes writes any buffer. Written to a temporary
+    # name first so that an interrupted build never leaves a truncated engine behind.
     tmp = engine_path.with_name(f".{engine_path.name}.tmp")
     try:
-        save_engine(engine, str(tmp))
+        save_bytes(serialized, str(tmp))
         os.replace(tmp, engine_path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -177,81 +192,58 @@ def build_engine(
     }
 
 
-class TrtEngineRunner:
-    """A serialised engine as a runner: ``runner(feeds) -> {output: array}`` (copies)."""
-
-    backend = "tensorrt"
-
-    def __init__(self, engine_path: str | os.PathLike) -> None:
-        from polygraphy.backend.common import BytesFromPath
-        from polygraphy.backend.trt import EngineFromBytes, TrtRunner
-
-        self.path = Path(engine_path)
-        self._runner = TrtRunner(EngineFromBytes(BytesFromPath(str(engine_path))))
-        self._runner.activate()
-
-    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outputs = self._runner.infer(feeds)
-        # polygraphy reuses its output buffers between calls.
-        return {name: np.array(value, copy=True) for name, value in outputs.items()}
-
-    def close(self) -> None:
-        self._runner.deactivate()
-
-    def __enter__(self) -> TrtEngineRunner:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def compare_with_onnxruntime(
-    engine_path: str | os.PathLike,
-    onnx_path: str | os.PathLike,
-    feeds: list[dict[str, np.ndarray]],
-    relative: dict[str, float],
+def compare_sessions(
+    engine_session: Any,
+    onnx_session: Any,
+    feeds: Iterable[Mapping[str, np.ndarray]],
+    relative: Mapping[str, float],
 ) -> dict[str, dict]:
-    """Run the engine and the fp32 ONNX graph on ``feeds`` with polygraphy's Comparator.
+    """Compare a TensorRT engine with its fp32 ONNX graph on ``feeds``.
 
-    ``relative[name]``: allowed max abs error as a fraction of max(1, peak |value|) of the
-    ONNX Runtime output (absolute for outputs in [-1, 1] such as similarities). Returns per
-    output: max abs error, the allowed error, and polygraphy's verdict with that tolerance.
+    ``engine_session`` / ``onnx_session``: open sessions (anything with
+    ``infer(feeds) -> {output: array}``, e.g. ``runtime.sessions.TrtSession`` and
+    ``OrtSession``); the caller opens and closes them. ``feeds``: input dicts, each run
+    through both. ``relative[name]``: allowed max abs error as a fraction of
+    max(1, peak |value|) of the ONNX output over all feeds (so absolute for outputs in
+    [-1, 1] such as similarities).
+
+    Returns per output in ``relative``: ``max_abs_err`` (worst over the feeds; NaN when an
+    output is broken: NaN values, or a shape other than the ONNX output's), ``allowed`` and
+    ``passed`` (error within allowed, NaN fails).
     """
-    import onnxruntime as ort
-    from polygraphy.backend.common import BytesFromPath
-    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
-    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
-    from polygraphy.comparator import Comparator, CompareFunc
+    from runtime.verification.tolerances import max_abs_error, worst_error
 
-    from export.verify import max_abs_error, worst_error
-
-    providers = ["cuda"] if "CUDAExecutionProvider" in ort.get_available_providers() else ["cpu"]
-    runners = [
-        TrtRunner(EngineFromBytes(BytesFromPath(str(engine_path))), name="tensorrt"),
-        OnnxrtRunner(
-            SessionFromOnnx(BytesFromPath(str(onnx_path)), providers=providers), name="onnxruntime"
-        ),
-    ]
-    results = Comparator.run(runners, data_loader=feeds)
-    by_runner = dict(results.items())
-    trt_iters, ort_iters = by_runner["tensorrt"], by_runner["onnxruntime"]
+    errors: dict[str, list[float]] = {name: [] for name in relative}
+    peaks: dict[str, float] = dict.fromkeys(relative, 0.0)
+    runs = 0
+    for feed in feeds:
+        got = engine_session.infer(feed)
+        want = onnx_session.infer(feed)
+        for name in relative:
+            if name not in got or name not in want:
+                raise OmamaError(f"comparison: output {name!r} missing from a session's results")
+            reference, value = np.asarray(want[name]), np.asarray(got[name])
+            if value.shape != reference.shape:  # no broadcasting: another shape is broken
+                errors[name].append(float("nan"))
+                continue
+            errors[name].append(max_abs_error(value, reference))
+            peak = float(np.abs(reference.astype(np.float64)).max(initial=0.0))
+            peaks[name] = max(peaks[name], peak)  # a NaN output fails on its error
+        runs += 1
+    if not runs:
+        raise OmamaError("comparison: no feeds to compare on")
     report: dict[str, dict] = {}
     for name, fraction in relative.items():
-        error = worst_error(
-            *(
-                max_abs_error(np.asarray(t[name]), np.asarray(o[name]))
-                for t, o in zip(trt_iters, ort_iters, strict=True)
-            )
-        )
-        peak = max(float(np.abs(np.asarray(o[name])).max()) for o in ort_iters)
-        report[name] = {"max_abs_err": error, "allowed": fraction * max(1.0, peak)}
-    accuracy = Comparator.compare_accuracy(
-        results,
-        compare_func=CompareFunc.simple(
-            atol={name: r["allowed"] for name, r in report.items()}, rtol=0.0
-        ),
-    )
-    verdict = bool(accuracy)
-    for entry in report.values():
-        entry["polygraphy_passed"] = verdict
+        error = worst_error(*errors[name])
+        allowed = float(fraction) * max(1.0, peaks[name])
+        report[name] = {
+            "max_abs_err": error,
+            "allowed": allowed,
+            "passed": bool(error <= allowed),  # False for NaN
+        }
     return report
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (polygraphy's span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -1,7 +1,9 @@
 """``omama-run``: the lean runtime's command line (no torch).
 
 ``pair``, ``video`` and ``take`` run :class:`runtime.pipeline.Pipeline` on an artifacts
-folder written by ``omama export``; ``info`` shows what this machine can run.
+folder written by ``omama export``; ``verify`` re-checks that folder's models on this
+machine against the golden outputs the export stored; ``info`` shows what this machine can
+run.
 """
 
 from __future__ import annotations
@@ -278,7 +280,7 @@ def video_command(
             f"--direction {direction} but the artifacts in {artifacts} are {manifest.direction}: "
             "export for that direction, or drop --direction"
         )
-    if candidates is None and not manifest.fastsam.get("included"):
+    if candidates is None and not manifest.fastsam.included:
         raise OmamaError(
             f"the artifacts in {artifacts} hold no FastSAM model (exported with "
             "--no-fastsam-export): give precomputed candidate masks with --candidates"
@@ -381,6 +383,47 @@ def take_command(
         typer.echo(f"GT written to {summary['gt']}, metrics to {out / 'metrics.json'}")
     elif gt:
         typer.echo("no observation was predicted: nothing to score")
+
+
+# ----------------------------------------------------------------------------- verify
+
+
+@app.command("verify")
+def verify_command(
+    artifacts: Path = typer.Argument(
+        ..., help="Artifacts folder written by `omama export` (with its golden/ files)."
+    ),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="Threads per model."),
+    weights: list[Path] = typer.Option([], "--weights", help=WEIGHTS_HELP),
+) -> None:
+    """Re-verify the artifacts on this machine, without torch.
+
+    Runs the golden inputs the export stored (golden/<model>.npz) through the same sessions
+    `omama-run pair | video | take` use, compares with the stored torch fp32 outputs under
+    the manifest's tolerances (features, similarities, argmax agreement, FastSAM detections
+    and masks), prints one table and writes ARTIFACTS/verify_<backend>_<precision>.json.
+    Exits 1 naming the first output that failed.
+
+    Example: omama-run verify artifacts --backend onnxruntime --device cpu --precision fp16
+    """
+    from runtime.verification.replay import verify_folder
+    from runtime.verification.tolerances import format_table
+
+    report = verify_folder(
+        artifacts, backend, device, precision, threads, weights or (), echo=typer.echo
+    )
+    typer.echo(format_table(report.records))
+    checks = sum(len(r.checks) for r in report.records)
+    if not report.passed:
+        raise OmamaError(f"verification failed: {report.failures()[0]} (all results in "
+                         f"{report.path})")  # fmt: skip
+    typer.echo(
+        f"verified: {len(report.records)} files, {checks} checks on {report.plan.backend} "
+        f"{report.plan.device} {report.plan.precision}; written to {report.path}"
+    )
 
 
 def main() -> None:

@@ -42,7 +42,6 @@ Matches ultralytics 8.4 (its ``process_mask_native`` retina path) mask for mask;
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -486,24 +485,22 @@ class FastSAMResult:
 
 
 def nms_thresholds(
-    fastsam: Mapping[str, Any], conf: float | None = None, iou: float | None = None
+    fastsam: Any, conf: float | None = None, iou: float | None = None
 ) -> tuple[float, float, int]:
     """(conf, iou, max_det) to post-process an artifacts folder's FastSAM with.
 
-    ``fastsam`` is the manifest's ``fastsam`` section; ``conf`` / ``iou`` None keep its
-    values. With NMS in the graph (``nms_in_graph``) its conf, iou and max_det are baked
-    into the file: a run may raise conf (the kept rows are filtered again) but a lower conf
-    or another iou would need detections the graph has already dropped, so either is an
-    :class:`OmamaError` naming the baked values and the way out.
+    ``fastsam`` is the manifest's :class:`runtime.manifest.FastSAMSpec`; ``conf`` / ``iou``
+    None keep its values. With NMS in the graph (``nms_in_graph``) its conf, iou and max_det
+    are baked into the file: a run may raise conf (the kept rows are filtered again) but a
+    lower conf or another iou would need detections the graph has already dropped, so either
+    is an :class:`OmamaError` naming the baked values and the way out.
     """
-    baked_conf = float(fastsam.get("conf", CONF))
-    baked_iou = float(fastsam.get("iou", IOU))
-    max_det = int(fastsam.get("max_det", MAX_DET))
+    baked_conf, baked_iou, max_det = float(fastsam.conf), float(fastsam.iou), int(fastsam.max_det)
     conf = baked_conf if conf is None else float(conf)
     iou = baked_iou if iou is None else float(iou)
     if not 0.0 <= conf < 1.0 or not 0.0 <= iou <= 1.0:
         raise OmamaError(f"FastSAM conf must lie in [0, 1) and iou in [0, 1], got {conf}, {iou}")
-    if fastsam.get("nms_in_graph"):
+    if fastsam.nms_in_graph:
         # Compared in float32, as the graph and the post-processing compare scores.
         lower = np.float32(conf) < np.float32(baked_conf)
         if lower or np.float32(iou) != np.float32(baked_iou):

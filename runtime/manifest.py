@@ -1,44 +1,59 @@
-"""The artifacts folder contract: ``manifest.json`` and the model files it lists (torch-free).
+"""The artifacts folder contract: ``manifest.json`` and the files it lists, as typed records.
 
 ``omama export`` writes an artifacts folder; ``omama-run`` reads it with nothing else::
 
     artifacts/
       manifest.json                 this module's schema (``format: omama.artifacts``)
-      backbone_<view>.onnx          one per view: image (B, 3, H, W) -> feats (B, 768, h, w)
+      backbone_<camera>.onnx        one per view: image (B, 3, H, W) -> feats (B, 768, h, w)
       matcher.onnx                  descriptor pooling + matcher -> similarities (B, N)
-      fastsam.onnx                  FastSAM raw outputs (ultralytics export)
-      *_fp16.onnx, *_fp16.engine    optional fp16 variants and TensorRT engines
+      fastsam.onnx                  FastSAM (ultralytics export, NMS in the graph or not)
+      *_fp16.onnx, *_fp16.engine    fp16 variants and TensorRT engines
+      golden/<model>.npz            golden inputs and torch fp32 outputs (``omama-run verify``)
+      verify_<backend>_<precision>.json   what ``omama-run verify`` measured on a machine
 
-The manifest describes everything inference needs: the direction, image size and token
-grid per view, preprocessing (patch size, normalisation), descriptor parameters
-(reduction, context), the matcher's input form, FastSAM's parameters, and for every file
-its sha256, size, precision, input/output names with shapes (dynamic axes as strings) and
-dtypes, plus the tools that produced it (engines: TensorRT version and GPU name, since
-engines are not portable) and the parity results of the export's verification.
+The manifest is a tree of frozen dataclasses (:class:`Manifest` at the root). Every field has
+a type, and :func:`load_manifest` checks each one while it reads the JSON: a missing or
+ill-typed field is one :class:`OmamaError` naming the file and the field's path
+(``manifest.json: matcher.src_grid must be a list of 2 integers, got 'x'``). Code outside
+this module reads attributes, never the JSON dict.
 
-:func:`verify_artifacts` refuses a folder whose files do not match the manifest (missing
-file, size or sha256 mismatch, failed verification) with one message listing what differs.
+``schema_version`` 2 (this one) replaced the free-form dicts of version 1 by these records;
+a version-1 folder is refused with the command that re-exports it.
+
+:func:`check_artifacts` refuses a folder whose files do not match the manifest (missing
+file, size or sha256 mismatch) or whose export verification failed, with one message that
+lists what differs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import os
-from dataclasses import asdict, dataclass, field
+import types
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from runtime.atomic import write_json
 from runtime.errors import OmamaError
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "omama.artifacts"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 FILE_FORMATS = ("onnx", "tensorrt")
 PRECISIONS = ("fp32", "fp16")
 MATCHER_INPUTS = ("weights", "masks")
+DIRECTIONS = ("exo2ego", "ego2exo")
+ROLES = ("source", "destination")
 _CHUNK_BYTES = 1 << 20
+
+Dim = int | str | None
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -50,40 +65,112 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+# ----------------------------------------------------------------------------- records
+
+
 @dataclass(frozen=True)
 class TensorSpec:
-    """One graph input or output: ``shape`` holds ints and strings (dynamic axes, e.g. "N")."""
+    """One model input or output: ``shape`` holds ints for static dims and a name (e.g.
+    ``"N"``) or None for dynamic ones; ``dtype`` is a numpy dtype name (``"float32"``)."""
 
     name: str
-    shape: list[int | str]
-    dtype: str  # numpy name: "float32", "float16", "uint8", ...
+    shape: tuple[Dim, ...]
+    dtype: str
 
-    @classmethod
-    def from_dict(cls, data: dict) -> TensorSpec:
-        return cls(str(data["name"]), list(data["shape"]), str(data["dtype"]))
+    @property
+    def np_dtype(self) -> np.dtype:
+        return np.dtype(self.dtype)
+
+    @property
+    def dynamic(self) -> bool:
+        return any(not isinstance(d, int) or d < 0 for d in self.shape)
+
+    def concrete_shape(self, dims: typing.Mapping[str, int] | None = None, default: int = 1):
+        """The shape with dynamic dims filled: by name from ``dims``, else ``default``."""
+        dims = dims or {}
+        return tuple(
+            d
+            if isinstance(d, int) and d >= 0
+            else (int(dims.get(d, default)) if isinstance(d, str) else default)
+            for d in self.shape
+        )
+
+    def describe(self) -> str:
+        dims = ", ".join(
+            "?" if d is None or (isinstance(d, int) and d < 0) else str(d) for d in self.shape
+        )
+        return f"{self.name} ({dims}) {self.dtype}"
 
 
 @dataclass(frozen=True)
 class FileRef:
-    """A file of the folder with its size and sha256 (e.g. an ONNX external-data file)."""
+    """A file of the folder with its size and sha256 (an ONNX external-data file, a golden
+    file)."""
 
     path: str
     sha256: str
     size_bytes: int
 
-    @classmethod
-    def from_dict(cls, data: dict) -> FileRef:
-        return cls(str(data["path"]), str(data["sha256"]), int(data["size_bytes"]))
+
+@dataclass(frozen=True)
+class WeightsRecord:
+    """Where a model's weights came from.
+
+    ``random``: a seeded random initialisation (``seed``; ``architecture`` names the
+    random FastSAM network); otherwise the file ``file`` with ``sha256``.
+    ``from_random_init``: that file holds random-init weights itself (a feature cache's
+    ``backbone.safetensors``), with its ``seed``.
+    """
+
+    random: bool
+    seed: int | None = None
+    file: str | None = None
+    sha256: str | None = None
+    architecture: str | None = None
+    from_random_init: bool = False
+
+
+@dataclass(frozen=True)
+class EngineRecord:
+    """What a TensorRT engine was built with (engines are tied to both)."""
+
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str = ""
+    cuda_version: str | None = None
+    built_from: str = ""
+    precision_flags: tuple[str, ...] = ()
+    fp32_pinned_layers: int = 0
+    # One dict per optimisation profile: input name -> {"min", "opt", "max"} shapes.
+    profiles: tuple[dict[str, dict[str, list[int]]], ...] = ()
+    timing_cache: str | None = None
+    build_s: float = 0.0
+    version_compatible: bool = False
+    hardware_compatible: bool = False
+
+
+@dataclass(frozen=True)
+class GraphRecord:
+    """Structure of an ONNX file: opset, node counts before / after constant folding, the
+    checks it passed; for fp16 variants, what the conversion kept in float32."""
+
+    opset: int
+    nodes_final: int
+    nodes_exported: int | None = None
+    folded_with: str = ""
+    checker: str = "skipped"
+    shape_inference: str = "skipped"
+    converter: str | None = None
+    fp32_ops: dict[str, int] = field(default_factory=dict)
+    fp32_nodes_by_prefix: int = 0
 
 
 @dataclass(frozen=True)
 class ArtifactFile:
     """One model file: an ONNX graph or a TensorRT engine of one model at one precision.
 
-    ``path`` is relative to the artifacts folder. ``engine`` (engines only) records the
-    TensorRT version, GPU name and compute capability it was built for and its
-    optimisation profiles; ``graph`` the opset and node counts; ``parity`` the result of
-    the export's verification of this file.
+    ``path`` is relative to the artifacts folder; ``graph`` (ONNX) or ``engine`` (TensorRT)
+    describe how it was made.
     """
 
     path: str
@@ -92,31 +179,11 @@ class ArtifactFile:
     precision: str  # "fp32" | "fp16"
     sha256: str
     size_bytes: int
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-    opset: int | None = None
-    external_data: list[FileRef] = field(default_factory=list)
-    graph: dict[str, Any] = field(default_factory=dict)
-    engine: dict[str, Any] | None = None
-    parity: dict[str, Any] | None = None
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ArtifactFile:
-        return cls(
-            path=str(data["path"]),
-            model=str(data["model"]),
-            format=str(data["format"]),
-            precision=str(data["precision"]),
-            sha256=str(data["sha256"]),
-            size_bytes=int(data["size_bytes"]),
-            inputs=[TensorSpec.from_dict(t) for t in data["inputs"]],
-            outputs=[TensorSpec.from_dict(t) for t in data["outputs"]],
-            opset=None if data.get("opset") is None else int(data["opset"]),
-            external_data=[FileRef.from_dict(f) for f in data.get("external_data", [])],
-            graph=dict(data.get("graph") or {}),
-            engine=data.get("engine"),
-            parity=data.get("parity"),
-        )
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    external_data: tuple[FileRef, ...] = ()
+    graph: GraphRecord | None = None
+    engine: EngineRecord | None = None
 
     def file_refs(self) -> list[FileRef]:
         """The file itself and its external-data files."""
@@ -131,89 +198,303 @@ class ViewSpec:
     image_size: tuple[int, int]  # (H, W) px fed to the backbone
     feat_grid: tuple[int, int]  # (h, w) tokens
 
-    @classmethod
-    def from_dict(cls, data: dict) -> ViewSpec:
-        return cls(
-            str(data["camera"]),
-            (int(data["image_size"][0]), int(data["image_size"][1])),
-            (int(data["feat_grid"][0]), int(data["feat_grid"][1])),
+    def to_dict(self) -> dict:
+        return to_json(self)
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How an image becomes a backbone input (OMAMA_REFERENCE section 3)."""
+
+    patch_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    color: str = "RGB"
+    layout: str = "NCHW float32"
+    scale: float = 1.0 / 255.0
+    image_resize: str = "nearest (OpenCV rule) to views.<role>.image_size"
+    mask_resize: str = "nearest to views.<role>.image_size"
+
+
+@dataclass(frozen=True)
+class DescriptorSpec:
+    """Descriptor pooling: masks and their context boxes pooled on a grid of 1/reduction."""
+
+    reduction: int
+    context_px: int
+    feature_dim: int
+    descriptor_dim: int
+    query_box: str = ""
+    candidate_boxes: str = ""
+
+
+@dataclass(frozen=True)
+class InputDecision:
+    """Why the matcher graph takes ``chosen`` (``weights`` or ``masks``): the rule and, when
+    measured, the latencies and bytes of both forms."""
+
+    chosen: str
+    rule: str
+    candidates: int | None = None
+    backend: str | None = None
+    machine: str | None = None
+    weights_ms: float | None = None
+    masks_ms: float | None = None
+    weights_input_bytes: int | None = None
+    masks_input_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class MatcherSpec:
+    """The pooling + matcher graph: its input form and the matcher's configuration."""
+
+    input: str  # "weights" | "masks"
+    input_decision: InputDecision
+    attention: str
+    dim: int
+    heads: int
+    src_grid: tuple[int, int]
+    dst_grid: tuple[int, int]
+    weights: WeightsRecord
+    model: str = "matcher"
+    inputs: dict[str, str] = field(default_factory=dict)  # input name -> meaning
+    similarity: str = "cosine; prediction = argmax over candidates"
+    confidence: str = "sigmoid(max similarity)"
+    visible_threshold: float = 0.5
+
+
+@dataclass(frozen=True)
+class NmsSettings:
+    """Score threshold (keep ``> conf``), IoU threshold (suppress ``IoU > iou``), at most
+    ``max_det`` detections, class-agnostic."""
+
+    conf: float
+    iou: float
+    max_det: int
+    agnostic: bool = True
+
+
+@dataclass(frozen=True)
+class NmsDecision:
+    """Where FastSAM's NMS runs and why: ``requested`` (auto | graph | runtime), the
+    ``settings`` asked for, the ``baked`` values read back from a graph with NMS, and the
+    in-graph parity ``checks`` that decided it."""
+
+    requested: str
+    settings: NmsSettings
+    reason: str
+    baked: NmsSettings | None = None
+    checks: tuple[CheckRecord, ...] = ()
+
+
+@dataclass(frozen=True)
+class FastSAMSpec:
+    """FastSAM's file and its post-processing parameters (``included`` False: no FastSAM,
+    precomputed candidates are needed)."""
+
+    included: bool
+    model: str = "fastsam"
+    variant: str = ""
+    imgsz: int = 1024
+    conf: float = 0.4
+    iou: float = 0.9
+    max_det: int = 300
+    retina_masks: bool = True
+    mask_coefficients: int = 32
+    nms_in_graph: bool = False  # conf, iou and max_det are baked into the file
+    nms: str = ""
+    nms_decision: NmsDecision | None = None
+    input: str = ""
+    outputs: dict[str, str] = field(default_factory=dict)
+    exporter: str = ""
+    weights: WeightsRecord | None = None
+
+
+@dataclass(frozen=True)
+class BackboneRecord:
+    """The backbone behind both views' files: registry name, architecture, the positional
+    interpolation baked in, the 1x1 projection to 768 and where the weights came from."""
+
+    name: str
+    family: str
+    embed_dim: int
+    out_channels: int
+    weights: WeightsRecord
+    description: str = ""
+    projection: str | None = None
+    projection_seed: int | None = None  # a file without projection: the seeded one's seed
+    pos_resize: str | None = None
+    architecture_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ToolsRecord:
+    """Package versions (name -> version, None when absent), opset and exporter."""
+
+    versions: dict[str, str | None]
+    opset: int
+    exporter: str
+
+
+@dataclass(frozen=True)
+class EnginesRecord:
+    """Whether TensorRT engines were built: the line the export printed, why not (``reason``)
+    or which files, with the TensorRT version and GPU."""
+
+    built: bool
+    note: str
+    reason: str | None = None
+    files: tuple[str, ...] = ()
+    tensorrt_version: str | None = None
+    gpu_name: str | None = None
+    timing_cache: str | None = None
+
+
+@dataclass(frozen=True)
+class CheckRecord:
+    """One verified number of one output: ``value`` against ``tolerance`` (``<=`` for
+    errors, ``>=`` for agreements). ``value`` None is NaN (a broken output: fails).
+    ``gated`` False: reported, never fails."""
+
+    output: str
+    metric: str
+    value: float | None
+    tolerance: float
+    higher_is_better: bool = False
+    gated: bool = True
+    detail: str = ""
+
+    @property
+    def passed(self) -> bool:
+        if not self.gated:
+            return True
+        if self.value is None or math.isnan(self.value):
+            return False
+        return (
+            self.value >= self.tolerance
+            if self.higher_is_better
+            else (self.value <= self.tolerance)
         )
 
-    def to_dict(self) -> dict:
-        return {
-            "camera": self.camera,
-            "image_size": list(self.image_size),
-            "feat_grid": list(self.feat_grid),
-        }
+
+@dataclass(frozen=True)
+class VerificationRecord:
+    """One model file run on one backend, device and precision, and what was measured.
+
+    ``inputs`` says which inputs: ``golden`` (the folder's golden files, as
+    ``omama-run verify`` runs them) or ``export parity`` (the export's larger random sets).
+    ``device``: ``cpu`` / ``cuda`` / ``cuda:N``; ``providers``: the execution providers or
+    the library that ran it; ``gpu``: the GPU's name on cuda. ``tolerances``: the
+    precision's tolerances the checks used.
+    """
+
+    file: str
+    model: str
+    backend: str
+    device: str
+    providers: tuple[str, ...]
+    precision: str
+    inputs: str
+    tolerances: dict[str, float]
+    checks: tuple[CheckRecord, ...]
+    gpu: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    def failures(self) -> list[str]:
+        """One line per failed check: file, backend, output, metric, value, tolerance."""
+        return [describe_check(self, c) for c in self.checks if not c.passed]
+
+
+@dataclass(frozen=True)
+class GoldenFile:
+    """``golden/<model>.npz``: ``cases`` inputs at the real sizes and the torch fp32
+    outputs of ``model`` (stored compactly, see ``runtime.verification.golden``)."""
+
+    model: str
+    path: str
+    sha256: str
+    size_bytes: int
+    cases: int
+
+
+@dataclass(frozen=True)
+class VerificationSection:
+    """The export's verification: ``verified`` False means ``--no-verify``. ``seed`` seeded
+    random weights and every check input; ``tolerances`` per precision; ``records`` one
+    per file and input set; ``golden`` the files ``omama-run verify`` replays."""
+
+    verified: bool
+    seed: int
+    passed: bool = True
+    failures: tuple[str, ...] = ()
+    tolerances: dict[str, dict[str, float]] = field(default_factory=dict)
+    parity_sets: int = 0
+    records: tuple[VerificationRecord, ...] = ()
+    golden: tuple[GoldenFile, ...] = ()
 
 
 @dataclass
 class Manifest:
-    """The parsed ``manifest.json`` of an artifacts folder.
-
-    Sections the runtime computes with are typed (views, files); the others stay plain
-    dicts. Keys written by ``omama export``:
-
-    - ``preprocess``: ``patch_size``, ``color`` ("RGB"), ``layout``, ``scale`` (1/255),
-      ``mean``, ``std``, ``image_resize``, ``mask_resize``;
-    - ``descriptor``: ``reduction`` (4), ``context_px`` (100), ``feature_dim``,
-      ``descriptor_dim``, ``query_box``, ``candidate_boxes``;
-    - ``matcher``: ``model``, ``input`` ("weights" | "masks"), ``input_decision`` (the
-      measurement behind it), ``inputs`` (name -> shape and meaning), ``attention``,
-      ``dim``, ``heads``, ``src_grid``, ``dst_grid``, ``similarity``, ``confidence``,
-      ``visible_threshold``, ``weights``;
-    - ``fastsam``: ``included``, then ``model``, ``variant``, ``imgsz``, ``conf``, ``iou``,
-      ``retina_masks``, ``max_det``, ``mask_coefficients``, ``nms_in_graph`` (true: the
-      file runs NMS with ``conf`` / ``iou`` / ``max_det`` baked in, and the runtime may only
-      raise conf), ``nms``, ``nms_decision`` (``requested``: auto | graph | runtime,
-      ``settings``, ``baked``: the values read back from the graph, ``parity``: the in-graph
-      parity numbers, ``reason``), ``input``, ``outputs``, ``exporter``, ``weights``;
-    - ``backbone``: ``name``, ``description``, ``family``, ``embed_dim``,
-      ``out_channels``, ``projection``, ``projection_seed`` (only when the weights file
-      has no projection and the export seeded it), ``pos_resize``,
-      ``architecture_overrides``, ``weights`` (file name and sha256, or ``{"random": true}``);
-    - ``tools``: package versions, ``opset``, ``exporter``;
-    - ``engines``: ``built``, ``note`` and ``reason`` or ``files``, ``tensorrt_version``,
-      ``gpu_name``, ``timing_cache``;
-    - ``verification``: ``verified``, ``seed`` (of random weights and parity inputs), then
-      ``passed``, ``failures``, ``tolerances``, ``parity_sets``, ``checks`` (their number;
-      each file's ``parity`` holds its own).
-    """
+    """The parsed ``manifest.json`` of an artifacts folder (``root``: where it was loaded
+    from, not serialised)."""
 
     direction: str
     random_init: bool
     views: dict[str, ViewSpec]  # "source" / "destination"
-    preprocess: dict[str, Any]
-    descriptor: dict[str, Any]
-    matcher: dict[str, Any]
-    fastsam: dict[str, Any]
-    backbone: dict[str, Any]
+    preprocess: PreprocessSpec
+    descriptor: DescriptorSpec
+    matcher: MatcherSpec
+    fastsam: FastSAMSpec
+    backbone: BackboneRecord
     files: list[ArtifactFile]
-    tools: dict[str, Any]
-    engines: dict[str, Any]
-    verification: dict[str, Any]
+    tools: ToolsRecord
+    engines: EnginesRecord
+    verification: VerificationSection
     created_utc: str = ""
     omama_version: str = ""
     format: str = FORMAT
     schema_version: int = SCHEMA_VERSION
-    root: Path | None = None  # folder it was loaded from (not serialised)
+    root: Path | None = field(default=None, compare=False)
 
     # -- queries ---------------------------------------------------------------------------
     def models(self) -> list[str]:
         """Model names in file order, each once (``backbone_exo``, ``matcher``, ...)."""
         return list(dict.fromkeys(f.model for f in self.files))
 
-    def select(self, model: str, format: str = "onnx", precision: str = "fp32") -> ArtifactFile:
-        """The file of ``model`` in ``format`` at ``precision``; OmamaError naming what exists."""
+    def role_models(self) -> dict[str, str]:
+        """The pipeline's models by role: ``backbone_src``, ``backbone_dst``, ``matcher``,
+        and ``fastsam`` when the folder has one."""
+        roles = {
+            "backbone_src": self.backbone_model("source"),
+            "backbone_dst": self.backbone_model("destination"),
+            "matcher": self.matcher.model,
+        }
+        if self.fastsam.included:
+            roles["fastsam"] = self.fastsam.model
+        return roles
+
+    def find(
+        self, model: str, format: str = "onnx", precision: str = "fp32"
+    ) -> ArtifactFile | None:
         for entry in self.files:
             if (entry.model, entry.format, entry.precision) == (model, format, precision):
                 return entry
-        have = ", ".join(f"{f.model}/{f.format}/{f.precision}" for f in self.files) or "none"
-        raise OmamaError(
-            f"artifacts have no {format} {precision} file for {model!r} (available: {have})"
-        )
+        return None
 
-    def path_of(self, entry: ArtifactFile) -> Path:
+    def select(self, model: str, format: str = "onnx", precision: str = "fp32") -> ArtifactFile:
+        """The file of ``model`` in ``format`` at ``precision``; OmamaError naming what exists."""
+        entry = self.find(model, format, precision)
+        if entry is None:
+            have = ", ".join(f"{f.model}/{f.format}/{f.precision}" for f in self.files) or "none"
+            raise OmamaError(
+                f"artifacts have no {format} {precision} file for {model!r} (available: {have})"
+            )
+        return entry
+
+    def path_of(self, entry: ArtifactFile | FileRef | GoldenFile) -> Path:
         """Absolute path of a file entry (needs a manifest loaded from a folder)."""
         if self.root is None:
             raise OmamaError("this manifest was not loaded from a folder")
@@ -223,80 +504,58 @@ class Manifest:
         """Backbone model name of ``role`` "source" or "destination": ``backbone_<camera>``."""
         return f"backbone_{self.views[role].camera}"
 
+    def golden_of(self, model: str) -> GoldenFile | None:
+        return next((g for g in self.verification.golden if g.model == model), None)
+
+    @property
+    def random_weights(self) -> bool:
+        """The whole export random (``--random-init``), or a backbone from a random-init
+        feature cache."""
+        return self.random_init or self.backbone.weights.from_random_init
+
+    def all_refs(self) -> list[FileRef]:
+        """Every file the manifest vouches for: models, external data, golden files."""
+        refs = [ref for entry in self.files for ref in entry.file_refs()]
+        refs += [FileRef(g.path, g.sha256, g.size_bytes) for g in self.verification.golden]
+        return refs
+
     # -- (de)serialisation -----------------------------------------------------------------
     def to_dict(self) -> dict:
-        data = {
-            "format": self.format,
-            "schema_version": self.schema_version,
-            "omama_version": self.omama_version,
-            "created_utc": self.created_utc,
-            "direction": self.direction,
-            "random_init": self.random_init,
-            "views": {role: view.to_dict() for role, view in self.views.items()},
-            "preprocess": self.preprocess,
-            "descriptor": self.descriptor,
-            "matcher": self.matcher,
-            "fastsam": self.fastsam,
-            "backbone": self.backbone,
-            "files": [_file_to_dict(f) for f in self.files],
-            "tools": self.tools,
-            "engines": self.engines,
-            "verification": self.verification,
-        }
-        return data
+        data = to_json(self)
+        data.pop("root")
+        order = ("format", "schema_version", "omama_version", "created_utc")
+        return {**{k: data[k] for k in order}, **{k: v for k, v in data.items() if k not in order}}
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = MANIFEST_NAME) -> Manifest:
-        """Parse and validate; OmamaError naming ``source`` and the first problem."""
+    def from_dict(cls, data: Any, source: str = MANIFEST_NAME) -> Manifest:
+        """Parse and validate; OmamaError naming ``source`` and the first bad field."""
         if not isinstance(data, dict):
             raise OmamaError(f"{source} must hold a JSON object")
         if data.get("format") != FORMAT:
             raise OmamaError(f"{source} is not an omama artifacts manifest (format {FORMAT!r})")
         version = data.get("schema_version")
-        if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise OmamaError(f"{source}: schema_version must be an integer, got {version!r}")
+        if version != SCHEMA_VERSION:
+            newer = version > SCHEMA_VERSION
             raise OmamaError(
-                f"{source} has schema_version {version!r}; this omama reads versions 1 to "
-                f"{SCHEMA_VERSION} (re-export, or update omama)"
+                f"{source} has schema_version {version}; this omama reads version "
+                f"{SCHEMA_VERSION} only ("
+                + ("update omama" if newer else "re-export the folder with `omama export`")
+                + ")"
             )
-        try:
-            manifest = cls(
-                direction=str(data["direction"]),
-                random_init=bool(data["random_init"]),
-                views={role: ViewSpec.from_dict(v) for role, v in data["views"].items()},
-                preprocess=dict(data["preprocess"]),
-                descriptor=dict(data["descriptor"]),
-                matcher=dict(data["matcher"]),
-                fastsam=dict(data["fastsam"]),
-                backbone=dict(data.get("backbone") or {}),
-                files=[ArtifactFile.from_dict(f) for f in data["files"]],
-                tools=dict(data.get("tools") or {}),
-                engines=dict(data.get("engines") or {}),
-                verification=dict(data.get("verification") or {}),
-                created_utc=str(data.get("created_utc", "")),
-                omama_version=str(data.get("omama_version", "")),
-                format=FORMAT,
-                schema_version=version,
-            )
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-            what = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
-            raise OmamaError(f"{source} is malformed: {what}") from exc
+        manifest = from_json(cls, data, source, skip=("root",))
         manifest.validate(source)
         return manifest
 
     def validate(self, source: str = MANIFEST_NAME) -> None:
-        """Check the values the runtime relies on; OmamaError naming the first bad one."""
+        """Check the values the runtime relies on; OmamaError naming every bad one."""
         problems: list[str] = []
-        if self.direction not in ("exo2ego", "ego2exo"):
+        if self.direction not in DIRECTIONS:
             problems.append(f"direction {self.direction!r} is not exo2ego or ego2exo")
-        if set(self.views) != {"source", "destination"}:
+        if set(self.views) != set(ROLES):
             problems.append(f"views must be 'source' and 'destination', got {sorted(self.views)}")
-        for key in ("patch_size", "mean", "std"):
-            if key not in self.preprocess:
-                problems.append(f"preprocess.{key} is missing")
-        for key in ("reduction", "context_px"):
-            if key not in self.descriptor:
-                problems.append(f"descriptor.{key} is missing")
-        if self.matcher.get("input") not in MATCHER_INPUTS:
+        if self.matcher.input not in MATCHER_INPUTS:
             problems.append(f"matcher.input must be one of {MATCHER_INPUTS}")
         seen: set[str] = set()
         for entry in self.files:
@@ -304,23 +563,179 @@ class Manifest:
                 problems.append(f"{entry.path}: format {entry.format!r} not in {FILE_FORMATS}")
             if entry.precision not in PRECISIONS:
                 problems.append(f"{entry.path}: precision {entry.precision!r} not in {PRECISIONS}")
-            for ref in entry.file_refs():
-                if Path(ref.path).is_absolute() or ".." in Path(ref.path).parts:
-                    problems.append(f"{ref.path}: file paths must stay inside the folder")
-                if ref.path in seen:
-                    problems.append(f"{ref.path} is listed twice")
-                seen.add(ref.path)
+        for ref in self.all_refs():
+            if Path(ref.path).is_absolute() or ".." in Path(ref.path).parts:
+                problems.append(f"{ref.path}: file paths must stay inside the folder")
+            if ref.path in seen:
+                problems.append(f"{ref.path} is listed twice")
+            seen.add(ref.path)
         if problems:
             raise OmamaError(f"{source} is invalid: " + "; ".join(problems))
 
 
-def _file_to_dict(entry: ArtifactFile) -> dict:
-    data = asdict(entry)
-    if not entry.external_data:
-        data.pop("external_data")
-    if entry.engine is None:
-        data.pop("engine")
-    return data
+def describe_check(record: VerificationRecord, check: CheckRecord) -> str:
+    """``file [backend device] output 'x': metric value (needs <= tolerance)``."""
+    op = ">=" if check.higher_is_better else "<="
+    return (
+        f"{record.file} [{record.backend} {record.device}] output {check.output!r}: "
+        f"{check.metric} {format_value(check.value, check.higher_is_better)} (needs {op} "
+        f"{format_value(check.tolerance, check.higher_is_better)})"
+    )
+
+
+def format_value(value: float | None, percent: bool) -> str:
+    if value is None or math.isnan(value):
+        return "nan"
+    return f"{100 * value:.2f}%" if percent else f"{value:.2e}"
+
+
+# ----------------------------------------------------------------------------- typed JSON
+
+
+def to_json(value: Any) -> Any:
+    """Records -> JSON values (tuples become lists; NaN becomes None); :func:`from_json`
+    reads them back."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+class _FieldError(Exception):
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path} {message}" if path else message)
+
+
+def from_json(cls: type, data: Any, source: str, path: str = "", skip: tuple[str, ...] = ()):
+    """Build record ``cls`` from JSON ``data``, checking every field's type; OmamaError
+    naming ``source`` and the field's path."""
+    try:
+        return _convert(cls, data, path, skip)
+    except _FieldError as exc:
+        raise OmamaError(f"{source}: {exc}") from None
+
+
+def _describe(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _record(cls: type, data: Any, path: str, skip: tuple[str, ...] = ()):
+    if not isinstance(data, dict):
+        raise _FieldError(path or "the manifest", f"must be an object, got {_describe(data)}")
+    hints = _hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        where = f"{path}.{f.name}" if path else f.name
+        if f.name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise _FieldError("", f"missing field {where}")
+            continue
+        kwargs[f.name] = _convert(hints[f.name], data[f.name], where)
+    return cls(**kwargs)
+
+
+def _convert(hint: Any, value: Any, path: str, skip: tuple[str, ...] = ()) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is Any:
+        return value
+    if dataclasses.is_dataclass(hint):
+        return _record(hint, value, path, skip)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return _convert(option, value, path)
+            except _FieldError as exc:
+                errors.append(str(exc))
+        raise _FieldError(
+            "",
+            errors[0]
+            if len(options) == 1
+            else (
+                f"{path} must be {' or '.join(_type_name(o) for o in options)}, got "
+                f"{_describe(value)}"
+            ),
+        )
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise _FieldError(path, f"must be true or false, got {_describe(value)}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _FieldError(path, f"must be an integer, got {_describe(value)}")
+        return value
+    if hint is float:
+        if value is None:  # NaN is written as null
+            return math.nan
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _FieldError(path, f"must be a number, got {_describe(value)}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise _FieldError(path, f"must be a string, got {_describe(value)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise _FieldError(path, f"must be a list, got {_describe(value)}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            kinds = {_type_name(a) for a in args}
+            kind = kinds.pop() + "s" if len(kinds) == 1 else "values"
+            raise _FieldError(path, f"must be a list of {len(args)} {kind}, got {_describe(value)}")
+        pairs = enumerate(zip(args, value, strict=True))
+        return tuple(_convert(a, v, f"{path}[{i}]") for i, (a, v) in pairs)
+    if origin is list:
+        if not isinstance(value, list):
+            raise _FieldError(path, f"must be a list, got {_describe(value)}")
+        return [_convert(args[0], v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _FieldError(path, f"must be an object, got {_describe(value)}")
+        return {str(k): _convert(args[1], v, f"{path}.{k}") for k, v in value.items()}
+    raise _FieldError(path, f"has a type this reader does not know ({hint})")  # pragma: no cover
+
+
+def _type_name(hint: Any) -> str:
+    names = {int: "integer", float: "number", str: "string", bool: "boolean"}
+    if hint in names:
+        return names[hint]
+    if hint is type(None):
+        return "null"
+    origin = typing.get_origin(hint)
+    if origin in (list, tuple):
+        return "list"
+    if origin is dict or dataclasses.is_dataclass(hint):
+        return "object"
+    return str(hint)
+
+
+# ----------------------------------------------------------------------------- files
 
 
 def file_entry(
@@ -329,21 +744,20 @@ def file_entry(
     model: str,
     format: str,
     precision: str,
-    inputs: list[TensorSpec],
-    outputs: list[TensorSpec],
-    external_data: list[str] = (),
-    **extra: Any,
+    inputs: typing.Sequence[TensorSpec],
+    outputs: typing.Sequence[TensorSpec],
+    external_data: typing.Sequence[str] = (),
+    graph: GraphRecord | None = None,
+    engine: EngineRecord | None = None,
 ) -> ArtifactFile:
     """An :class:`ArtifactFile` for ``root/path`` with its sha256 and size computed now.
 
-    ``external_data``: paths (relative to ``root``) of files the graph loads its weights
-    from. ``extra``: ``opset``, ``graph``, ``engine``, ``parity``.
+    ``external_data``: paths (relative to ``root``) of files the graph loads its weights from.
     """
     root = Path(root)
     target = root / path
     if not target.is_file():
         raise OmamaError(f"cannot list {target} in the manifest: no such file")
-    refs = [FileRef(p, sha256_file(root / p), (root / p).stat().st_size) for p in external_data]
     return ArtifactFile(
         path=path,
         model=model,
@@ -351,11 +765,18 @@ def file_entry(
         precision=precision,
         sha256=sha256_file(target),
         size_bytes=target.stat().st_size,
-        inputs=list(inputs),
-        outputs=list(outputs),
-        external_data=refs,
-        **extra,
+        inputs=tuple(inputs),
+        outputs=tuple(outputs),
+        external_data=tuple(file_ref(root, p) for p in external_data),
+        graph=graph,
+        engine=engine,
     )
+
+
+def file_ref(root: str | os.PathLike, path: str) -> FileRef:
+    """A :class:`FileRef` for ``root/path`` with its sha256 and size computed now."""
+    target = Path(root) / path
+    return FileRef(path, sha256_file(target), target.stat().st_size)
 
 
 def write_manifest(root: str | os.PathLike, manifest: Manifest) -> Path:
@@ -366,19 +787,25 @@ def write_manifest(root: str | os.PathLike, manifest: Manifest) -> Path:
     return path
 
 
+def read_json_object(path: Path, what: str) -> Any:
+    """The JSON in ``path``; OmamaError naming the file when it is missing or not JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise OmamaError(f"{what} not found: {path}") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise OmamaError(f"{path} is not readable JSON: {exc}") from exc
+
+
 def load_manifest(root: str | os.PathLike) -> Manifest:
-    """Parse ``root/manifest.json`` (no file checks; see :func:`verify_artifacts`)."""
+    """Parse ``root/manifest.json`` (no file checks; see :func:`check_artifacts`)."""
     root = Path(root)
     path = root / MANIFEST_NAME
     if not root.is_dir():
         raise OmamaError(f"artifacts folder not found: {root} (run `omama export` first)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise OmamaError(f"{root} has no {MANIFEST_NAME}: not an omama artifacts folder") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise OmamaError(f"{path} is not readable JSON: {exc}") from exc
-    manifest = Manifest.from_dict(data, source=str(path))
+    if not path.is_file():
+        raise OmamaError(f"{root} has no {MANIFEST_NAME}: not an omama artifacts folder")
+    manifest = Manifest.from_dict(read_json_object(path, MANIFEST_NAME), source=str(path))
     manifest.root = root
     return manifest
 
@@ -386,41 +813,38 @@ def load_manifest(root: str | os.PathLike) -> Manifest:
 def artifact_differences(manifest: Manifest, check_hashes: bool = True) -> list[str]:
     """What differs between the manifest and the files of its folder (empty when all match).
 
-    Checks existence and size of every listed file (external data included) and, with
-    ``check_hashes``, their sha256.
+    Checks existence and size of every listed file (external data and golden files
+    included) and, with ``check_hashes``, their sha256.
     """
     root = manifest.root
     if root is None:
         raise OmamaError("artifact_differences needs a manifest loaded from a folder")
     differences: list[str] = []
-    for entry in manifest.files:
-        for ref in entry.file_refs():
-            target = root / ref.path
-            if not target.is_file():
-                differences.append(f"{ref.path} is missing")
-                continue
-            size = target.stat().st_size
-            if size != ref.size_bytes:
+    for ref in manifest.all_refs():
+        target = root / ref.path
+        if not target.is_file():
+            differences.append(f"{ref.path} is missing")
+            continue
+        size = target.stat().st_size
+        if size != ref.size_bytes:
+            differences.append(f"{ref.path} has {size} bytes, the manifest says {ref.size_bytes}")
+            continue
+        if check_hashes:
+            digest = sha256_file(target)
+            if digest != ref.sha256:
                 differences.append(
-                    f"{ref.path} has {size} bytes, the manifest says {ref.size_bytes}"
+                    f"{ref.path} sha256 {digest[:12]}... differs from the manifest's "
+                    f"{ref.sha256[:12]}..."
                 )
-                continue
-            if check_hashes:
-                digest = sha256_file(target)
-                if digest != ref.sha256:
-                    differences.append(
-                        f"{ref.path} sha256 {digest[:12]}... differs from the manifest's "
-                        f"{ref.sha256[:12]}..."
-                    )
     return differences
 
 
-def verify_artifacts(root: str | os.PathLike, check_hashes: bool = True) -> Manifest:
+def check_artifacts(root: str | os.PathLike, check_hashes: bool = True) -> Manifest:
     """Load the manifest of ``root`` and refuse the folder unless its files match it.
 
     Raises OmamaError listing every missing file and every size/sha256 mismatch, or
     naming the failed checks when the export's own verification failed. A folder exported
-    with ``--no-verify`` is accepted (``manifest.verification["verified"]`` is False).
+    with ``--no-verify`` is accepted (``manifest.verification.verified`` is False).
     """
     manifest = load_manifest(root)
     differences = artifact_differences(manifest, check_hashes=check_hashes)
@@ -431,8 +855,8 @@ def verify_artifacts(root: str | os.PathLike, check_hashes: bool = True) -> Mani
             + " (re-export with `omama export`)"
         )
     verification = manifest.verification
-    if verification.get("verified") and not verification.get("passed", False):
-        failed = ", ".join(verification.get("failures", [])) or "see manifest.json"
+    if verification.verified and not verification.passed:
+        failed = ", ".join(verification.failures) or "see manifest.json"
         raise OmamaError(
             f"artifacts folder {manifest.root} failed its export verification ({failed}); "
             "re-export, or fix the model"

@@ -60,7 +60,7 @@ from runtime.candidates import Candidates, VideoCandidates, read_candidates, sca
 from runtime.egoexo import ProcessedRoot, candidate_paths, check_direction, is_ego_cam
 from runtime.errors import OmamaError
 from runtime.fastsam_post import FastSAMResult, nms_thresholds, segment_everything
-from runtime.manifest import ArtifactFile, Manifest, ViewSpec, sha256_file, verify_artifacts
+from runtime.manifest import Manifest, ViewSpec, check_artifacts, sha256_file
 from runtime.pooling import descriptor_weights, index_slice, mask_boxes, pooling_grid
 from runtime.preprocess import (
     IMAGENET_MEAN,
@@ -70,8 +70,14 @@ from runtime.preprocess import (
     resize_mask_nearest,
 )
 from runtime.results import add_gt_annotation, new_gt, new_results, read_json, write_results
-from runtime.sessions import Session, TensorInfo, select_backend
+from runtime.sessions import (
+    PRECISION_CHOICES,
+    Session,
+    open_artifact,
+    plan_artifacts,
+)
 from runtime.tracks import TrackSet
+from runtime.verification.replay import warn_if_unverified
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +91,6 @@ STAGES: tuple[str, ...] = (
     "postprocess",
 )
 MASK_SIZES: tuple[str, ...] = ("image", "model")
-PRECISION_CHOICES: tuple[str, ...] = ("auto", "fp32", "fp16")
 ASPECT_TOLERANCE = 0.03  # 540x960 vs 532x952 differ by 0.7%; a swapped view by 40% or more
 TOP_K = 5
 VISIBLE_THRESHOLD = 0.5
@@ -99,16 +104,6 @@ DETAILS_NAME = "predictions.jsonl"
 
 
 # ----------------------------------------------------------------------------- small parts
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """What the ``torch`` backend is given instead of a file: the manifest entry of a model
-    (its recorded configuration) and where to look for the original weights files."""
-
-    manifest: Manifest
-    entry: ArtifactFile
-    weights_dirs: tuple[Path, ...] = ()
 
 
 def sigmoid(x: float) -> float:
@@ -295,20 +290,6 @@ class DestinationFrame(ViewFrame):
 # ----------------------------------------------------------------------------- pipeline
 
 
-def _built_with(entry: ArtifactFile) -> dict:
-    engine = entry.engine or {}
-    return {
-        "tensorrt": engine.get("tensorrt_version"),
-        "gpu": engine.get("gpu_name"),
-        "version_compatible": engine.get("version_compatible", False),
-        "hardware_compatible": engine.get("hardware_compatible", False),
-    }
-
-
-def _tensor_infos(specs) -> list[TensorInfo]:
-    return [TensorInfo(s.name, tuple(s.shape), np.dtype(s.dtype)) for s in specs]
-
-
 class Pipeline:
     """O-MaMa inference on an artifacts folder with one backend (see the module docstring).
 
@@ -323,6 +304,12 @@ class Pipeline:
         weights_dirs: folders holding the original weights (``torch`` backend only; also
             ``$OMAMA_WEIGHTS`` and the artifacts folder are searched).
         check_hashes: verify every file's sha256 (sizes are always checked).
+        wrap_session: ``(role, session) -> session`` applied to each opened session, e.g.
+            :class:`runtime.sessions.InstrumentedSession` to time every call (``omama
+            bench``); roles are ``backbone_src``, ``backbone_dst``, ``matcher``, ``fastsam``.
+
+    Logs one warning when the folder holds no passing verification record for the chosen
+    backend, precision and device (``omama-run verify`` writes one).
     """
 
     def __init__(
@@ -335,6 +322,7 @@ class Pipeline:
         mask_size: str = "image",
         weights_dirs: Sequence[str | os.PathLike] = (),
         check_hashes: bool = True,
+        wrap_session: Callable[[str, Session], Session] | None = None,
     ) -> None:
         if mask_size not in MASK_SIZES:
             raise OmamaError(f"mask size must be one of {', '.join(MASK_SIZES)}, got {mask_size!r}")
@@ -343,39 +331,30 @@ class Pipeline:
                 f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}"
             )
         self.mask_size = mask_size
-        self.manifest = manifest = verify_artifacts(artifacts_dir, check_hashes=check_hashes)
+        self.manifest = manifest = check_artifacts(artifacts_dir, check_hashes=check_hashes)
         self.direction = check_direction(manifest.direction)
         self.views: dict[str, ViewSpec] = manifest.views
-        self.matcher_input = str(manifest.matcher["input"])
-        self.reduction = int(manifest.descriptor["reduction"])
-        self.context_px = int(manifest.descriptor["context_px"])
+        self.matcher_input = manifest.matcher.input
+        self.reduction = manifest.descriptor.reduction
+        self.context_px = manifest.descriptor.context_px
         self._check_normalisation(manifest)
-        has_engines = any(f.format == "tensorrt" for f in manifest.files)
-        self.choice = select_backend(backend, device, engines_available=has_engines)
-        self.backend, self.device = self.choice.name, self.choice.device
-        file_format = "tensorrt" if self.backend == "tensorrt" else "onnx"
-        if precision == "auto":
-            precision = "fp16" if self.backend == "tensorrt" else "fp32"
-        if self.backend == "torch" and precision != "fp32":
-            raise OmamaError("the torch backend is the fp32 reference: use --precision fp32")
-        self.precision = precision
-        self.fastsam_params = dict(manifest.fastsam)
-        models = {
-            "backbone_src": manifest.backbone_model("source"),
-            "backbone_dst": manifest.backbone_model("destination"),
-            "matcher": str(manifest.matcher.get("model", "matcher")),
-        }
-        if manifest.fastsam.get("included"):
-            models["fastsam"] = str(manifest.fastsam.get("model", "fastsam"))
-        dirs = tuple(Path(d) for d in weights_dirs)
+        self.plan = plan_artifacts(manifest, backend, device, precision)
+        self.choice = self.plan.choice
+        self.backend, self.device = self.plan.backend, self.plan.device
+        self.precision = self.plan.precision
+        self.fastsam_conf, self.fastsam_iou = manifest.fastsam.conf, manifest.fastsam.iou
         self.sessions: dict[str, Session] = {}
+        files = []
         try:
-            for role, model in models.items():
-                entry = manifest.select(model, file_format, precision)
-                self.sessions[role] = self._open(entry, threads, dirs)
+            for role, model in manifest.role_models().items():
+                entry = manifest.select(model, self.plan.file_format, self.precision)
+                files.append(entry.path)
+                session = open_artifact(self.choice, manifest, entry, threads, weights_dirs)
+                self.sessions[role] = wrap_session(role, session) if wrap_session else session
         except BaseException:
             self.close()
             raise
+        warn_if_unverified(manifest, self.plan, files)
         self.latency = LatencyLog()
         self.last_latency_ms: dict[str, float] = {}
         self._upscale_warned: set[str] = set()
@@ -383,27 +362,13 @@ class Pipeline:
     # -- setup ------------------------------------------------------------------------------
     @staticmethod
     def _check_normalisation(manifest: Manifest) -> None:
-        mean = [float(v) for v in manifest.preprocess["mean"]]
-        std = [float(v) for v in manifest.preprocess["std"]]
+        mean = [float(v) for v in manifest.preprocess.mean]
+        std = [float(v) for v in manifest.preprocess.std]
         if not (np.allclose(mean, IMAGENET_MEAN) and np.allclose(std, IMAGENET_STD)):
             raise OmamaError(
                 f"artifacts use normalisation mean {mean} std {std}; this runtime implements "
                 "the ImageNet normalisation of the reference only"
             )
-
-    def _open(self, entry: ArtifactFile, threads: int | None, weights_dirs: tuple) -> Session:
-        path = self.manifest.path_of(entry)
-        if self.backend == "onnxruntime":
-            return self.choice.open(path, threads=threads, name=entry.model)
-        if self.backend == "tensorrt":
-            return self.choice.open(path, name=entry.model, built_with=_built_with(entry))
-        return self.choice.open(
-            ModelRef(self.manifest, entry, weights_dirs),
-            inputs=_tensor_infos(entry.inputs),
-            outputs=_tensor_infos(entry.outputs),
-            name=entry.model,
-            threads=threads,
-        )
 
     def close(self) -> None:
         for session in self.sessions.values():
@@ -427,8 +392,7 @@ class Pipeline:
             "matcher_input": self.matcher_input,
             "mask_size": self.mask_size,
             # The whole export random (--random-init), or a backbone from a random-init cache.
-            "random_weights": bool(self.manifest.random_init)
-            or bool(((self.manifest.backbone or {}).get("weights") or {}).get("random_init")),
+            "random_weights": self.manifest.random_weights,
             "views": {role: view.to_dict() for role, view in self.views.items()},
             "sessions": {
                 role: {
@@ -504,16 +468,14 @@ class Pipeline:
         baked one and iou cannot change: anything else is an OmamaError saying to re-export
         with ``--fastsam-nms runtime``.
         """
-        conf = self.fastsam_params.get("conf") if conf is None else conf
-        iou = self.fastsam_params.get("iou") if iou is None else iou
+        conf = self.fastsam_conf if conf is None else conf
+        iou = self.fastsam_iou if iou is None else iou
         conf, iou, _ = nms_thresholds(self.manifest.fastsam, conf, iou)
-        self.fastsam_params.update(conf=conf, iou=iou)
+        self.fastsam_conf, self.fastsam_iou = conf, iou
 
     def fastsam_thresholds(self) -> tuple[float, float, int]:
         """(conf, iou, max_det) that :meth:`segment` uses, checked against the manifest."""
-        return nms_thresholds(
-            self.manifest.fastsam, self.fastsam_params.get("conf"), self.fastsam_params.get("iou")
-        )
+        return nms_thresholds(self.manifest.fastsam, self.fastsam_conf, self.fastsam_iou)
 
     def segment(self, dst_work_rgb: np.ndarray) -> CandidateSet:
         """FastSAM "everything" on a destination working image.

@@ -2,8 +2,9 @@
 
 Every backend runs a model through the same small interface (polygraphy's runner shape):
 
-- ``inputs`` / ``outputs``: :class:`TensorInfo` (name, shape with dynamic dims as strings
-  or None, numpy dtype);
+- ``inputs`` / ``outputs``: :class:`runtime.manifest.TensorSpec` (name, shape with dynamic
+  dims as names or None, numpy dtype name), the type the manifest records them in;
+- ``backend``, ``device``, ``name``, ``providers`` (what runs it);
 - ``infer(feeds) -> outputs``: dicts of numpy arrays by tensor name;
 - ``warmup(n)``, ``close()`` (also a context manager).
 
@@ -11,10 +12,10 @@ Backends:
 
 - ``onnxruntime`` (:class:`OrtSession`): an ``.onnx`` file on the best available execution
   provider (TensorRT EP, CUDA EP, CPU) for the device;
-- ``tensorrt`` (:class:`TrtSession`): a serialized TensorRT 10 engine, run through the
-  TensorRT Python API with device buffers (polygraphy's pure-Python CUDA wrapper)
-  allocated once per shape and reused; refuses an engine built with another TensorRT
-  version or on another GPU;
+- ``tensorrt`` (:class:`TrtSession`): a serialized TensorRT 10 engine, loaded with
+  polygraphy's ``BytesFromPath`` / ``EngineFromBytes`` and run by its ``TrtRunner`` (which
+  keeps the execution context, stream and device buffers between calls); refuses an engine
+  built with another TensorRT version or on another GPU;
 - ``torch``: the PyTorch reference, registered by a higher layer through the entry-point
   group ``omama.backends`` (``runtime`` never imports torch), or by calling
   :func:`register_backend`.
@@ -22,6 +23,12 @@ Backends:
 :func:`select_backend` turns ``auto | tensorrt | onnxruntime | torch`` and a device into a
 :class:`BackendChoice` (logging what it picked and why); ``choice.open(model)`` opens a
 session. An unavailable backend is an :class:`OmamaError` that says why.
+
+This module is the only code that constructs an ONNX Runtime session, a TensorRT engine or
+runtime, or a polygraphy runner (``tests/test_layering.py`` parses every module to hold
+that): the pipeline, ``omama-run verify``, the export's verification and ``omama bench``
+all open artifacts through :func:`open_artifact`, so a verification record speaks for
+exactly what users run.
 """
 
 from __future__ import annotations
@@ -42,12 +49,12 @@ import numpy as np
 
 from runtime.errors import OmamaError
 from runtime.info import nvidia_gpus
+from runtime.manifest import TensorSpec
 
 log = logging.getLogger(__name__)
 
 BACKENDS: tuple[str, ...] = ("auto", "tensorrt", "onnxruntime", "torch")
 ENTRY_POINT_GROUP = "omama.backends"
-Dim = int | str | None
 
 # ONNX Runtime type strings -> numpy
 _ORT_TYPES = {
@@ -66,37 +73,6 @@ _ORT_TYPES = {
 # ----------------------------------------------------------------------------- interface
 
 
-@dataclass(frozen=True)
-class TensorInfo:
-    """A model input or output: ``shape`` holds ints for static dims and a name (str) or
-    None for dynamic ones; ``dtype`` is a numpy dtype."""
-
-    name: str
-    shape: tuple[Dim, ...]
-    dtype: np.dtype
-
-    @property
-    def dynamic(self) -> bool:
-        return any(not isinstance(d, int) or d < 0 for d in self.shape)
-
-    def concrete_shape(self, dims: Mapping[str, int] | None = None, default: int = 1) -> tuple:
-        """The shape with dynamic dims filled: by name from ``dims``, else ``default``."""
-        dims = dims or {}
-        out = []
-        for d in self.shape:
-            if isinstance(d, int) and d >= 0:
-                out.append(d)
-            else:
-                out.append(int(dims.get(d, default)) if isinstance(d, str) else default)
-        return tuple(out)
-
-    def describe(self) -> str:
-        dims = ", ".join(
-            "?" if d is None or (isinstance(d, int) and d < 0) else str(d) for d in self.shape
-        )
-        return f"{self.name} ({dims}) {np.dtype(self.dtype).name}"
-
-
 class Session(ABC):
     """One loaded model on one backend. Subclasses set the attributes and implement
     :meth:`_run`; :meth:`infer` checks the feeds first."""
@@ -104,8 +80,9 @@ class Session(ABC):
     backend: str = ""
     device: str = "cpu"
     name: str = ""
-    inputs: tuple[TensorInfo, ...] = ()
-    outputs: tuple[TensorInfo, ...] = ()
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+    providers: tuple[str, ...] = ()  # what runs it: execution providers, library version
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the model: ``{input name: array}`` -> ``{output name: array}``.
@@ -181,6 +158,69 @@ class Session(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} on {self.device}>"
+
+
+@dataclass
+class CallTiming:
+    """One call of an :class:`InstrumentedSession`: host wall time and, when a device timer
+    was given, the device time (ms)."""
+
+    host_ms: float
+    device_ms: float | None = None
+
+
+class InstrumentedSession(Session):
+    """A session that times every call and may keep its outputs: how ``omama bench``
+    measures a pipeline (``Pipeline(..., wrap_session=...)``) without reaching into it.
+
+    Arguments:
+        inner: the session to run (attributes such as TensorRT's ``profile_range`` are
+            forwarded).
+        device_timer: a zero-argument factory of timers with ``start()`` and ``stop() ->
+            ms`` (e.g. CUDA events, for work a clock on the host cannot see end); None
+            records host time only.
+        keep_outputs: keep every call's outputs (e.g. the matcher's similarity blocks).
+    """
+
+    def __init__(self, inner: Session, device_timer: Callable[[], Any] | None = None,
+                 keep_outputs: bool = False) -> None:  # fmt: skip
+        self.inner = inner
+        self.backend, self.device, self.name = inner.backend, inner.device, inner.name
+        self.inputs, self.outputs = inner.inputs, inner.outputs
+        self.providers = tuple(getattr(inner, "providers", ()) or ())
+        self.device_timer = device_timer
+        self.keep_outputs = keep_outputs
+        self.calls: list[CallTiming] = []
+        self.kept: list[dict[str, np.ndarray]] = []
+
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        timer = self.device_timer() if self.device_timer is not None else None
+        start = time.perf_counter()
+        if timer is not None:
+            timer.start()
+        out = self.inner.infer(feeds)
+        device_ms = timer.stop() if timer is not None else None
+        self.calls.append(CallTiming(1e3 * (time.perf_counter() - start), device_ms))
+        if self.keep_outputs:
+            self.kept.append(out)
+        return out
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.inner.infer(feeds)
+
+    def take(self) -> tuple[list[CallTiming], list[dict[str, np.ndarray]]]:
+        """The calls (and kept outputs) since the last ``take``, then forget them."""
+        calls, kept = self.calls, self.kept
+        self.calls, self.kept = [], []
+        return calls, kept
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":  # not set yet (failed construction)
+            raise AttributeError(name)
+        return getattr(self.inner, name)
 
 
 def _device_index(device: str) -> int:
@@ -300,7 +340,7 @@ class OrtSession(Session):
                 "libraries onnxruntime-gpu needs, or use --device cpu"
             )
         self.device = device if device != "auto" else ("cuda" if gpu_got else "cpu")
-        log.info("onnxruntime: %s on %s", self.name, ", ".join(self.providers))
+        log.debug("onnxruntime: %s on %s", self.name, ", ".join(self.providers))
         self.inputs = tuple(self._info(a) for a in self._session.get_inputs())
         self.outputs = tuple(self._info(a) for a in self._session.get_outputs())
 
@@ -321,11 +361,11 @@ class OrtSession(Session):
         return {}
 
     @staticmethod
-    def _info(arg) -> TensorInfo:
+    def _info(arg) -> TensorSpec:
         dtype = _ORT_TYPES.get(arg.type)
         if dtype is None:
             raise OmamaError(f"onnxruntime tensor {arg.name} has unsupported type {arg.type}")
-        return TensorInfo(arg.name, tuple(arg.shape), np.dtype(dtype))
+        return TensorSpec(arg.name, tuple(arg.shape), np.dtype(dtype).name)
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._session is None:
@@ -350,17 +390,47 @@ def _import_tensorrt():
     try:
         return importlib.import_module("tensorrt")
     except Exception as exc:  # a broken install fails in many ways (missing libnvinfer, ...)
-        raise OmamaError(f"TensorRT is installed but does not load: {exc}") from exc
+        raise OmamaError(
+            f"TensorRT is installed but does not load: {_one_line(exc) or type(exc).__name__}"
+        ) from exc
 
 
-def _import_cuda():
-    """polygraphy's pure-Python CUDA wrapper (DeviceArray, Stream)."""
+def _import_polygraphy():
+    """The polygraphy pieces the TensorRT backend runs engines with (a namespace)."""
+    import contextlib
+    from types import SimpleNamespace
+
     try:
-        return importlib.import_module("polygraphy.cuda")
+        from polygraphy.backend.common import BytesFromPath
+        from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+        from polygraphy.datatype import DataType
+        from polygraphy.exception import PolygraphyException
+        from polygraphy.logger import G_LOGGER
     except ImportError as exc:
         raise OmamaError(
-            "the TensorRT backend needs polygraphy for CUDA memory (pip install polygraphy)"
+            "the TensorRT backend needs polygraphy to run engines (pip install polygraphy)"
         ) from exc
+
+    def quiet():
+        """polygraphy prints its info messages ("Loading bytes from ...") on stdout: keep
+        only errors while a session loads, unless someone asked for even less."""
+        if G_LOGGER.module_severity.get() >= G_LOGGER.ERROR:
+            return contextlib.nullcontext()
+        return G_LOGGER.verbosity(G_LOGGER.ERROR)
+
+    return SimpleNamespace(
+        BytesFromPath=BytesFromPath,
+        EngineFromBytes=EngineFromBytes,
+        TrtRunner=TrtRunner,
+        DataType=DataType,
+        PolygraphyException=PolygraphyException,
+        quiet=quiet,
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (polygraphy's span several)."""
+    return " ".join(str(exc).split())
 
 
 def gpu_name(device: str = "cuda") -> str | None:
@@ -408,11 +478,14 @@ def check_engine_compat(
 
 
 class TrtSession(Session):
-    """A serialized TensorRT 10 engine, run with the TensorRT Python API.
+    """A serialized TensorRT 10 engine, run through polygraphy.
 
-    Input shapes are set per call (dynamic profiles: the call's shapes must lie in profile
-    0); device buffers are allocated for the first shape seen and reused (grown only when a
-    larger shape arrives); one CUDA stream per session.
+    The engine file is read and deserialised with polygraphy's loaders (``BytesFromPath``,
+    ``EngineFromBytes``) and run by its ``TrtRunner``, which owns the execution context,
+    the CUDA stream and the device buffers (reused between calls, grown when a larger shape
+    arrives). Input shapes are set per call: for dynamic inputs they must lie in
+    optimisation profile 0. The engine runs on the current CUDA device (choose the GPU with
+    ``CUDA_VISIBLE_DEVICES``).
 
     Arguments:
         engine_path: the ``.engine`` / ``.plan`` file.
@@ -430,6 +503,8 @@ class TrtSession(Session):
         built_with: Mapping[str, Any] | None = None,
         name: str | None = None,
     ) -> None:
+        self._runner = None
+        self._engine = None
         device = check_device(device)
         if device == "auto":
             device = "cuda"
@@ -441,65 +516,65 @@ class TrtSession(Session):
         self.name = name or path.stem
         self.device = device
         trt = _import_tensorrt()
-        self._cuda = _import_cuda()
+        pg = _import_polygraphy()
         running_gpu = gpu_name(device)
         if running_gpu is None:
             raise OmamaError(f"TensorRT {trt.__version__} installed but no NVIDIA GPU {device}")
         if built_with:
             check_engine_compat(path.name, built_with, trt.__version__, running_gpu)
-        self._trt = trt
-        self._logger = _capturing_logger(trt)
-        self._runtime = trt.Runtime(self._logger)
-        engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
-        if engine is None:
-            detail = self._logger.last_error() or "unknown error"
-            raise OmamaError(
-                f"TensorRT {trt.__version__} on {running_gpu} cannot load engine {path.name} "
-                f"({detail}): it was probably built with another TensorRT version or GPU; "
-                "rebuild it with `omama export --engines`"
-            )
-        self._engine = engine
-        self._context = engine.create_execution_context()
-        if self._context is None:
-            raise OmamaError(f"TensorRT could not create an execution context for {path.name}")
-        self._stream = self._cuda.Stream()
-        self._buffers: dict[str, Any] = {}
-        inputs, outputs = [], []
-        for i in range(engine.num_io_tensors):
-            tname = engine.get_tensor_name(i)
-            shape = tuple(int(d) if d >= 0 else None for d in engine.get_tensor_shape(tname))
-            info = TensorInfo(tname, shape, np.dtype(trt.nptype(engine.get_tensor_dtype(tname))))
-            is_input = engine.get_tensor_mode(tname) == trt.TensorIOMode.INPUT
-            (inputs if is_input else outputs).append(info)
-        self.inputs, self.outputs = tuple(inputs), tuple(outputs)
-        log.info("tensorrt: %s (TensorRT %s) on %s", self.name, trt.__version__, running_gpu)
+        self._polygraphy_error = pg.PolygraphyException
+        with pg.quiet():
+            try:
+                engine = pg.EngineFromBytes(pg.BytesFromPath(str(path)))()
+            except Exception as exc:  # PolygraphyException, or TensorRT's own on a bad plan
+                raise OmamaError(
+                    f"TensorRT {trt.__version__} on {running_gpu} cannot load engine "
+                    f"{path.name} ({_one_line(exc) or type(exc).__name__}): it was probably "
+                    "built with another TensorRT version or GPU; rebuild it with "
+                    "`omama export --engines`"
+                ) from exc
+            inputs, outputs = [], []
+            for i in range(engine.num_io_tensors):
+                tname = engine.get_tensor_name(i)
+                shape = tuple(int(d) if d >= 0 else None for d in engine.get_tensor_shape(tname))
+                trt_dtype = engine.get_tensor_dtype(tname)
+                try:  # TensorRT -> polygraphy -> numpy, as TrtRunner types its outputs
+                    dtype = pg.DataType.to_dtype(
+                        pg.DataType.from_dtype(trt_dtype, "tensorrt"), "numpy"
+                    )
+                except pg.PolygraphyException:  # bfloat16, fp8, int4, ...
+                    dtype = None
+                if dtype is None:  # polygraphy returns None for a type it does not map
+                    raise OmamaError(
+                        f"engine {path.name}: tensor {tname} has type {trt_dtype}, which numpy "
+                        "cannot hold"
+                    )
+                info = TensorSpec(tname, shape, np.dtype(dtype).name)
+                is_input = engine.get_tensor_mode(tname) == trt.TensorIOMode.INPUT
+                (inputs if is_input else outputs).append(info)
+            self.inputs, self.outputs = tuple(inputs), tuple(outputs)
+            runner = pg.TrtRunner(engine, name=f"omama-{self.name}")
+            try:  # execution context, CUDA stream (polygraphy loads libcudart here)
+                runner.activate()
+            except Exception as exc:  # PolygraphyException, OSError from ctypes, TensorRT's
+                raise OmamaError(
+                    f"TensorRT could not start engine {path.name} on {running_gpu} "
+                    f"(execution context or CUDA runtime): {_one_line(exc) or type(exc).__name__}"
+                ) from exc
+        self._engine, self._runner = engine, runner
+        self.providers = (f"TensorRT {trt.__version__}",)
+        log.debug("tensorrt: %s (TensorRT %s) on %s", self.name, trt.__version__, running_gpu)
 
     def profile_range(self, name: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """(min, max) shapes that profile 0 accepts for input ``name``."""
+        if self._engine is None:
+            raise OmamaError(f"{self._what()} is closed")
         lo, _, hi = self._engine.get_tensor_profile_shape(name, 0)
         return tuple(int(d) for d in lo), tuple(int(d) for d in hi)
 
-    def _buffer(self, name: str, shape: tuple[int, ...], dtype: np.dtype):
-        buf = self._buffers.get(name)
-        if buf is None:
-            buf = self._cuda.DeviceArray(shape=shape, dtype=self._datatype(dtype))
-            self._buffers[name] = buf
-        elif tuple(buf.shape) != tuple(shape):
-            buf.resize(shape)  # reallocates only when the new shape needs more bytes
-        return buf
-
-    @staticmethod
-    def _datatype(dtype: np.dtype):
-        try:
-            from polygraphy.datatype import DataType
-        except ImportError:  # older polygraphy takes numpy dtypes
-            return dtype
-        return DataType.from_dtype(np.dtype(dtype))
-
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self._context is None:
+        if self._runner is None:
             raise OmamaError(f"{self._what()} is closed")
-        ctx = self._context
         for info in self.inputs:
             array = feeds[info.name]
             if info.dynamic:
@@ -509,58 +584,19 @@ class TrtSession(Session):
                         f"{self._what()}: input {info.name} shape {array.shape} is outside "
                         f"the engine's profile {lo}..{hi}"
                     )
-            if not ctx.set_input_shape(info.name, array.shape):
-                raise OmamaError(
-                    f"{self._what()}: TensorRT refused shape {array.shape} for {info.name}"
-                )
-            buf = self._buffer(info.name, array.shape, info.dtype)
-            buf.copy_from(array, stream=self._stream)
-            ctx.set_tensor_address(info.name, buf.ptr)
-        results = {}
-        for info in self.outputs:
-            shape = tuple(int(d) for d in ctx.get_tensor_shape(info.name))
-            buf = self._buffer(info.name, shape, info.dtype)
-            ctx.set_tensor_address(info.name, buf.ptr)
-            results[info.name] = np.empty(shape, dtype=info.dtype)
-        if not ctx.execute_async_v3(self._stream.ptr):
-            detail = self._logger.last_error() or "no detail"
-            raise OmamaError(f"{self._what()}: TensorRT execution failed ({detail})")
-        for info in self.outputs:
-            self._buffers[info.name].copy_to(results[info.name], stream=self._stream)
-        self._stream.synchronize()
-        return results
+        try:
+            results = self._runner.infer(feeds)
+        except (self._polygraphy_error, RuntimeError) as exc:
+            detail = _one_line(exc) or type(exc).__name__
+            raise OmamaError(f"{self._what()}: TensorRT inference failed: {detail}") from exc
+        # polygraphy reuses its host output buffers between calls: hand out copies.
+        return {info.name: np.array(results[info.name], copy=True) for info in self.outputs}
 
     def close(self) -> None:
-        for buf in self._buffers.values():
-            buf.free()
-        self._buffers.clear()
-        if getattr(self, "_stream", None) is not None:
-            self._stream.free()
-            self._stream = None
-        self._context = None
+        runner, self._runner = self._runner, None
+        if runner is not None and runner.is_active:
+            runner.deactivate()
         self._engine = None
-
-
-def _capturing_logger(trt):
-    """A TensorRT logger that keeps errors (to put the last one in a one-line message) and
-    sends everything at warning level or above to Python logging's debug channel."""
-
-    class Logger(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.errors: list[str] = []
-
-        def log(self, severity, msg) -> None:
-            level = int(severity)
-            if level <= int(trt.ILogger.Severity.ERROR):
-                self.errors.append(str(msg))
-            if level <= int(trt.ILogger.Severity.WARNING):
-                log.debug("TensorRT: %s", msg)
-
-        def last_error(self) -> str | None:
-            return self.errors[-1] if self.errors else None
-
-    return Logger()
 
 
 # ----------------------------------------------------------------------------- registry
@@ -617,12 +653,14 @@ def _ort_unavailable(device: str) -> str | None:
 
 
 def _trt_unavailable(device: str) -> str | None:
+    """Why :class:`TrtSession` cannot run on ``device`` (None when it can): cheap checks
+    only, nothing is imported."""
     if device == "cpu":
         return "TensorRT runs on a GPU only (device is cpu)"
     if importlib.util.find_spec("tensorrt") is None:
         return "TensorRT not installed (python package `tensorrt`)"
     if importlib.util.find_spec("polygraphy") is None:
-        return "the TensorRT backend needs polygraphy (pip install polygraphy)"
+        return "the TensorRT backend needs polygraphy to run engines (pip install polygraphy)"
     if gpu_name("cuda" if device == "auto" else device) is None:
         return "TensorRT installed but no NVIDIA GPU visible"
     return None
@@ -718,3 +756,91 @@ def _resolve_device(backend: str, device: str) -> str:
         available = _import_ort().get_available_providers()
         return "cuda" if any(p in available for p in ORT_PROVIDERS_GPU) else "cpu"
     return device
+
+
+# ----------------------------------------------------------------------------- artifacts
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What the ``torch`` backend is given instead of a file: the manifest entry of a model
+    (its recorded configuration) and where to look for the original weights files."""
+
+    manifest: Any
+    entry: Any
+    weights_dirs: tuple[Path, ...] = ()
+
+
+def open_artifact(
+    choice: BackendChoice,
+    manifest: Any,
+    entry: Any,
+    threads: int | None = None,
+    weights_dirs: Sequence[str | os.PathLike] = (),
+) -> Session:
+    """Open one model file of an artifacts folder (a ``runtime.manifest.ArtifactFile`` of a
+    loaded ``Manifest``) on ``choice``'s backend and device: the one way the pipeline,
+    ``omama-run verify``, the export's verification and ``omama bench`` open models.
+
+    ONNX Runtime gets the file and ``threads``; TensorRT the engine and what the manifest
+    says it was built with (a foreign engine is refused in one line); the torch backend a
+    :class:`ModelRef` from which it rebuilds the module the file was exported from.
+    """
+    path = manifest.path_of(entry)
+    if choice.name == "onnxruntime":
+        return choice.open(path, threads=threads, name=entry.model)
+    if choice.name == "tensorrt":
+        engine = entry.engine
+        built_with = None
+        if engine is not None:
+            built_with = {
+                "tensorrt": engine.tensorrt_version,
+                "gpu": engine.gpu_name,
+                "version_compatible": engine.version_compatible,
+                "hardware_compatible": engine.hardware_compatible,
+            }
+        return choice.open(path, name=entry.model, built_with=built_with)
+    ref = ModelRef(manifest, entry, tuple(Path(d) for d in weights_dirs))
+    return choice.open(ref, name=entry.model, threads=threads)
+
+
+PRECISION_CHOICES: tuple[str, ...] = ("auto", "fp32", "fp16")
+
+
+@dataclass(frozen=True)
+class ArtifactPlan:
+    """Which backend, device, file format and precision a run of an artifacts folder uses."""
+
+    choice: BackendChoice
+    file_format: str  # "onnx" | "tensorrt"
+    precision: str  # "fp32" | "fp16"
+
+    @property
+    def backend(self) -> str:
+        return self.choice.name
+
+    @property
+    def device(self) -> str:
+        return self.choice.device
+
+
+def plan_artifacts(
+    manifest: Any, backend: str = "auto", device: str = "auto", precision: str = "auto"
+) -> ArtifactPlan:
+    """Resolve ``--backend``, ``--device`` and ``--precision`` for an artifacts folder.
+
+    ``auto`` precision: fp16 engines on TensorRT, fp32 ONNX files otherwise; the torch
+    backend is the fp32 reference and takes nothing else.
+    """
+    if precision not in PRECISION_CHOICES:
+        raise OmamaError(
+            f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}"
+        )
+    has_engines = any(f.format == "tensorrt" for f in manifest.files)
+    choice = select_backend(backend, device, engines_available=has_engines)
+    file_format = "tensorrt" if choice.name == "tensorrt" else "onnx"
+    if precision == "auto":
+        precision = "fp16" if choice.name == "tensorrt" else "fp32"
+    if choice.name == "torch" and precision != "fp32":
+        raise OmamaError("the torch backend is the fp32 reference: use --precision fp32")
+    return ArtifactPlan(choice, file_format, precision)

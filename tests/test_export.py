@@ -17,24 +17,27 @@ import onnx
 import pytest
 import torch
 
-from export.onnx_models import GraphDescriptorWeights
 from export.pipeline import ExportConfig, export_artifacts, missing_weights
 from export.tensorrt import PROFILE_CANDIDATES, dynamic_profile, tensorrt_status
-from export.verify import (
-    TOLERANCES,
-    MatcherCase,
-    MatcherParity,
-    OrtRunner,
-    ViewGeometry,
-    candidate_boxes,
-    random_masks,
-)
+from export.verify import FastSAMParity, MatcherCase, MatcherParity, ViewGeometry
+from omama_train.models.artifact_modules import GraphDescriptorWeights
 from omama_train.models.backbones import BACKBONES
 from omama_train.models.descriptors import descriptor_weights as torch_descriptor_weights
 from runtime.clikit import new_app, run_app
 from runtime.errors import OmamaError
-from runtime.manifest import TensorSpec, load_manifest, verify_artifacts
+from runtime.manifest import (
+    FastSAMSpec,
+    NmsSettings,
+    TensorSpec,
+    WeightsRecord,
+    check_artifacts,
+    describe_check,
+    load_manifest,
+)
 from runtime.pooling import mask_boxes
+from runtime.sessions import Session, select_backend
+from runtime.verification.inputs import candidate_boxes, random_images, random_masks
+from runtime.verification.tolerances import TOLERANCES
 
 torch.set_num_threads(1)
 
@@ -116,12 +119,56 @@ def _rebuilt_matcher(manifest):
     return build_models(config, manifest.root).matcher
 
 
+def _ort(path) -> Session:
+    """An ONNX file on ONNX Runtime's CPU provider, opened as omama-run opens it."""
+    return select_backend("onnxruntime", "cpu").open(path, threads=1)
+
+
+def _parity(manifest, matcher) -> MatcherParity:
+    views = manifest.views
+    src = ViewGeometry(views["source"].image_size, views["source"].feat_grid)
+    dst = ViewGeometry(views["destination"].image_size, views["destination"].feat_grid)
+    # Only its feeds are used here: the references below come from the training code.
+    return MatcherParity(None, matcher.dim, src, dst, manifest.matcher.input)
+
+
+def _training_similarities(matcher, parity: MatcherParity, case: MatcherCase) -> np.ndarray:
+    """Similarities (B, N) from the training code (descriptors, then the matcher): an
+    independent reference for the exported graph, whatever its input form."""
+    from omama_train.models.descriptors import object_descriptors
+
+    batch = len(case.src_masks)
+    with torch.no_grad():
+        src_feats = torch.from_numpy(case.src_feats)
+        dst_feats = torch.from_numpy(case.dst_feats)
+        src_desc = object_descriptors(
+            src_feats.expand(batch, -1, -1, -1),
+            torch.from_numpy(case.src_masks)[:, None],
+            torch.from_numpy(case.src_boxes)[:, None],
+            parity.src.image_size,
+        )
+        dst_desc = object_descriptors(
+            dst_feats,
+            torch.from_numpy(case.dst_masks)[None],
+            torch.from_numpy(case.dst_boxes)[None],
+            parity.dst.image_size,
+        )
+        return matcher(src_desc, dst_desc, src_feats, dst_feats).numpy()
+
+
+def _records(result_or_manifest, file: str, inputs: str = "export parity"):
+    records = getattr(result_or_manifest, "records", None)
+    if records is None:
+        records = result_or_manifest.verification.records
+    return [r for r in records if r.file == file and r.inputs == inputs]
+
+
 # ------------------------------------------------------------------------------ folder
 
 
 def test_exo2ego_folder_is_complete_verified_and_described(exo2ego):
     result, lines, out = exo2ego
-    manifest = verify_artifacts(out)
+    manifest = check_artifacts(out)
     names = sorted(f.path for f in manifest.files)
     assert names == sorted(
         f"{m}{suffix}.onnx"
@@ -133,33 +180,47 @@ def test_exo2ego_folder_is_complete_verified_and_described(exo2ego):
     assert manifest.views["source"].camera == "exo"
     assert manifest.views["source"].image_size == (56, 84)
     assert manifest.views["destination"].feat_grid == (5, 5)
-    assert manifest.preprocess["patch_size"] == 14
-    assert manifest.preprocess["mean"] == [0.485, 0.456, 0.406]
-    assert manifest.descriptor == manifest.descriptor | {"reduction": 4, "context_px": 100}
-    assert manifest.matcher["input"] == "masks" and manifest.matcher["attention"] == "folded"
-    assert manifest.fastsam["imgsz"] == FASTSAM_IMGSZ and manifest.fastsam["nms_in_graph"] is True
-    assert manifest.fastsam["conf"] == 0.01 and manifest.fastsam["iou"] == 0.9
-    assert manifest.backbone["projection"] == "1x1 Conv2d to 768"
-    assert manifest.backbone["weights"] == {"random": True}
-    assert manifest.tools["opset"] == 17 and manifest.tools["onnx"] == onnx.__version__
-    assert manifest.tools["torch"].split("+")[0] == torch.__version__.split("+")[0]
-    # Verification: every file has passing parity, and the table was printed.
-    assert manifest.verification["verified"] and manifest.verification["passed"]
-    assert all(f.parity["passed"] and f.parity["checks"] for f in manifest.files)
+    assert manifest.preprocess.patch_size == 14
+    assert manifest.preprocess.mean == (0.485, 0.456, 0.406)
+    assert (manifest.descriptor.reduction, manifest.descriptor.context_px) == (4, 100)
+    assert manifest.matcher.input == "masks" and manifest.matcher.attention == "folded"
+    assert manifest.fastsam.imgsz == FASTSAM_IMGSZ and manifest.fastsam.nms_in_graph is True
+    assert manifest.fastsam.conf == 0.01 and manifest.fastsam.iou == 0.9
+    assert manifest.backbone.projection == "1x1 Conv2d to 768 (random init)"
+    assert manifest.backbone.weights == WeightsRecord(random=True, seed=0)
+    assert manifest.matcher.weights == WeightsRecord(random=True, seed=0)
+    assert manifest.fastsam.weights == WeightsRecord(random=True, seed=0,
+                                                     architecture="yolov8n-seg")  # fmt: skip
+    assert manifest.tools.opset == 17 and manifest.tools.versions["onnx"] == onnx.__version__
+    assert manifest.tools.versions["torch"].split("+")[0] == torch.__version__.split("+")[0]
+    # Verification: every file has a passing parity record and a passing golden record on
+    # ONNX Runtime; the fp32 files also on the torch backend rebuilt from the manifest.
+    verification = manifest.verification
+    assert verification.verified and verification.passed and not verification.failures
+    for entry in manifest.files:
+        (parity,) = _records(manifest, entry.path)
+        assert parity.passed and parity.checks and parity.backend == "onnxruntime"
+        assert parity.providers == ("CPUExecutionProvider",) and parity.device == "cpu"
+        assert parity.tolerances == TOLERANCES[entry.precision]
+        golden = {r.backend: r for r in _records(manifest, entry.path, "golden")}
+        want = {"onnxruntime", "torch"} if entry.precision == "fp32" else {"onnxruntime"}
+        assert set(golden) == want and all(r.passed for r in golden.values())
+    assert {g.model for g in verification.golden} == set(manifest.models())
+    assert all((out / g.path).is_file() for g in verification.golden)
     assert all(f.graph for f in manifest.files)
     assert any(line.startswith("file ") and "tolerance" in line for line in lines)
     # No TensorRT here: one line says so and why; no engine is pretended.
     if not tensorrt_status()[0]:
-        assert manifest.engines["built"] is False
+        assert manifest.engines.built is False
         skipped = [line for line in lines if line.startswith("engines: skipped")]
-        assert len(skipped) == 1 and manifest.engines["reason"] in skipped[0]
+        assert len(skipped) == 1 and manifest.engines.reason in skipped[0]
 
 
 def test_manifest_shapes_and_dtypes(exo2ego):
     manifest = load_manifest(exo2ego[2])
     backbone = manifest.select("backbone_exo")
-    assert backbone.inputs == [TensorSpec("image", ["batch", 3, 56, 84], "float32")]
-    assert backbone.outputs == [TensorSpec("feats", ["batch", 768, 4, 6], "float32")]
+    assert backbone.inputs == (TensorSpec("image", ("batch", 3, 56, 84), "float32"),)
+    assert backbone.outputs == (TensorSpec("feats", ("batch", 768, 4, 6), "float32"),)
     matcher = manifest.select("matcher")
     specs = {t.name: t for t in matcher.inputs}
     assert list(specs) == [
@@ -170,13 +231,13 @@ def test_manifest_shapes_and_dtypes(exo2ego):
         "dst_masks",
         "dst_boxes",
     ]
-    assert specs["src_feats"].shape == [1, 768, 4, 6]
-    assert specs["src_mask"] == TensorSpec("src_mask", ["B", 1, 56, 84], "uint8")
-    assert specs["dst_masks"] == TensorSpec("dst_masks", [1, "N", 70, 70], "uint8")
-    assert specs["dst_boxes"] == TensorSpec("dst_boxes", [1, "N", 4], "float32")
-    assert matcher.outputs == [TensorSpec("similarities", ["B", "N"], "float32")]
+    assert specs["src_feats"].shape == (1, 768, 4, 6)
+    assert specs["src_mask"] == TensorSpec("src_mask", ("B", 1, 56, 84), "uint8")
+    assert specs["dst_masks"] == TensorSpec("dst_masks", (1, "N", 70, 70), "uint8")
+    assert specs["dst_boxes"] == TensorSpec("dst_boxes", (1, "N", 4), "float32")
+    assert matcher.outputs == (TensorSpec("similarities", ("B", "N"), "float32"),)
     fastsam = manifest.select("fastsam")
-    assert [t.shape for t in fastsam.outputs] == [[1, 300, 38], [1, 32, 32, 32]]
+    assert [t.shape for t in fastsam.outputs] == [(1, 300, 38), (1, 32, 32, 32)]
     # fp16 variants keep float32 inputs and outputs.
     for entry in manifest.files:
         if entry.precision == "fp16":
@@ -188,10 +249,10 @@ def test_graphs_are_folded_checked_and_free_of_interpolation(exo2ego):
     manifest = load_manifest(exo2ego[2])
     for entry in manifest.files:
         if entry.precision == "fp32":
-            assert entry.graph["checker"] == "ok" and entry.graph["shape_inference"] == "ok"
-            assert entry.graph["nodes_final"] <= entry.graph["nodes_exported"]
+            assert entry.graph.checker == "ok" and entry.graph.shape_inference == "ok"
+            assert entry.graph.nodes_final <= entry.graph.nodes_exported
     graph = manifest.select("backbone_ego").graph
-    assert graph["nodes_final"] < graph["nodes_exported"]  # constant folding did something
+    assert graph.nodes_final < graph.nodes_exported  # constant folding did something
     ops = {n.op_type for n in onnx.load(exo2ego[2] / "backbone_ego.onnx").graph.node}
     assert not ops & {"Resize", "Upsample", "If", "Loop"}  # baked positional table
 
@@ -202,24 +263,22 @@ def test_fp16_variant_holds_fp16_weights_and_meets_fp16_tolerances(exo2ego):
     types = {init.data_type for init in model.graph.initializer if len(init.dims) >= 2}
     assert onnx.TensorProto.FLOAT16 in types
     assert (out / "matcher_fp16.onnx").stat().st_size < 0.6 * (out / "matcher.onnx").stat().st_size
-    checks = [c for c in result.checks if c.file == "matcher_fp16.onnx" and c.gated]
-    by_metric = {c.metric: c for c in checks}
+    (record,) = _records(result, "matcher_fp16.onnx")
+    by_metric = {c.metric: c for c in record.checks if c.gated}
     assert by_metric["max abs err"].value <= TOLERANCES["fp16"]["similarities_max_abs"] == 5e-3
     assert by_metric["argmax agreement"].value >= 0.99
     assert by_metric["argmax agreement"].detail.startswith("200 picks")
-    # And independently of the export's own check: a few fresh sets, fp16 ORT vs PyTorch.
+    # And independently of the export's own check: a few fresh sets, fp16 ORT vs the
+    # training code's descriptors and matcher.
     manifest = load_manifest(out)
     matcher = _rebuilt_matcher(manifest)
-    src = ViewGeometry(manifest.views["source"].image_size, manifest.views["source"].feat_grid)
-    dst = ViewGeometry(
-        manifest.views["destination"].image_size, manifest.views["destination"].feat_grid
-    )
-    parity = MatcherParity(matcher, src, dst, "masks")
-    runner = OrtRunner(out / "matcher_fp16.onnx")
-    for seed in range(5):
-        case = _reference_case(matcher, src, dst, batch=2, count=16, seed=100 + seed)
-        got = runner(parity.feeds(case))["similarities"]
-        np.testing.assert_allclose(got, parity.reference(case), rtol=0, atol=5e-3)
+    parity = _parity(manifest, matcher)
+    with _ort(out / "matcher_fp16.onnx") as session:
+        for seed in range(5):
+            case = _reference_case(matcher, parity.src, parity.dst, 2, 16, seed=100 + seed)
+            got = session.infer(parity.feeds(case))["similarities"]
+            expected = _training_similarities(matcher, parity, case)
+            np.testing.assert_allclose(got, expected, rtol=0, atol=5e-3)
 
 
 @pytest.mark.parametrize("count", [1, 7, 300])
@@ -228,26 +287,24 @@ def test_dynamic_candidates_and_objects(exo2ego, ego2exo, count, batch):
     for out in (exo2ego[2], ego2exo[3]):
         manifest = load_manifest(out)
         matcher = _rebuilt_matcher(manifest)
-        views = manifest.views
-        src = ViewGeometry(views["source"].image_size, views["source"].feat_grid)
-        dst = ViewGeometry(views["destination"].image_size, views["destination"].feat_grid)
-        parity = MatcherParity(matcher, src, dst, manifest.matcher["input"])
-        case = _reference_case(matcher, src, dst, batch, count, seed=count + 10 * batch)
-        got = OrtRunner(out / "matcher.onnx")(parity.feeds(case))["similarities"]
-        expected = parity.reference(case)
+        parity = _parity(manifest, matcher)
+        case = _reference_case(matcher, parity.src, parity.dst, batch, count, count + 10 * batch)
+        with _ort(out / "matcher.onnx") as session:
+            got = session.infer(parity.feeds(case))["similarities"]
+        expected = _training_similarities(matcher, parity, case)
         assert got.shape == (batch, count)
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
 
 
 def test_backbone_runs_at_other_batch_sizes(exo2ego):
     from export.pipeline import build_models
-    from export.verify import random_images
 
     out = exo2ego[2]
     config = _config(out, direction="exo2ego", include_fastsam=False)
     backbone = build_models(config, out).backbones["ego"]
     images = random_images(np.random.default_rng(3), 3, backbone.image_size)
-    got = OrtRunner(out / "backbone_ego.onnx")({"image": images})["feats"]
+    with _ort(out / "backbone_ego.onnx") as session:
+        got = session.infer({"image": images})["feats"]
     with torch.no_grad():
         expected = backbone(torch.from_numpy(images)).numpy()
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
@@ -256,16 +313,16 @@ def test_backbone_runs_at_other_batch_sizes(exo2ego):
 def test_tampered_artifact_is_refused(exo2ego, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(exo2ego[2], copy)
-    verify_artifacts(copy)
+    check_artifacts(copy)
     path = copy / "matcher.onnx"
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
     with pytest.raises(OmamaError, match=r"matcher\.onnx sha256 .* differs"):
-        verify_artifacts(copy)
+        check_artifacts(copy)
     (copy / "fastsam_fp16.onnx").unlink()
     with pytest.raises(OmamaError, match="fastsam_fp16.onnx is missing"):
-        verify_artifacts(copy)
+        check_artifacts(copy)
 
 
 # ------------------------------------------------------------------------------ CLI
@@ -274,20 +331,20 @@ def test_tampered_artifact_is_refused(exo2ego, tmp_path):
 def test_cli_export_ego2exo_with_measured_matcher_input(ego2exo):
     code, stdout, stderr, out = ego2exo
     assert code == 0, stderr
-    manifest = verify_artifacts(out)
+    manifest = check_artifacts(out)
     assert manifest.direction == "ego2exo"
     assert manifest.views["source"].camera == "ego" and manifest.views["source"].feat_grid == (5, 5)
-    assert manifest.fastsam == {"included": False}
+    assert manifest.fastsam == FastSAMSpec(included=False)
     assert sorted(f.path for f in manifest.files) == [
         "backbone_ego.onnx",
         "backbone_exo.onnx",
         "matcher.onnx",
     ]
-    decision = manifest.matcher["input_decision"]
-    assert decision["chosen"] == manifest.matcher["input"] in ("weights", "masks")
-    assert decision["weights_ms"] > 0 and decision["masks_ms"] > 0
-    assert decision["masks_input_bytes"] > decision["weights_input_bytes"]
-    assert f"matcher input: {decision['chosen']}" in stdout
+    decision = manifest.matcher.input_decision
+    assert decision.chosen == manifest.matcher.input in ("weights", "masks")
+    assert decision.weights_ms > 0 and decision.masks_ms > 0
+    assert decision.masks_input_bytes > decision.weights_input_bytes
+    assert f"matcher input: {decision.chosen}" in stdout
     assert "engines: not requested" in stdout and "artifacts:" in stdout.splitlines()[-1]
 
 
@@ -364,10 +421,10 @@ def test_failed_parity_writes_the_manifest_and_names_the_output(tmp_path, monkey
     with pytest.raises(OmamaError, match=r"verification failed: backbone_exo\.onnx .*'feats'"):
         export_artifacts(config, echo=lambda line: None, progress=False)
     manifest = load_manifest(out)
-    assert manifest.verification["passed"] is False
-    assert any("'feats'" in f for f in manifest.verification["failures"])
+    assert manifest.verification.passed is False
+    assert any("'feats'" in f for f in manifest.verification.failures)
     with pytest.raises(OmamaError, match="failed its export verification"):
-        verify_artifacts(out)
+        check_artifacts(out)
 
 
 # ------------------------------------------------------------------------------ pieces
@@ -434,8 +491,9 @@ def _needs_tensorrt():
 
 def test_tensorrt_engines_build_and_match(exo2ego, tmp_path):
     _needs_tensorrt()
-    from export.tensorrt import TrtEngineRunner, build_engine, compare_with_onnxruntime
+    from export.tensorrt import build_engine, compare_sessions
     from export.verify import io_specs
+    from runtime.sessions import open_artifact
 
     out = exo2ego[2]
     manifest = load_manifest(out)
@@ -452,17 +510,19 @@ def test_tensorrt_engines_build_and_match(exo2ego, tmp_path):
     )
     assert engine.stat().st_size > 0 and cache.is_file()
     assert record["profiles"][0]["dst_masks"]["opt"][1] == 64 and record["gpu_name"]
-    matcher = _rebuilt_matcher(manifest)
     views = manifest.views
     src = ViewGeometry(views["source"].image_size, views["source"].feat_grid)
     dst = ViewGeometry(views["destination"].image_size, views["destination"].feat_grid)
-    parity = MatcherParity(matcher, src, dst, "masks", random_sets=200, large_n=256)
-    with TrtEngineRunner(engine) as runner:
-        checks = parity.run(runner, engine.name, "fp16", "tensorrt")
-    assert all(c.passed for c in checks), [c.describe() for c in checks]
-    feeds = [parity.feeds(parity.case(i)) for i in range(3)]
-    report = compare_with_onnxruntime(engine, out / "matcher.onnx", feeds, {"similarities": 5e-3})
-    assert report["similarities"]["polygraphy_passed"]
+    torch_backend = select_backend("torch", "cpu")
+    with open_artifact(torch_backend, manifest, manifest.select("matcher")) as reference:
+        parity = MatcherParity(reference, 768, src, dst, "masks", random_sets=200, large_n=256)
+        with select_backend("tensorrt", "cuda").open(engine) as session:
+            checks = parity.run(session, "fp16")
+            assert all(c.passed for c in checks), [c for c in checks if not c.passed]
+            feeds = [parity.feeds(parity.case(i)) for i in range(3)]
+            with _ort(out / "matcher.onnx") as onnx_session:
+                report = compare_sessions(session, onnx_session, feeds, {"similarities": 5e-3})
+    assert report["similarities"]["passed"]
     # A second build reuses the timing cache.
     again = build_engine(
         out / "backbone_ego.onnx",
@@ -508,17 +568,19 @@ def test_weights_files_export_records_their_hashes(tmp_path):
         parity_large_n=5,
     )
     export_artifacts(config, echo=lambda line: None, progress=False)
-    manifest = verify_artifacts(out)
+    manifest = check_artifacts(out)
     assert manifest.direction == "ego2exo" and manifest.random_init is False
     assert manifest.views["source"] == manifest.views["source"].__class__("ego", (70, 70), (5, 5))
-    assert manifest.backbone["weights"] == {
-        "file": "vits14.safetensors",
-        "sha256": sha256_file(backbone_path),
-        "random": False,
-    }
-    assert manifest.matcher["weights"]["sha256"] == sha256_file(matcher_path)
-    assert manifest.fastsam["weights"]["file"] == "FastSAM-n.pt"
-    assert manifest.matcher["input_decision"]["rule"].startswith("given")
+    assert manifest.backbone.weights == WeightsRecord(
+        random=False, file="vits14.safetensors", sha256=sha256_file(backbone_path)
+    )
+    assert manifest.matcher.weights.sha256 == sha256_file(matcher_path)
+    assert manifest.fastsam.weights.file == "FastSAM-n.pt"
+    assert manifest.matcher.input_decision.rule.startswith("given")
+    # The torch backend rebuilt every fp32 file from the weights files (found beside them)
+    # and gave the exported numbers on the golden inputs.
+    torch_records = [r for r in manifest.verification.records if r.backend == "torch"]
+    assert len(torch_records) == 4 and all(r.passed for r in torch_records)
     assert sorted(p.name for p in fastsam_path.parent.iterdir()) == [
         "FastSAM-n.pt",
         "matcher.safetensors",
@@ -530,21 +592,22 @@ def test_weights_files_export_records_their_hashes(tmp_path):
             echo=lambda line: None,
             progress=False,
         )
-    verify_artifacts(out)  # a refused re-export leaves the previous folder intact
+    check_artifacts(out)  # a refused re-export leaves the previous folder intact
 
 
 def test_a_nan_output_fails_its_check():
-    from export.verify import backbone_parity
-    from omama_train.models.backbones import build_backbone
+    from runtime.manifest import VerificationRecord
+    from runtime.verification.compare import compare_backbone, feats_reference
 
-    backbone = build_backbone(SMALL, (28, 28))
-
-    def broken(feeds):
-        return {"feats": np.full((len(feeds["image"]), 768, 2, 2), np.nan, np.float32)}
-
-    (check,) = backbone_parity(backbone, broken, "b.onnx", "backbone_ego", "fp32", "test")
+    feats = np.random.default_rng(0).standard_normal((1, 768, 2, 2)).astype(np.float32)
+    broken = np.full_like(feats, np.nan)
+    (check,) = compare_backbone(
+        [(feats_reference(feats), broken)], "fp32", TOLERANCES["fp32"], "a NaN output"
+    )
     assert np.isnan(check.value) and not check.passed
-    assert "nan" in check.describe()
+    record = VerificationRecord("b.onnx", "backbone_ego", "test", "cpu", (), "fp32", "test", {},
+                                (check,))  # fmt: skip
+    assert "max abs err nan" in describe_check(record, check) and not record.passed
 
 
 # ------------------------------------------------------------------ backbone weights of a cache
@@ -603,17 +666,17 @@ def test_export_from_a_cache_reproduces_its_features(tmp_path):
     )
     lines: list[str] = []
     export_artifacts(config, echo=lines.append, progress=False)
-    manifest = verify_artifacts(out)
+    manifest = check_artifacts(out)
     # The backbone comes from the matcher's metadata, its depth from the file's.
-    assert manifest.backbone["name"] == "dinov2_vits14_reg"
-    assert manifest.backbone["architecture_overrides"] == {"depth": 1}
-    assert manifest.backbone["projection"] == "from the weights file"
-    assert manifest.backbone["pos_resize"] == cache.meta["backbone"]["pos_resize"]
-    assert manifest.backbone["weights"]["sha256"] == sha256_file(cache_dir / BACKBONE_FILE)
-    assert manifest.backbone["weights"]["sha256"] == cache.meta["weights"]["saved_file"]["sha256"]
+    assert manifest.backbone.name == "dinov2_vits14_reg"
+    assert manifest.backbone.architecture_overrides == {"depth": 1}
+    assert manifest.backbone.projection == "from the weights file"
+    assert manifest.backbone.pos_resize == cache.meta["backbone"]["pos_resize"]
+    assert manifest.backbone.weights.sha256 == sha256_file(cache_dir / BACKBONE_FILE)
+    assert manifest.backbone.weights.sha256 == cache.meta["weights"]["saved_file"]["sha256"]
     # A random-init cache's backbone stays marked random in the artifacts and at run time.
-    assert manifest.backbone["weights"]["random_init"] is True
-    assert manifest.backbone["weights"]["seed"] == cache.meta["weights"]["seed"]
+    assert manifest.backbone.weights.from_random_init is True
+    assert manifest.backbone.weights.seed == cache.meta["weights"]["seed"]
     from runtime.pipeline import Pipeline
 
     with Pipeline(out, backend="onnxruntime", device="cpu", threads=1) as pipe:
@@ -626,7 +689,8 @@ def test_export_from_a_cache_reproduces_its_features(tmp_path):
         image = preprocess_image(
             read_rgb(index.image_path(take, cam, frame)), cache.image_size(view)
         )
-        (feats,) = OrtRunner(out / f"backbone_{view}.onnx")({"image": image[None]}).values()
+        with _ort(out / f"backbone_{view}.onnx") as session:
+            (feats,) = session.infer({"image": image[None]}).values()
         cached = cache.get_array(take, cam, int(frame)).astype(np.float32)
         np.testing.assert_allclose(feats[0], cached, rtol=2e-3, atol=2e-3)
         assert np.abs(cached).max() > 0.5
@@ -667,11 +731,11 @@ def test_weights_without_projection_get_the_seeded_one_in_both_views(tmp_path):
         # What omama features --weights FILE --seed N computes its cache with.
         features = BackboneWeights.resolve(SMALL, backbone_path, seed=seed).build((70, 70))
         assert torch.equal(features.proj.weight, want["proj.weight"])
-        assert models.records["backbone"]["projection_seed"] == seed
+        assert models.backbone_record.projection_seed == seed
     lines: list[str] = []
     export_artifacts(config, echo=lines.append, progress=False)
-    manifest = verify_artifacts(config.out_dir)
-    assert manifest.backbone["projection"] == (
+    manifest = check_artifacts(config.out_dir)
+    assert manifest.backbone.projection == (
         "seeded 1x1 Conv2d to 768 (seed 0; not in the weights file)"
     )
     warnings = [line for line in lines if line.startswith("warning")]
@@ -687,32 +751,34 @@ def test_fastsam_nms_is_in_the_graph_by_default_and_verified(exo2ego):
 
     result, lines, out = exo2ego
     fastsam = load_manifest(out).fastsam
-    decision = fastsam["nms_decision"]
-    assert fastsam["nms_in_graph"] is True and fastsam["max_det"] == 300
-    assert decision["requested"] == "auto" and decision["reason"] == "in-graph NMS parity holds"
+    decision = fastsam.nms_decision
+    assert fastsam.nms_in_graph is True and fastsam.max_det == 300
+    assert decision.requested == "auto" and decision.reason == "in-graph NMS parity holds"
     # Random-init exports bake the conf their random weights need (they score ~0.012).
-    assert decision["settings"] == {"conf": 0.01, "iou": 0.9, "max_det": 300, "agnostic": True}
-    assert decision["baked"] == pytest.approx(decision["settings"], rel=1e-6)
+    assert decision.settings == NmsSettings(conf=0.01, iou=0.9, max_det=300)
+    assert decision.baked.conf == pytest.approx(0.01) and decision.baked.max_det == 300
     baked = nms_graph_params(out / "fastsam.onnx")  # read from the graph itself
     assert (np.float32(baked.conf), np.float32(baked.iou), baked.max_det) == (
         np.float32(0.01),
         np.float32(0.9),
         300,
     )
-    parity = {p["metric"]: p for p in decision["parity"]}
-    assert parity["detection agreement"]["value"] == 1.0
-    assert parity["box max err px"]["value"] <= 1.0 and parity["mask IoU (min)"]["value"] > 0.99
-    assert all(p["passed"] for p in decision["parity"])
+    parity = {c.metric: c for c in decision.checks}
+    assert parity["detection agreement"].value == 1.0
+    assert parity["box max err px"].value <= 1.0 and parity["mask IoU (min)"].value > 0.99
+    assert all(c.passed for c in decision.checks)
     # The same checks gate the file and its fp16 variant, whose NMS stays float32.
     for name in ("fastsam.onnx", "fastsam_fp16.onnx"):
-        checks = {c.metric: c for c in result.checks if c.file == name}
+        (record,) = _records(result, name)
+        checks = {c.metric: c for c in record.checks}
         assert checks["detection agreement"].gated and checks["detection agreement"].passed
         assert "kept: reference 32, other 32, both 32" in checks["detection agreement"].detail
     fp16 = load_manifest(out).select("fastsam", precision="fp16")
-    assert fp16.graph["fp16_conversion"]["fp32_ops"]["NonMaxSuppression"] == 1
-    assert fp16.graph["fp16_conversion"]["fp32_nodes_by_prefix"] > 10
+    assert fp16.graph.fp32_ops["NonMaxSuppression"] == 1
+    assert fp16.graph.fp32_nodes_by_prefix > 10
     assert any("NMS in the graph (conf 0.01, iou 0.9, max_det 300" in line for line in lines)
-    rows = OrtRunner(out / "fastsam.onnx")({"images": np.zeros((1, 3, 128, 128), np.float32)})
+    with _ort(out / "fastsam.onnx") as session:
+        rows = session.infer({"images": np.zeros((1, 3, 128, 128), np.float32)})
     assert rows["output0"].shape == (1, 300, 38) and (rows["output0"][0, :, 4] > 0).sum() == 16
 
 
@@ -729,7 +795,7 @@ def _fastsam_step(tmp_path, echo, **overrides):
         "source": ViewSpec("exo", (56, 84), (4, 6)),
         "destination": ViewSpec("ego", (70, 70), (5, 5)),
     }
-    models = _Models(None, "exo2ego", views, {}, None, weights, {})
+    models = _Models(None, "exo2ego", views, {}, None, weights, None, None, None)
     config = _config(out, **overrides)
     run = _Export(config, models, tmp_path, echo, lambda label: None)
     run.fastsam()
@@ -739,47 +805,53 @@ def _fastsam_step(tmp_path, echo, **overrides):
 def test_fastsam_nms_runtime_keeps_raw_outputs(tmp_path):
     lines: list[str] = []
     run, out = _fastsam_step(tmp_path, lines.append, fastsam_nms="runtime")
-    assert run.fastsam_nms["in_graph"] is False
-    assert run.fastsam_nms["reason"] == "requested (--fastsam-nms runtime)"
+    assert run.fastsam_in_graph is False
+    assert run.nms_decision.reason == "requested (--fastsam-nms runtime)"
     ops = {n.op_type for n in onnx.load(out / "fastsam.onnx").graph.node}
     assert "NonMaxSuppression" not in ops
-    got = OrtRunner(out / "fastsam.onnx")({"images": np.zeros((1, 3, 128, 128), np.float32)})
+    with _ort(out / "fastsam.onnx") as session:
+        got = session.infer({"images": np.zeros((1, 3, 128, 128), np.float32)})
     assert got["output0"].shape == (1, 37, 336)  # raw: xywh, score, 32 coefficients per anchor
-    metrics = {c.metric for c in run.checks}
-    assert metrics == {"max err / max(1, peak)", "NMS detection agreement"}
-    assert all(c.passed for c in run.checks) and not any("NMS in the graph" in x for x in lines)
+    (record,) = run.records
+    assert {c.metric for c in record.checks} == {
+        "max err / max(1, peak)",
+        "NMS detection agreement",
+    }
+    assert record.passed and not any("NMS in the graph" in x for x in lines)
+
+
+class _ShiftedRows:
+    """A session whose in-graph detection rows come out moved by ``shift_px`` (a real error)."""
+
+    def __init__(self, inner, shift_px: float) -> None:
+        self.inner, self.shift_px = inner, shift_px
+
+    def infer(self, feeds):
+        outputs = dict(self.inner.infer(feeds))
+        rows = outputs["output0"].copy()
+        rows[..., :4] += np.where(rows[..., 4:5] > 0, np.float32(self.shift_px), 0)
+        return outputs | {"output0": rows}
 
 
 def _shift_graph_boxes(monkeypatch, shift_px: float) -> None:
-    """Make the in-graph parity see the graph's boxes moved by ``shift_px`` (a real error)."""
-    from export.pipeline import _Export
+    """Make the export's in-graph FastSAM parity see the graph's boxes moved by ``shift_px``."""
+    real = FastSAMParity.run
 
-    real = _Export.fastsam_parity
+    def shifted(self, session, precision, nms_in_graph):
+        use = _ShiftedRows(session, shift_px) if nms_in_graph else session
+        return real(self, use, precision, nms_in_graph)
 
-    def shifted(self, runner, file, precision, backend, in_graph=None):
-        def moved(feeds):
-            outputs = dict(runner(feeds))
-            rows = outputs["output0"].copy()
-            rows[..., :4] += np.where(rows[..., 4:5] > 0, np.float32(shift_px), 0)
-            return outputs | {"output0": rows}
-
-        use = (
-            moved
-            if (in_graph or (in_graph is None and self.fastsam_nms.get("in_graph")))
-            else runner
-        )
-        return real(self, use, file, precision, backend, in_graph)
-
-    monkeypatch.setattr(_Export, "fastsam_parity", shifted)
+    monkeypatch.setattr(FastSAMParity, "run", shifted)
 
 
 def test_fastsam_nms_graph_fails_with_the_offending_numbers(tmp_path, monkeypatch):
     _shift_graph_boxes(monkeypatch, 2.0)
     run, out = _fastsam_step(tmp_path, lambda line: None, fastsam_nms="graph")
-    assert run.fastsam_nms["in_graph"] is True  # kept: the export fails on these checks
-    failed = [c for c in run.checks if not c.passed]
+    assert run.fastsam_in_graph is True  # kept: the export fails on these checks
+    (record,) = run.records
+    failed = [c for c in record.checks if not c.passed]
     assert [c.metric for c in failed] == ["box max err px"]
-    assert "box max err px 2.00e+00 (needs <= 1.00e+00)" in failed[0].describe()
+    assert "box max err px 2.00e+00 (needs <= 1.00e+00)" in describe_check(record, failed[0])
 
 
 def test_fastsam_nms_auto_falls_back_to_runtime_and_says_why(tmp_path, monkeypatch):
@@ -790,20 +862,21 @@ def test_fastsam_nms_auto_falls_back_to_runtime_and_says_why(tmp_path, monkeypat
         out, direction="exo2ego", matcher_input="weights", parity_sets=2, parity_large_n=4
     )
     export_artifacts(config, echo=lines.append, progress=False)
-    fastsam = verify_artifacts(out).fastsam
-    reason = fastsam["nms_decision"]["reason"]
-    assert fastsam["nms_in_graph"] is False and reason.startswith("in-graph NMS parity failed")
-    assert "detection agreement 0.00% (needs >= 100.00%)" in reason
+    manifest = check_artifacts(out)
+    fastsam = manifest.fastsam
+    reason = fastsam.nms_decision.reason
+    assert fastsam.nms_in_graph is False and reason.startswith("in-graph NMS parity failed")
+    assert "detection agreement 0 (tolerance 1)" in reason
     assert "graph row 0 (score 0.0123361) matches no anchor (6 px)" in reason
     assert any(line.startswith("  fastsam.onnx: NMS kept out of the graph") for line in lines)
-    failed = {p["metric"] for p in fastsam["nms_decision"]["parity"] if not p["passed"]}
+    failed = {c.metric for c in fastsam.nms_decision.checks if not c.passed}
     assert failed == {"detection agreement"}
-    assert load_manifest(out).select("fastsam").outputs[0].shape == [1, 37, 336]
-    assert all(f.parity["passed"] for f in load_manifest(out).files)  # the raw file verified
+    assert manifest.select("fastsam").outputs[0].shape == (1, 37, 336)
+    assert all(r.passed for r in manifest.verification.records)  # the raw file verified
 
 
 def test_kept_comparison_tolerates_ties_but_not_disagreements():
-    from export.verify import compare_kept
+    from runtime.verification.nms_agreement import compare_kept
 
     # 14 boxes in a row, none overlapping, except 12 and 13 (IoU 0.95).
     boxes = np.array([[20 * i, 0, 20 * i + 10, 10] for i in range(14)], np.float32)

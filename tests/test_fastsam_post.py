@@ -7,6 +7,7 @@ many detections) gives the raw network outputs; ultralytics' FastSAM predictor a
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import cv2
@@ -256,10 +257,12 @@ def test_bad_outputs_are_clear_errors():
 
 
 def test_nms_thresholds_respect_nms_baked_into_the_graph():
-    runtime_nms = {"conf": 0.4, "iou": 0.9, "max_det": 300, "nms_in_graph": False}
+    from runtime.manifest import FastSAMSpec
+
+    runtime_nms = FastSAMSpec(included=True, conf=0.4, iou=0.9, max_det=300, nms_in_graph=False)
     assert fp.nms_thresholds(runtime_nms) == (0.4, 0.9, 300)
     assert fp.nms_thresholds(runtime_nms, conf=0.1, iou=0.5) == (0.1, 0.5, 300)
-    in_graph = runtime_nms | {"nms_in_graph": True}
+    in_graph = dataclasses.replace(runtime_nms, nms_in_graph=True)
     assert fp.nms_thresholds(in_graph) == (0.4, 0.9, 300)
     assert fp.nms_thresholds(in_graph, conf=0.55, iou=0.9) == (0.55, 0.9, 300)  # raise: fine
     with pytest.raises(OmamaError, match=r"conf 0.1 cannot be applied.*--fastsam-nms runtime"):

@@ -83,3 +83,69 @@ def test_omama_help_loads_no_torch():
     )
     heavy = sorted(m for m in loaded if m.split(".")[0] in HEAVY)
     assert not heavy, f"`omama --help` imported {heavy[:5]}"
+
+
+# One engine path: only runtime/sessions.py may construct what runs a model file.
+SESSION_MAKERS = frozenset(
+    {
+        "InferenceSession",  # onnxruntime
+        "SessionFromOnnx",
+        "session_from_onnx",
+        "OnnxrtRunner",  # polygraphy runners
+        "TrtRunner",
+        "PluginRefRunner",
+        "Runtime",  # tensorrt.Runtime
+        "deserialize_cuda_engine",
+        "create_execution_context",
+        "EngineFromBytes",
+        "engine_from_bytes",
+        "EngineFromPath",
+        "engine_from_path",
+        "EngineFromNetwork",
+        "engine_from_network",
+        "compile_model",  # openvino
+    }
+)
+SESSION_OWNER = "runtime/sessions.py"
+
+
+def session_makers_in(source: str) -> list[str]:
+    """Names of model-running constructors a module's source uses (imports, calls, attribute
+    access), by parsing it: ``['InferenceSession (line 3)', ...]``."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom):
+            names = [(alias.name, node.lineno) for alias in node.names]
+        elif isinstance(node, ast.Attribute):
+            names = [(node.attr, node.lineno)]
+        elif isinstance(node, ast.Name):
+            names = [(node.id, node.lineno)]
+        else:
+            continue
+        found += [f"{name} (line {line})" for name, line in names if name in SESSION_MAKERS]
+    return sorted(set(found))
+
+
+def test_the_session_check_catches_each_way_of_constructing_a_session():
+    assert session_makers_in("import onnxruntime as ort\nort.InferenceSession('m.onnx')\n") == [
+        "InferenceSession (line 2)"
+    ]
+    assert session_makers_in("from polygraphy.backend.trt import TrtRunner, EngineFromBytes\n")
+    assert session_makers_in("engine = runtime.deserialize_cuda_engine(data)\n")
+    assert session_makers_in("from runtime.sessions import OrtSession\nOrtSession(p)\n") == []
+
+
+def test_only_runtime_sessions_constructs_sessions():
+    offenders = {}
+    for package in (*LAYERS, "scripts"):
+        for path in _python_files(package):
+            rel = path.relative_to(REPO).as_posix()
+            if rel == SESSION_OWNER:
+                continue
+            found = session_makers_in(path.read_text(encoding="utf-8"))
+            if found:
+                offenders[rel] = found
+    assert not offenders, f"open models through runtime.sessions, not directly: {offenders}"
+    owner = session_makers_in((REPO / SESSION_OWNER).read_text(encoding="utf-8"))
+    assert any(name.startswith("InferenceSession") for name in owner)
+    assert any(name.startswith("TrtRunner") for name in owner)

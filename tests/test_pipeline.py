@@ -32,7 +32,6 @@ from runtime.candidates import Candidates  # noqa: E402
 from runtime.errors import OmamaError  # noqa: E402
 from runtime.pipeline import (  # noqa: E402
     STAGES,
-    ModelRef,
     Pipeline,
     aspect_mismatch,
     sigmoid,
@@ -41,7 +40,7 @@ from runtime.pipeline import (  # noqa: E402
 )
 from runtime.pooling import descriptor_weights, pooling_grid  # noqa: E402
 from runtime.preprocess import resize_mask_nearest  # noqa: E402
-from runtime.sessions import OrtSession  # noqa: E402
+from runtime.sessions import ModelRef, OrtSession  # noqa: E402
 from runtime.tracks import load_tracks, read_mask_png  # noqa: E402
 
 GRIDS = {"exo": (5, 9), "ego": (5, 5)}
@@ -467,7 +466,7 @@ def test_torch_modules_match_their_onnx_files(which, assets):
         with torch.no_grad():
             got = module(*[torch.from_numpy(feeds[s.name]) for s in entry.inputs])
         got = got if isinstance(got, tuple) else (got,)
-        if entry.model == "fastsam" and manifest.fastsam["nms_in_graph"]:
+        if entry.model == "fastsam" and manifest.fastsam.nms_in_graph:
             # NMS in the graph (the export's default): torch gives the raw outputs, and the
             # runtime's NMS on them with the baked settings gives the graph's rows.
             got = (torch.from_numpy(_nms_rows(got[0].numpy(), manifest.fastsam)), got[1])
@@ -478,14 +477,14 @@ def test_torch_modules_match_their_onnx_files(which, assets):
             assert err < 1e-4, f"{which} {entry.model} {spec.name}: {err}"
 
 
-def _graph_rows(output0: np.ndarray, fastsam: dict) -> np.ndarray:
+def _graph_rows(output0: np.ndarray, fastsam) -> np.ndarray:
     """Kept rows (K, 4 + 1 + 32) of an in-graph NMS output0 (1, max_det, 38): box, score,
     coefficients (the class column dropped), as the runtime reads them."""
-    rows = output0[0][output0[0][:, 4] > np.float32(fastsam["conf"])]
+    rows = output0[0][output0[0][:, 4] > np.float32(fastsam.conf)]
     return np.concatenate([rows[:, :5], rows[:, 6:]], axis=1)
 
 
-def _nms_rows(raw0: np.ndarray, fastsam: dict) -> np.ndarray:
+def _nms_rows(raw0: np.ndarray, fastsam) -> np.ndarray:
     """The runtime's NMS on raw output0 (1, 37, A) with the manifest's settings, as rows."""
     from runtime.fastsam_post import detections, nms_thresholds
 
@@ -578,8 +577,8 @@ def test_in_graph_nms_gives_the_runtime_nms_candidates_on_every_backend(assets, 
 
     manifest = load_manifest(assets.weights)
     random = load_manifest(assets.random).fastsam
-    assert manifest.fastsam["nms_in_graph"] and manifest.fastsam["conf"] == 0.4
-    assert random["nms_in_graph"] and random["conf"] == 0.01  # what random weights need
+    assert manifest.fastsam.nms_in_graph and manifest.fastsam.conf == 0.4
+    assert random.nms_in_graph and random.conf == 0.01  # what random weights need
     work = working_image(frames[1], manifest.views["destination"].image_size)
     raw_path, _ = export_fastsam_onnx(assets.weights_dir / "fastsam.pt", tmp_path, FASTSAM_IMGSZ)
     with OrtSession(raw_path, threads=1) as raw:
@@ -608,9 +607,9 @@ def test_in_graph_nms_conf_may_rise_but_not_fall(ort_pipe, frames):
         for conf, iou in ((0.2, None), (None, 0.7)):
             with pytest.raises(OmamaError, match="re-export with --fastsam-nms runtime"):
                 ort_pipe.set_fastsam_thresholds(conf=conf, iou=iou)
-        # A direct edit (as older callers did) is checked when segmenting.
-        ort_pipe.fastsam_params["conf"] = 0.2
+        # A direct edit of the attribute is checked when segmenting.
+        ort_pipe.fastsam_conf = 0.2
         with pytest.raises(OmamaError, match=r"conf 0.2 cannot be applied: .* conf 0.4"):
             ort_pipe.segment(work)
     finally:
-        ort_pipe.fastsam_params.update(conf=0.4, iou=0.9)
+        ort_pipe.fastsam_conf, ort_pipe.fastsam_iou = 0.4, 0.9

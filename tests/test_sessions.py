@@ -1,23 +1,22 @@
 """Inference sessions: ONNX Runtime on a tiny generated model, the torch reference backend,
-backend selection, and TensorRT (the real one when present, else its logic on a fake)."""
+backend selection, and TensorRT (through polygraphy on a real TensorRT and GPU when present;
+its refusals everywhere)."""
 
 from __future__ import annotations
 
-import enum
 import importlib.machinery
-import itertools
+import importlib.util
 import logging
 import sys
-import types
 
 import numpy as np
 import pytest
 
 from runtime import sessions
 from runtime.errors import OmamaError
+from runtime.manifest import TensorSpec
 from runtime.sessions import (
     OrtSession,
-    TensorInfo,
     TrtSession,
     check_engine_compat,
     ort_providers_for,
@@ -81,7 +80,7 @@ def test_ort_session_metadata_and_results(tiny_onnx):
     with OrtSession(tiny_onnx, device="cpu", threads=1) as session:
         assert session.providers == ("CPUExecutionProvider",)
         assert session.device == "cpu" and session.name == "tiny"
-        assert session.inputs == (TensorInfo("x", ("N", 3), np.dtype(np.float32)),)
+        assert session.inputs == (TensorSpec("x", ("N", 3), "float32"),)
         assert [o.name for o in session.outputs] == ["y", "total"]
         assert session.outputs[1].shape == ("N", 1) and session.inputs[0].dynamic
         out = session.infer({"x": x})
@@ -304,204 +303,135 @@ def _real_tensorrt():
         pytest.skip(f"TensorRT is not importable here ({type(exc).__name__}: {exc})")
     if sessions.gpu_name("cuda") is None:
         pytest.skip("no NVIDIA GPU visible (nvidia-smi)")
+    pytest.importorskip("polygraphy")
     return sys.modules["tensorrt"]
 
 
 @pytest.mark.gpu
 def test_tensorrt_engine_matches_onnxruntime(tiny_onnx, tmp_path):
     trt = _real_tensorrt()
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
-    assert parser.parse(tiny_onnx.read_bytes())
-    config = builder.create_builder_config()
-    profile = builder.create_optimization_profile()
-    profile.set_shape("x", (1, 3), (4, 3), (16, 3))
-    config.add_optimization_profile(profile)
+    from export.tensorrt import ShapeRange, build_engine, compare_sessions
+
     engine_path = tmp_path / "tiny.engine"
-    engine_path.write_bytes(bytes(builder.build_serialized_network(network, config)))
-    x = np.random.default_rng(2).standard_normal((7, 3)).astype(np.float32)
+    record = build_engine(
+        tiny_onnx,
+        engine_path,
+        {"x": ShapeRange((1, 3), (4, 3), (16, 3))},
+        fp16=False,
+        timing_cache=tmp_path / "timing.cache",
+    )
+    assert engine_path.stat().st_size > 0 and record["tensorrt_version"] == trt.__version__
+    x = np.random.default_rng(2).standard_normal((16, 3)).astype(np.float32)
     built = {"tensorrt": trt.__version__, "gpu": sessions.gpu_name("cuda")}
     with TrtSession(engine_path, built_with=built) as session:
-        for n in (7, 2, 16):
-            got = session.infer({"x": x[:n] if n <= 7 else np.resize(x, (n, 3))})
-            want = reference(x[:n] if n <= 7 else np.resize(x, (n, 3)))
+        assert (session.backend, session.device, session.name) == ("tensorrt", "cuda", "tiny")
+        assert session.inputs == (TensorSpec("x", (None, 3), "float32"),)
+        assert [(o.name, o.shape) for o in session.outputs] == [
+            ("y", (None, 2)),
+            ("total", (None, 1)),
+        ]
+        assert session.profile_range("x") == ((1, 3), (16, 3))
+        first = session.infer({"x": x[:7]})
+        kept = {name: value.copy() for name, value in first.items()}
+        for n in (7, 2, 16, 1):
+            got = session.infer({"x": x[:n]})
+            want = reference(x[:n])
+            assert got["y"].shape == (n, 2)
             np.testing.assert_allclose(got["y"], want["y"], rtol=1e-4, atol=1e-5)
-        with pytest.raises(OmamaError, match="outside the engine's profile"):
+            np.testing.assert_allclose(got["total"], want["total"], rtol=1e-4, atol=1e-5)
+        for name in kept:  # results are copies: later calls do not overwrite them
+            np.testing.assert_array_equal(first[name], kept[name])
+        with pytest.raises(OmamaError, match=r"outside the engine's profile \(1, 3\)..\(16, 3\)"):
             session.infer({"x": np.zeros((17, 3), np.float32)})
-    with pytest.raises(OmamaError, match="rebuild it"):
-        TrtSession(engine_path, built_with={**built, "tensorrt": "9.0.0"})
-
-
-# A fake TensorRT + CUDA memory: exercises TrtSession's shape, buffer and error handling on
-# machines without a GPU. Device memory is host numpy arrays addressed by integer "pointers".
-_MEMORY: dict[int, np.ndarray] = {}
-_PTRS = itertools.count(4096, 4096)
-
-
-class _FakeDeviceArray:
-    allocations = 0
-
-    def __init__(self, shape=(), dtype=None):
-        from polygraphy.datatype import DataType
-
-        self.dtype = np.dtype(DataType.to_dtype(dtype, "numpy"))
-        self.shape, self.ptr, self.capacity = (), 0, 0
-        self.resize(shape)
-
-    def resize(self, shape):
-        nbytes = int(np.prod(shape)) * self.dtype.itemsize
-        if nbytes > self.capacity:
-            self.free()
-            self.ptr = next(_PTRS)
-            _MEMORY[self.ptr] = np.zeros(nbytes, np.uint8)
-            self.capacity = nbytes
-            type(self).allocations += 1
-        self.shape = tuple(shape)
-        return self
-
-    def copy_from(self, host, stream=None):
-        _MEMORY[self.ptr][: host.nbytes] = np.frombuffer(host.tobytes(), np.uint8)
-        return self
-
-    def copy_to(self, host, stream=None):
-        host.reshape(-1).view(np.uint8)[:] = _MEMORY[self.ptr][: host.nbytes]
-        return host
-
-    def free(self):
-        _MEMORY.pop(self.ptr, None)
-        self.ptr, self.capacity = 0, 0
-
-
-class _FakeStream:
-    def __init__(self):
-        self.ptr = next(_PTRS)
-
-    def synchronize(self):
-        pass
-
-    def free(self):
-        self.ptr = 0
-
-
-def _fake_tensorrt() -> types.ModuleType:
-    trt = types.ModuleType("tensorrt")
-    trt.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)
-    trt.__version__ = "10.3.0.26"
-
-    class ILogger:
-        class Severity(enum.IntEnum):
-            INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = range(5)
-
-        def __init__(self):
-            pass
-
-    class TensorIOMode(enum.Enum):
-        INPUT, OUTPUT = 1, 2
-
-    class Context:
-        def __init__(self):
-            self.shapes, self.addresses = {}, {}
-
-        def set_input_shape(self, name, shape):
-            self.shapes[name] = tuple(shape)
-            return True
-
-        def get_tensor_shape(self, name):
-            return self.shapes["x"]
-
-        def set_tensor_address(self, name, ptr):
-            self.addresses[name] = ptr
-
-        def execute_async_v3(self, stream):
-            n = int(np.prod(self.shapes["x"]))
-            x = _MEMORY[self.addresses["x"]].view(np.float32)[:n]
-            _MEMORY[self.addresses["y"]].view(np.float32)[:n] = 2 * x + 1
-            return True
-
-    class Engine:
-        num_io_tensors = 2
-        names = ("x", "y")
-
-        def get_tensor_name(self, i):
-            return self.names[i]
-
-        def get_tensor_shape(self, name):
-            return (-1, 3)
-
-        def get_tensor_dtype(self, name):
-            return np.float32
-
-        def get_tensor_mode(self, name):
-            return TensorIOMode.INPUT if name == "x" else TensorIOMode.OUTPUT
-
-        def get_tensor_profile_shape(self, name, profile):
-            return (1, 3), (4, 3), (8, 3)
-
-        def create_execution_context(self):
-            return Context()
-
-    class Runtime:
-        def __init__(self, logger):
-            self.logger = logger
-
-        def deserialize_cuda_engine(self, data):
-            if data.startswith(b"FAKE"):
-                return Engine()
-            self.logger.log(ILogger.Severity.ERROR, "The engine plan file is not compatible")
-            return None
-
-    trt.ILogger, trt.TensorIOMode, trt.Runtime = ILogger, TensorIOMode, Runtime
-    trt.nptype = np.dtype
-    return trt
-
-
-@pytest.fixture()
-def fake_tensorrt(monkeypatch):
-    pytest.importorskip("polygraphy")
-    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt())
-    cuda = types.SimpleNamespace(DeviceArray=_FakeDeviceArray, Stream=_FakeStream)
-    monkeypatch.setattr(sessions, "_import_cuda", lambda: cuda)
-    monkeypatch.setattr(sessions, "gpu_name", lambda device="cuda": "Fake GPU")
-    return sys.modules["tensorrt"]
-
-
-def test_trt_session_logic_on_a_fake_tensorrt(fake_tensorrt, tmp_path):
-    engine = tmp_path / "m.engine"
-    engine.write_bytes(b"FAKE engine")
-    session = TrtSession(engine, built_with={"tensorrt": "10.3.0.1", "gpu": "Fake GPU"})
-    assert session.inputs == (TensorInfo("x", (None, 3), np.dtype(np.float32)),)
-    assert session.outputs[0].name == "y" and session.device == "cuda"
-    x = np.arange(12, dtype=np.float32).reshape(4, 3)
-    before = _FakeDeviceArray.allocations
-    for _ in range(3):  # same shape: the device buffers are reused
-        np.testing.assert_array_equal(session.infer({"x": x})["y"], 2 * x + 1)
-    assert _FakeDeviceArray.allocations - before == 2  # one input + one output buffer
-    np.testing.assert_array_equal(session.infer({"x": x[:2]})["y"], 2 * x[:2] + 1)
-    assert _FakeDeviceArray.allocations - before == 2  # smaller shape: no new allocation
-    big = np.ones((8, 3), np.float32)
-    np.testing.assert_array_equal(session.infer({"x": big})["y"], 3 * big)
-    assert _FakeDeviceArray.allocations - before == 4  # larger shape: grown once
-    with pytest.raises(OmamaError, match=r"outside the engine's profile \(1, 3\)..\(8, 3\)"):
-        session.infer({"x": np.zeros((9, 3), np.float32)})
-    session.close()
+        with OrtSession(tiny_onnx) as ort_session:
+            feeds = [{"x": x[:n]} for n in (1, 5, 16)]
+            report = compare_sessions(session, ort_session, feeds, {"y": 1e-4, "total": 1e-4})
+        assert all(entry["passed"] for entry in report.values()), report
     with pytest.raises(OmamaError, match="closed"):
-        session.infer({"x": x})
+        session.infer({"x": x[:1]})
+    with pytest.raises(OmamaError, match="built for TensorRT 9.0.0 .*rebuild it") as err:
+        TrtSession(engine_path, built_with={**built, "tensorrt": "9.0.0"})
+    assert "\n" not in str(err.value)
+    foreign = tmp_path / "foreign.engine"
+    foreign.write_bytes(b"\x00 not a plan from this TensorRT" * 64)
+    with pytest.raises(OmamaError, match="cannot load engine foreign.engine") as err:
+        TrtSession(foreign)
+    message = str(err.value)
+    assert "another TensorRT version or GPU" in message and "omama export --engines" in message
+    assert "\n" not in message
 
 
-def test_trt_session_refuses_foreign_engines(fake_tensorrt, tmp_path):
+def test_trt_session_refuses_the_cpu(tmp_path):
     engine = tmp_path / "m.engine"
-    engine.write_bytes(b"FAKE engine")
-    with pytest.raises(OmamaError, match="built for TensorRT 8.6.1 .*runs TensorRT 10.3.0.26"):
-        TrtSession(engine, built_with={"tensorrt": "8.6.1", "gpu": "Fake GPU"})
-    with pytest.raises(OmamaError, match="the GPU NVIDIA A100"):
-        TrtSession(engine, built_with={"tensorrt": "10.3.0", "gpu": "NVIDIA A100"})
-    other = tmp_path / "other.engine"
-    other.write_bytes(b"\x00plan from elsewhere")
-    with pytest.raises(OmamaError, match="cannot load engine other.engine .*not compatible"):
-        TrtSession(other)
-    with pytest.raises(OmamaError, match="GPU only"):
+    engine.write_bytes(b"any bytes")
+    with pytest.raises(OmamaError) as err:
         TrtSession(engine, device="cpu")
-    with pytest.raises(OmamaError, match="engine not found"):
+    assert str(err.value) == "the TensorRT backend runs on a GPU only: use --device cuda"
+
+
+def test_trt_session_refuses_a_missing_engine(tmp_path):
+    with pytest.raises(OmamaError, match="TensorRT engine not found: .*none.engine"):
         TrtSession(tmp_path / "none.engine")
+
+
+def test_trt_session_without_tensorrt_says_so(tmp_path):
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here")
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"any bytes")
+    with pytest.raises(OmamaError) as err:
+        TrtSession(engine, device="cuda")
+    assert str(err.value) == "TensorRT not installed (python package `tensorrt`)"
+
+
+def test_trt_unavailable_gives_each_reason(monkeypatch):
+    """The availability rule (cheap checks, nothing imported), one missing piece at a time."""
+    real_find_spec = importlib.util.find_spec
+    missing: set[str] = set()
+    present = importlib.machinery.ModuleSpec("present", None)
+
+    def find_spec(name, *args):
+        if name in ("tensorrt", "polygraphy"):
+            return None if name in missing else present
+        return real_find_spec(name, *args)
+
+    monkeypatch.setattr(sessions.importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(sessions, "gpu_name", lambda device="cuda": "NVIDIA H100")
+    assert sessions._trt_unavailable("cuda") is None
+    assert "GPU only" in sessions._trt_unavailable("cpu")
+    missing.add("polygraphy")
+    assert "needs polygraphy" in sessions._trt_unavailable("cuda")
+    missing.add("tensorrt")
+    assert sessions._trt_unavailable("auto") == "TensorRT not installed (python package `tensorrt`)"
+    missing.clear()
+    monkeypatch.setattr(sessions, "gpu_name", lambda device="cuda": None)
+    assert "no NVIDIA GPU" in sessions._trt_unavailable("cuda:1")
+
+
+def test_compare_sessions_reports_each_output(tiny_onnx):
+    from export.tensorrt import compare_sessions
+
+    class Shifted:
+        """Another backend's results: ``y`` off by ``shift``, ``total`` exact."""
+
+        def __init__(self, session, shift):
+            self.session, self.shift = session, shift
+
+        def infer(self, feeds):
+            out = self.session.infer(feeds)
+            return {**out, "y": out["y"] + self.shift}
+
+    rng = np.random.default_rng(3)
+    feeds = [{"x": rng.standard_normal((n, 3)).astype(np.float32)} for n in (1, 4)]
+    with OrtSession(tiny_onnx) as ort_session:
+        peak = max(float(np.abs(reference(f["x"])["y"]).max()) for f in feeds)
+        same = compare_sessions(ort_session, ort_session, feeds, {"y": 1e-6, "total": 1e-6})
+        assert same["y"]["max_abs_err"] == 0.0 and same["y"]["passed"]
+        assert same["y"]["allowed"] == pytest.approx(1e-6 * max(1.0, peak), rel=1e-5)
+        assert same["total"]["passed"]
+        off = compare_sessions(Shifted(ort_session, 0.5), ort_session, feeds, {"y": 1e-3})
+        assert set(off) == {"y"} and not off["y"]["passed"]
+        assert off["y"]["max_abs_err"] == pytest.approx(0.5)
+        assert off["y"]["allowed"] == pytest.approx(1e-3 * max(1.0, peak), rel=1e-5)
+        broken = compare_sessions(Shifted(ort_session, np.nan), ort_session, feeds, {"y": 1.0})
+        assert np.isnan(broken["y"]["max_abs_err"]) and not broken["y"]["passed"]

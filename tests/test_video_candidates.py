@@ -44,16 +44,19 @@ def assets(tmp_path_factory):
 @pytest.fixture(scope="module")
 def no_fastsam(assets, tmp_path_factory) -> Path:
     """The ``weights`` artifacts as ``--no-fastsam-export`` leaves them (files linked)."""
-    from runtime.manifest import load_manifest, write_manifest
+    from runtime.manifest import FastSAMSpec, load_manifest, write_manifest
 
     folder = tmp_path_factory.mktemp("art_no_fastsam")
     manifest = load_manifest(assets.weights)
     files = [f for f in manifest.files if f.model != "fastsam"]
     assert len(files) < len(manifest.files)
-    for entry in files:
-        for ref in entry.file_refs():
-            (folder / ref.path).symlink_to(assets.weights / ref.path)
-    write_manifest(folder, dataclasses.replace(manifest, files=files, fastsam={"included": False}))
+    golden = tuple(g for g in manifest.verification.golden if g.model != "fastsam")
+    for ref in [r for entry in files for r in entry.file_refs()] + list(golden):
+        (folder / ref.path).parent.mkdir(parents=True, exist_ok=True)
+        (folder / ref.path).symlink_to(assets.weights / ref.path)
+    verification = dataclasses.replace(manifest.verification, golden=golden)
+    write_manifest(folder, dataclasses.replace(manifest, files=files, verification=verification,
+                                               fastsam=FastSAMSpec(included=False)))  # fmt: skip
     return folder
 
 

@@ -266,6 +266,26 @@ class OMaMaMatcher(nn.Module):
         return torch.matmul(src_unit, dst_unit.transpose(-2, -1)).squeeze(1)
 
 
+def random_matcher(
+    direction: str,
+    src_grid: tuple[int, int],
+    dst_grid: tuple[int, int],
+    seed: int,
+    attention: str = "auto",
+    backbone: str = DEFAULT_BACKBONE,
+    dim: int = 768,
+    heads: int = 4,
+) -> OMaMaMatcher:
+    """The one random initialisation of a matcher: torch's under ``torch.manual_seed(seed)``
+    (the global RNG is left as it was), in eval mode. ``omama export --random-init`` and the
+    torch backend rebuilding such an export both call it."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        model = OMaMaMatcher(direction, src_grid, dst_grid, dim=dim, heads=heads,
+                             backbone=backbone, attention=attention)  # fmt: skip
+    return model.eval()
+
+
 def matcher_loss(
     similarities: torch.Tensor,
     positive_index: torch.Tensor,

@@ -1,4 +1,8 @@
-"""Export-only wrappers around the training models (kept apart from them, like SAM's onnx.py).
+"""The modules behind each artifact file: what ``omama export`` traces and what the torch
+backend runs (kept apart from the training models, like Segment Anything's ``utils/onnx.py``).
+
+One module per model file of an artifacts folder, called with the file's inputs in order and
+returning its outputs in order:
 
 - :class:`BackboneOnnx`: ``image`` (B, 3, H, W) -> ``feats`` (B, 768, h, w); the backbone
   already holds its positional table at the fixed size, so the graph has no interpolation.
@@ -6,9 +10,16 @@
   per-mask pooling weights at token resolution (``runtime.pooling.descriptor_weights``).
 - :class:`MatcherFromMasks`: the same, fed with masks at image resolution and boxes; the
   weights are computed in the graph by :class:`GraphDescriptorWeights`.
+- :class:`FastSAMRaw`: ``images`` -> (``output0``, ``output1``), the network's raw head
+  outputs. Ultralytics' exporter traces the network itself (with its NMS module around it
+  for ``fastsam.onnx`` files with NMS in the graph); the runtime's NMS applied to these
+  raw outputs is what that graph's NMS is verified against.
 
 Both matcher graphs take the features of one frame pair (batch 1) and score N candidates
 against B source objects: ``similarities`` (B, N), with B and N dynamic.
+:func:`matcher_module` picks the form. ``omama export`` verifies every file against these
+very modules run by the torch backend, and ``--backend torch`` rebuilds them from the
+manifest (``omama_train.torch_backend``).
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ from torch import nn
 
 from omama_train.models.backbones import Backbone
 from omama_train.models.matcher import OMaMaMatcher
+from runtime.errors import OmamaError
 from runtime.pooling import (
     CONTEXT_PX,
     REDUCTION,
@@ -204,3 +216,36 @@ class MatcherFromMasks(nn.Module):
         src_desc = pool_shared_frame(src_feats, self.src_weights(src_mask, src_box))
         dst_desc = pool_shared_frame(dst_feats, self.dst_weights(dst_masks, dst_boxes))
         return self.matcher(src_desc, dst_desc, src_feats, dst_feats)
+
+
+class FastSAMRaw(nn.Module):
+    """``images`` (1, 3, S, S) float32 in [0, 1] -> (``output0`` (1, 4 + 1 + 32, A) raw
+    boxes cx, cy, w, h, scores and mask coefficients, ``output1`` (1, 32, S/4, S/4) mask
+    prototypes) of an ultralytics FastSAM / YOLOv8-seg network, in eval mode."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.net(images)
+        first = out[0] if isinstance(out, (tuple, list)) else out
+        return first[0], first[1]
+
+
+def matcher_module(
+    matcher: OMaMaMatcher,
+    form: str,
+    src_image_size: tuple[int, int],
+    dst_image_size: tuple[int, int],
+    context_px: int = CONTEXT_PX,
+    reduction: int = REDUCTION,
+) -> nn.Module:
+    """The pooling + matcher module of input ``form``: ``weights`` or ``masks``."""
+    if form == "weights":
+        return MatcherFromWeights(matcher).eval()
+    if form == "masks":
+        return MatcherFromMasks(
+            matcher, src_image_size, dst_image_size, context_px, reduction
+        ).eval()
+    raise OmamaError(f"matcher input form must be one of {MATCHER_INPUTS}, got {form!r}")
