@@ -726,7 +726,9 @@ def select_backend(
         choice = BackendChoice(name, _resolve_device(name, device), "asked for")
     else:
         choice = _auto(device, engines_available)
-    log.info("backend: %s on %s (%s)", choice.name, choice.device, choice.reason)
+    # What auto picked is news; a backend the user named is only confirmed (debug).
+    level = logging.INFO if name == "auto" else logging.DEBUG
+    log.log(level, "backend: %s on %s (%s)", choice.name, choice.device, choice.reason)
     return choice
 
 

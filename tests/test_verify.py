@@ -176,19 +176,17 @@ def test_verify_on_the_torch_backend_rebuilds_the_exported_modules(copy):
     assert by_file["matcher.onnx"].checks[0].value == 0.0
 
 
-def _change_one_weight(folder: Path, file: str) -> str:
-    """Add 0.5 to one float initializer of ``folder/file`` and re-hash it in the manifest,
-    so that the hash check cannot catch the change; returns the initializer's name."""
+def _change_one_weight(folder: Path, file: str, name: str, delta: float) -> None:
+    """Add ``delta`` to one value (the middle one) of initializer ``name`` of
+    ``folder/file`` and re-hash the file in the manifest, so that the sha256 check cannot
+    catch the change: only the outputs can tell."""
     import onnx
     from onnx import numpy_helper
 
     model = onnx.load(folder / file)
-    init = max(
-        (i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT),
-        key=lambda i: int(np.prod(i.dims)),
-    )
+    init = next(i for i in model.graph.initializer if i.name == name)
     array = numpy_helper.to_array(init).copy()
-    array.flat[: max(1, array.size // 10)] += 0.5
+    array.flat[array.size // 2] += array.dtype.type(delta)
     init.CopyFrom(numpy_helper.from_array(array, init.name))
     onnx.save(model, folder / file)
     manifest = load_manifest(folder)
@@ -199,25 +197,38 @@ def _change_one_weight(folder: Path, file: str) -> str:
         for f in manifest.files
     ]  # fmt: skip
     write_manifest(folder, manifest)
-    check_artifacts(folder)  # the hashes match again: only verify can tell
-    return init.name
+    check_artifacts(folder)  # the hashes match again
 
 
 @pytest.mark.parametrize(
-    ("file", "output"),
-    [("backbone_ego.onnx", "feats"), ("matcher.onnx", "similarities")],
+    ("file", "precision", "initializer", "delta", "output"),
+    [
+        ("backbone_ego.onnx", "fp32", "backbone.trunk.patch_embed.proj.weight", 0.5, "feats"),
+        (
+            "backbone_exo_fp16.onnx",
+            "fp16",
+            "backbone.trunk.patch_embed.proj.weight",
+            0.5,
+            "feats",
+        ),  # fmt: skip
+        ("matcher.onnx", "fp32", "matcher.mlp.mlp.4.bias", 0.5, "similarities"),
+        ("matcher_fp16.onnx", "fp16", "matcher.mlp.mlp.4.bias", 0.5, "similarities"),
+        # A box-regression logit of the FastSAM stand-in (whose random scores all tie).
+        ("fastsam.onnx", "fp32", "model.model.22.cv2.0.2.bias", 5.0, "output0"),
+    ],
 )
-def test_verify_fails_and_names_the_output_when_a_weight_changed(copy, capsys, file, output):
-    _change_one_weight(copy, file)
+def test_verify_fails_and_names_the_output_when_one_weight_changed(
+    copy, capsys, file, precision, initializer, delta, output
+):
+    _change_one_weight(copy, file, initializer, delta)
     code, _, err = omama_run(capsys, "verify", str(copy), "--backend", "onnxruntime",
-                             "--device", "cpu", "--precision", "fp32")  # fmt: skip
+                             "--device", "cpu", "--precision", precision)  # fmt: skip
     assert code == 1
     line = err.strip()
-    assert line.startswith(
-        f"error: verification failed: {file} [onnxruntime cpu] output '{output}'"
-    )
+    want = f"error: verification failed: {file} [onnxruntime cpu] output '{output}'"
+    assert line.startswith(want), line
     assert "\n" not in line
-    data = json.loads((copy / "verify_onnxruntime_fp32.json").read_text())
+    data = json.loads((copy / f"verify_onnxruntime_{precision}.json").read_text())
     assert data["passed"] is False
 
 
