@@ -66,7 +66,7 @@ def random_config(out: Path, small: bool, **overrides):
 
 def run_export(out: Path, small: bool) -> dict:
     from export.pipeline import export_artifacts
-    from runtime.manifest import to_json
+    from runtime.jsonrecords import to_json
 
     config = random_config(out, small, fp16=True)
     start = time.perf_counter()

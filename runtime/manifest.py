@@ -12,8 +12,9 @@
       verify_<backend>_<precision>.json   what ``omama-run verify`` measured on a machine
 
 The manifest is a tree of frozen dataclasses (:class:`Manifest` at the root). Every field has
-a type, and :func:`load_manifest` checks each one while it reads the JSON: a missing or
-ill-typed field is one :class:`OmamaError` naming the file and the field's path
+a type, and :func:`load_manifest` checks each one while it reads the JSON
+(``runtime.jsonrecords``): a missing or ill-typed field is one :class:`OmamaError` naming
+the file and the field's path
 (``manifest.json: matcher.src_grid must be a list of 2 integers, got 'x'``). Code outside
 this module reads attributes, never the JSON dict.
 
@@ -27,12 +28,10 @@ lists what differs.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
 import os
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ import numpy as np
 
 from runtime.atomic import write_json
 from runtime.errors import OmamaError
+from runtime.jsonrecords import from_json, to_json
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "omama.artifacts"
@@ -587,152 +587,6 @@ def format_value(value: float | None, percent: bool) -> str:
     if value is None or math.isnan(value):
         return "nan"
     return f"{100 * value:.2f}%" if percent else f"{value:.2e}"
-
-
-# ----------------------------------------------------------------------------- typed JSON
-
-
-def to_json(value: Any) -> Any:
-    """Records -> JSON values (tuples become lists; NaN becomes None); :func:`from_json`
-    reads them back."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, dict):
-        return {str(k): to_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_json(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-_HINTS: dict[type, dict[str, Any]] = {}
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    if cls not in _HINTS:
-        _HINTS[cls] = typing.get_type_hints(cls)
-    return _HINTS[cls]
-
-
-class _FieldError(Exception):
-    def __init__(self, path: str, message: str) -> None:
-        super().__init__(f"{path} {message}" if path else message)
-
-
-def from_json(cls: type, data: Any, source: str, path: str = "", skip: tuple[str, ...] = ()):
-    """Build record ``cls`` from JSON ``data``, checking every field's type; OmamaError
-    naming ``source`` and the field's path."""
-    try:
-        return _convert(cls, data, path, skip)
-    except _FieldError as exc:
-        raise OmamaError(f"{source}: {exc}") from None
-
-
-def _describe(value: Any) -> str:
-    text = json.dumps(value) if not isinstance(value, str) else repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _record(cls: type, data: Any, path: str, skip: tuple[str, ...] = ()):
-    if not isinstance(data, dict):
-        raise _FieldError(path or "the manifest", f"must be an object, got {_describe(data)}")
-    hints = _hints(cls)
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        where = f"{path}.{f.name}" if path else f.name
-        if f.name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise _FieldError("", f"missing field {where}")
-            continue
-        kwargs[f.name] = _convert(hints[f.name], data[f.name], where)
-    return cls(**kwargs)
-
-
-def _convert(hint: Any, value: Any, path: str, skip: tuple[str, ...] = ()) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if hint is Any:
-        return value
-    if dataclasses.is_dataclass(hint):
-        return _record(hint, value, path, skip)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        errors = []
-        for option in options:
-            try:
-                return _convert(option, value, path)
-            except _FieldError as exc:
-                errors.append(str(exc))
-        raise _FieldError(
-            "",
-            errors[0]
-            if len(options) == 1
-            else (
-                f"{path} must be {' or '.join(_type_name(o) for o in options)}, got "
-                f"{_describe(value)}"
-            ),
-        )
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise _FieldError(path, f"must be true or false, got {_describe(value)}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _FieldError(path, f"must be an integer, got {_describe(value)}")
-        return value
-    if hint is float:
-        if value is None:  # NaN is written as null
-            return math.nan
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _FieldError(path, f"must be a number, got {_describe(value)}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise _FieldError(path, f"must be a string, got {_describe(value)}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, list):
-            raise _FieldError(path, f"must be a list, got {_describe(value)}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            kinds = {_type_name(a) for a in args}
-            kind = kinds.pop() + "s" if len(kinds) == 1 else "values"
-            raise _FieldError(path, f"must be a list of {len(args)} {kind}, got {_describe(value)}")
-        pairs = enumerate(zip(args, value, strict=True))
-        return tuple(_convert(a, v, f"{path}[{i}]") for i, (a, v) in pairs)
-    if origin is list:
-        if not isinstance(value, list):
-            raise _FieldError(path, f"must be a list, got {_describe(value)}")
-        return [_convert(args[0], v, f"{path}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise _FieldError(path, f"must be an object, got {_describe(value)}")
-        return {str(k): _convert(args[1], v, f"{path}.{k}") for k, v in value.items()}
-    raise _FieldError(path, f"has a type this reader does not know ({hint})")  # pragma: no cover
-
-
-def _type_name(hint: Any) -> str:
-    names = {int: "integer", float: "number", str: "string", bool: "boolean"}
-    if hint in names:
-        return names[hint]
-    if hint is type(None):
-        return "null"
-    origin = typing.get_origin(hint)
-    if origin in (list, tuple):
-        return "list"
-    if origin is dict or dataclasses.is_dataclass(hint):
-        return "object"
-    return str(hint)
 
 
 # ----------------------------------------------------------------------------- files

@@ -70,12 +70,7 @@ from runtime.preprocess import (
     resize_mask_nearest,
 )
 from runtime.results import add_gt_annotation, new_gt, new_results, read_json, write_results
-from runtime.sessions import (
-    PRECISION_CHOICES,
-    Session,
-    open_artifact,
-    plan_artifacts,
-)
+from runtime.sessions import Session, open_artifact, plan_artifacts
 from runtime.tracks import TrackSet
 from runtime.verification.replay import warn_if_unverified
 
@@ -326,10 +321,6 @@ class Pipeline:
     ) -> None:
         if mask_size not in MASK_SIZES:
             raise OmamaError(f"mask size must be one of {', '.join(MASK_SIZES)}, got {mask_size!r}")
-        if precision not in PRECISION_CHOICES:
-            raise OmamaError(
-                f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}"
-            )
         self.mask_size = mask_size
         self.manifest = manifest = check_artifacts(artifacts_dir, check_hashes=check_hashes)
         self.direction = check_direction(manifest.direction)

@@ -26,11 +26,11 @@ torch.set_num_threads(1)
 from export.pipeline import ExportConfig, export_artifacts  # noqa: E402
 from omama_train.models.backbones import BACKBONES  # noqa: E402
 from runtime.clikit import run_app  # noqa: E402
+from runtime.jsonrecords import from_json  # noqa: E402
 from runtime.manifest import (  # noqa: E402
     VerificationRecord,
     VerificationSection,
     check_artifacts,
-    from_json,
     load_manifest,
     sha256_file,
     write_manifest,
