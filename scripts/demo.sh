@@ -60,7 +60,8 @@ print(ann['take_name'], [c for c in cams if not c.startswith('aria')][0],
 VIDEOS="$OUT/raw/takes/$TAKE_NAME/frame_aligned_videos"
 CANDIDATES="$OUT/root/Masks_TEST_EXO2EGO/$TAKE/$DST_CAM"
 
-step "7/10 omama-run video on ONNX Runtime: $SRC_CAM -> $DST_CAM of take $TAKE_NAME"
+step "7/10 omama-run verify (golden inputs vs the export's torch outputs), then omama-run video on ONNX Runtime: $SRC_CAM -> $DST_CAM of take $TAKE_NAME"
+omama-run verify "$OUT/artifacts" --backend onnxruntime --device cpu --precision fp32
 omama-run video "$VIDEOS/$SRC_CAM.mp4" "$VIDEOS/$DST_CAM.mp4" --query "$ANNOTATION" \
   --cam "$SRC_CAM" --candidates "$CANDIDATES" --artifacts "$OUT/artifacts" \
   --backend onnxruntime --overlay --out "$OUT/video"
