@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from export.tensorrt import PROFILE_CANDIDATES
 from export.verify import (
     BackboneParity,
     FastSAMParity,
@@ -90,7 +91,7 @@ from runtime.pooling import CONTEXT_PX, REDUCTION, descriptor_weights
 from runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from runtime.sessions import Session, open_artifact, select_backend
 from runtime.verification import golden as golden_io
-from runtime.verification.compare import fastsam_reference, feats_reference
+from runtime.verification.compare import model_kind, reference_record
 from runtime.verification.inputs import candidate_boxes, random_masks
 from runtime.verification.replay import replay_model, session_record
 from runtime.verification.tolerances import TOLERANCES, check, format_table
@@ -1120,41 +1121,28 @@ class _Export:
         settings = fastsam_settings(config)
         for model in self.fp32_files:
             with self.timed(f"golden/{model}.npz", "export_s"):
-                reference = self.reference(model)
-                if model == "matcher":
-                    profile_n = 256  # the TensorRT profile's largest N
+                kind = model_kind(model)
+                if kind == "matcher":
                     cases = golden_io.matcher_cases(
                         self.form,
                         (self.src.image_size, self.src.feat_grid),
                         (self.dst.image_size, self.dst.feat_grid),
                         self.models.matcher.dim,
                         config.seed,
-                        max_candidates=profile_n,
+                        max_candidates=PROFILE_CANDIDATES[2],
                     )
-                elif model == "fastsam":
+                elif kind == "fastsam":
                     cases = golden_io.fastsam_cases(config.fastsam_imgsz, config.seed)
                 else:
-                    view = (
-                        self.src
-                        if self.src.camera == model.removeprefix("backbone_")
-                        else (self.dst)
-                    )
+                    view = next(v for v in self.models.views.values()
+                                if model == f"backbone_{v.camera}")  # fmt: skip
                     cases = golden_io.backbone_cases(view.image_size, config.seed)
+                reference = self.reference(model)
                 for case in cases:
-                    out = reference.infer(case.feeds())
-                    if model == "matcher":
-                        case.reference = {"similarities": out["similarities"]}
-                    elif model == "fastsam":
-                        from runtime.verification.compare import geometry_of
-
-                        geom = geometry_of(np.asarray(case.info["geometry"]))
-                        case.reference = fastsam_reference(
-                            out["output0"], out["output1"], geom, settings
-                        )
-                    else:
-                        case.reference = feats_reference(out["feats"])
+                    outputs = reference.infer(case.feeds())
+                    case.reference = reference_record(kind, outputs, case.info, settings)
                 path = f"{golden_io.GOLDEN_DIR}/{model}.npz"
-                golden_io.write_golden(self.out / path, model, _kind(model), cases)
+                golden_io.write_golden(self.out / path, model, kind, cases)
                 ref = file_ref(self.out, path)
                 self.golden.append(GoldenFile(model, path, ref.sha256, ref.size_bytes, len(cases)))
         total = sum(g.size_bytes for g in self.golden) / 1e6
@@ -1193,12 +1181,6 @@ class _Export:
                 records.append(replay_model(session, manifest, entry.path, entry.model,
                                             entry.precision))  # fmt: skip
         return records
-
-
-def _kind(model: str) -> str:
-    from runtime.verification.compare import model_kind
-
-    return model_kind(model)
 
 
 def _engine_record(made: dict) -> EngineRecord:

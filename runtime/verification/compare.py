@@ -273,6 +273,22 @@ def fastsam_reference(
     }
 
 
+def reference_record(
+    kind: str,
+    outputs: Mapping[str, np.ndarray],
+    info: Mapping,
+    settings: NmsSettings | None = None,
+) -> Record:
+    """The record a golden file keeps of the torch outputs of one case of a ``kind`` model
+    (``info``: the case's facts; FastSAM's letterbox ``geometry``; ``settings``: its NMS)."""
+    if kind == "backbone":
+        return feats_reference(outputs["feats"])
+    if kind == "matcher":
+        return {"similarities": np.asarray(outputs["similarities"], np.float32)}
+    geom = geometry_of(np.asarray(info["geometry"]))
+    return fastsam_reference(outputs["output0"], outputs["output1"], geom, settings)
+
+
 def _crop_counts(crop: np.ndarray) -> str:
     """COCO RLE counts of a box crop ("" for a crop of zero size)."""
     return rle.encode(crop)["counts"] if crop.size else ""
