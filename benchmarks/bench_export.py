@@ -144,7 +144,7 @@ def run_attention(workdir: Path, small: bool, threads: int) -> list[dict]:
         raw, final = workdir / f"attn_{mode}.raw.onnx", workdir / f"attn_{mode}.onnx"
         start = time.perf_counter()
         export_matcher(matcher, src, dst, "weights", raw, 17)
-        graph = finalize_onnx(raw, final)
+        graph = finalize_onnx(raw, final).record
         export_s = time.perf_counter() - start
         runner = _ort_cpu(final, threads)
         rng = np.random.default_rng(0)

@@ -44,7 +44,7 @@ from export.tensorrt import PROFILE_CANDIDATES
 from export.verify import (
     BackboneParity,
     FastSAMParity,
-    GraphReport,
+    FinalGraph,
     MatcherParity,
     ViewGeometry,
     finalize_onnx,
@@ -695,7 +695,7 @@ class _Export:
         self.out = Path(config.out_dir)
         self.files: list[ArtifactFile] = []
         self.records: list[VerificationRecord] = []
-        self.graphs: dict[str, GraphReport] = {}
+        self.graphs: dict[str, GraphRecord] = {}
         self.fp32_files: dict[str, str] = {}  # model -> fp32 ONNX file name
         self.src, self.dst = models.views["source"], models.views["destination"]
         self.decision: InputDecision | None = None
@@ -770,33 +770,20 @@ class _Export:
         self.echo(f"  {path}: {entry.size_bytes / 1e6:.1f} MB, {precision}{status}")
         return entry
 
-    def finalize(self, raw: Path, target: Path) -> GraphReport:
-        report = finalize_onnx(raw, target, check=self.config.verify)
+    def finalize(self, raw: Path, target: Path) -> FinalGraph:
+        final = finalize_onnx(raw, target, check=self.config.verify)
+        graph = final.record
         self.echo(
-            f"  {target.name}: {report.nodes_exported} -> {report.nodes_final} nodes "
-            f"({report.folded_with})"
+            f"  {target.name}: {graph.nodes_exported} -> {graph.nodes_final} nodes "
+            f"({graph.folded_with})"
         )
-        return report
+        return final
 
-    def add_fp32(self, model: str, graph: GraphReport, record: VerificationRecord | None) -> None:
+    def add_fp32(self, model: str, final: FinalGraph, record: VerificationRecord | None) -> None:
         name = f"{model}.onnx"
-        self.graphs[name] = graph
-        self.add_file(
-            name,
-            model,
-            "onnx",
-            "fp32",
-            record,
-            graph=GraphRecord(
-                opset=graph.opset,
-                nodes_final=graph.nodes_final,
-                nodes_exported=graph.nodes_exported,
-                folded_with=graph.folded_with,
-                checker=graph.checker,
-                shape_inference=graph.shape_inference,
-            ),
-            external_data=graph.external_data,
-        )
+        self.graphs[name] = final.record
+        self.add_file(name, model, "onnx", "fp32", record, graph=final.record,
+                      external_data=final.external_data)  # fmt: skip
         self.fp32_files[model] = name
         self.step(model)
 
@@ -840,7 +827,7 @@ class _Export:
         config, models = self.config, self.models
         forms = ["weights", "masks"] if config.matcher_input == "auto" else [config.matcher_input]
         finals: dict[str, Path] = {}
-        reports: dict[str, GraphReport] = {}
+        reports: dict[str, FinalGraph] = {}
         for form in forms:
             with self.timed("matcher.onnx", f"export_{form}_s"):
                 raw = self.work / f"matcher_{form}.raw.onnx"
@@ -864,8 +851,8 @@ class _Export:
         self.fp32_files["matcher"] = "matcher.onnx"
         graph = reports[self.form]
         self.echo(
-            f"  matcher.onnx: {graph.nodes_exported} -> {graph.nodes_final} nodes "
-            f"({graph.folded_with})"
+            f"  matcher.onnx: {graph.record.nodes_exported} -> {graph.record.nodes_final} nodes "
+            f"({graph.record.folded_with})"
         )
         record = None
         with self.timed("matcher.onnx", "verify_s"):
@@ -884,7 +871,7 @@ class _Export:
                     record = self.parity("matcher", session, "matcher.onnx", "fp32")
         self.add_fp32("matcher", graph, record)
 
-    def _fastsam_onnx(self, settings: NmsSettings | None) -> GraphReport:
+    def _fastsam_onnx(self, settings: NmsSettings | None) -> FinalGraph:
         """Export ``fastsam.onnx`` with ultralytics: NMS in the graph with ``settings``, or
         raw outputs for None."""
         from export.fastsam import export_fastsam_onnx

@@ -21,13 +21,14 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from runtime.errors import OmamaError
-from runtime.manifest import CheckRecord, NmsSettings, TensorSpec
+from runtime.manifest import CheckRecord, GraphRecord, NmsSettings, TensorSpec
 from runtime.pooling import descriptor_weights, mask_boxes
 from runtime.sessions import Session
 from runtime.verification.compare import (
@@ -55,20 +56,12 @@ EXTERNAL_DATA_THRESHOLD_BYTES = 1_800_000_000
 # ------------------------------------------------------------------------------ graphs
 
 
-@dataclass
-class GraphReport:
-    """Structure checks of one ONNX file."""
+class FinalGraph(NamedTuple):
+    """A folded, checked ONNX file: its manifest ``GraphRecord`` and the external-data files
+    it was saved with (names relative to its folder)."""
 
-    opset: int
-    nodes_exported: int
-    nodes_final: int
-    folded_with: str
-    checker: str = "ok"
-    shape_inference: str = "ok"
-    external_data: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    record: GraphRecord
+    external_data: list[str]
 
 
 def onnx_opset(model) -> int:
@@ -129,7 +122,7 @@ def check_onnx(path: str | os.PathLike) -> None:
 
 def finalize_onnx(
     raw_path: str | os.PathLike, final_path: str | os.PathLike, check: bool = True
-) -> GraphReport:
+) -> FinalGraph:
     """Fold constants with onnxslim, save ``final_path``; with ``check``, run the ONNX checker
     and strict shape inference on the result.
 
@@ -146,15 +139,15 @@ def finalize_onnx(
     external = save_onnx(slimmed, final_path)
     if check:
         check_onnx(final_path)
-    return GraphReport(
+    record = GraphRecord(
         opset=onnx_opset(slimmed),
-        nodes_exported=nodes_exported,
         nodes_final=len(slimmed.graph.node),
+        nodes_exported=nodes_exported,
         folded_with=f"onnxslim {onnxslim.__version__}",
         checker="ok" if check else "skipped",
         shape_inference="ok" if check else "skipped",
-        external_data=external,
     )
+    return FinalGraph(record, external)
 
 
 def io_specs(path: str | os.PathLike) -> tuple[list[TensorSpec], list[TensorSpec]]:
