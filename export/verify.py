@@ -20,7 +20,7 @@ import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -364,10 +364,6 @@ class FastSAMParity:
         return compare_fastsam(
             pairs, self.settings, nms_in_graph, precision, TOLERANCES[precision], what
         )
-
-
-def failed(checks: Sequence[CheckRecord]) -> list[CheckRecord]:
-    return [c for c in checks if not c.passed]
 
 
 @contextlib.contextmanager

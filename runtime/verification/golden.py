@@ -45,7 +45,6 @@ from runtime.verification.inputs import (
 GOLDEN_DIR = "golden"
 FORMAT = "omama.golden"
 FORMAT_VERSION = 1
-ENCODINGS = ("array", "rgb", "unit", "lowrank")
 # Matcher calls of a golden file: (objects B, candidates N, empty candidate indices).
 MATCHER_CASES: tuple[tuple[int, int, tuple[int, ...]], ...] = (
     (1, 1, ()),
