@@ -23,7 +23,7 @@ from runtime.candidates import Candidates, save_frame_candidates  # noqa: E402
 from runtime.cli import app  # noqa: E402
 from runtime.clikit import run_app  # noqa: E402
 from runtime.pipeline import STAGES  # noqa: E402
-from tests.test_pipeline import EGO, EXO, build_assets  # noqa: E402
+from tests.runtime.test_pipeline import EGO, EXO, build_assets  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,7 @@ from runtime.manifest import (
     write_manifest,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _record(passed: bool = True) -> VerificationRecord:

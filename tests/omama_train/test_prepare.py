@@ -72,8 +72,8 @@ def encoded(mask: np.ndarray) -> dict:
 # LZString -> RLE -------------------------------------------------------------------------------
 
 
-def test_encoded_masks_of_real_data_decode_to_their_rle(seed_fixture_dir):
-    gt = json.loads((seed_fixture_dir / "exo2egoGT.json").read_text())
+def test_encoded_masks_of_real_data_decode_to_their_rle(eval_fixture_dir):
+    gt = json.loads((eval_fixture_dir / "exo2egoGT.json").read_text())
     rles = [
         r
         for take in gt["annotations"].values()

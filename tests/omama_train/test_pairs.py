@@ -190,8 +190,8 @@ def test_pairs_cli_writes_one_file_per_split(root, capsys):
 # GT ------------------------------------------------------------------------------------------
 
 
-def test_gt_of_a_processed_root_reproduces_the_seed_gt(seed_fixture_dir, tmp_path, capsys):
-    reference = json.loads((seed_fixture_dir / "exo2egoGT.json").read_text())["annotations"]
+def test_gt_of_a_processed_root_reproduces_the_fixture_gt(eval_fixture_dir, tmp_path, capsys):
+    reference = json.loads((eval_fixture_dir / "exo2egoGT.json").read_text())["annotations"]
     root = write_root(tmp_path / "root", {"take": reference["take"]}, {"test": ["take"]})
     out = tmp_path / "gt.json"
     args = ["data", "gt", "--root", str(root), "--direction", "exo2ego", "--out", str(out)]

@@ -28,8 +28,8 @@ rle_like = st.lists(
 ).map("".join)
 
 
-def _gt_counts(seed_fixture_dir) -> list[str]:
-    gt = json.loads((seed_fixture_dir / "exo2egoGT.json").read_text())
+def _gt_counts(eval_fixture_dir) -> list[str]:
+    gt = json.loads((eval_fixture_dir / "exo2egoGT.json").read_text())
     counts = [
         rle_dict["counts"]
         for take in gt["annotations"].values()
@@ -99,9 +99,9 @@ def test_non_bmp_characters_use_surrogate_pairs():
     assert encoded == REFERENCE.compressToEncodedURIComponent(units)
 
 
-def test_real_rle_counts_round_trip_and_match_reference(seed_fixture_dir):
+def test_real_rle_counts_round_trip_and_match_reference(eval_fixture_dir):
     total_in = total_out = 0
-    for counts in _gt_counts(seed_fixture_dir):
+    for counts in _gt_counts(eval_fixture_dir):
         encoded = compress_to_encoded_uri_component(counts)
         assert encoded == REFERENCE.compressToEncodedURIComponent(counts)
         total_in += len(counts)
@@ -115,8 +115,8 @@ def test_real_rle_counts_round_trip_and_match_reference(seed_fixture_dir):
     assert total_out < 0.8 * total_in  # long RLE texts repeat runs: they must compress
 
 
-def test_decoded_mask_is_the_original(seed_fixture_dir):
-    gt = json.loads((seed_fixture_dir / "exo2egoGT.json").read_text())
+def test_decoded_mask_is_the_original(eval_fixture_dir):
+    gt = json.loads((eval_fixture_dir / "exo2egoGT.json").read_text())
     take = next(iter(gt["annotations"].values()))
     obj_masks = next(iter(take["masks"].values()))
     rle_dict = next(iter(next(iter(obj_masks.values())).values()))
@@ -146,8 +146,8 @@ def test_corrupt_input_raises(data, message):
         decompress_from_encoded_uri_component(data)
 
 
-def test_truncated_real_data_raises(seed_fixture_dir):
-    for counts in _gt_counts(seed_fixture_dir)[:10]:
+def test_truncated_real_data_raises(eval_fixture_dir):
+    for counts in _gt_counts(eval_fixture_dir)[:10]:
         encoded = compress_to_encoded_uri_component(counts)
         with pytest.raises(OmamaError, match="ends before"):
             decompress_from_encoded_uri_component(encoded[: len(encoded) // 2])

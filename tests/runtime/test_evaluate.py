@@ -1,4 +1,4 @@
-"""``omama eval``: reproduction of the seed's published numbers, the report, the CLI, the
+"""``omama eval``: reproduction of the published numbers of tests/fixtures, the report, the CLI, the
 results/GT files and the gallery."""
 
 from __future__ import annotations
@@ -87,11 +87,11 @@ def synthetic(direction="exo2ego", n_takes=2, seed=0, perfect=False):
 
 
 @pytest.mark.parametrize("name", SEED_NAMES)
-def test_fixture_reproduces_published_metrics(seed_fixture_dir, name):
-    reported = json.loads((seed_fixture_dir / f"reported_metrics_{name}.json").read_text())
+def test_fixture_reproduces_published_metrics(eval_fixture_dir, name):
+    reported = json.loads((eval_fixture_dir / f"reported_metrics_{name}.json").read_text())
     report = evaluate_files(
-        seed_fixture_dir / "exo2egoGT.json",
-        seed_fixture_dir / f"predictions_{name}.json",
+        eval_fixture_dir / "exo2egoGT.json",
+        eval_fixture_dir / f"predictions_{name}.json",
         "exo2ego",
         workers=1,
     )
@@ -103,9 +103,9 @@ def test_fixture_reproduces_published_metrics(seed_fixture_dir, name):
     assert report["counts"]["observations"] == 32 == report["counts"]["gt_visible"]
 
 
-def test_fixture_egoexo4d_protocol_is_close_but_different(seed_fixture_dir):
-    gt = seed_fixture_dir / "exo2egoGT.json"
-    pred = seed_fixture_dir / "predictions_baseline.json"
+def test_fixture_egoexo4d_protocol_is_close_but_different(eval_fixture_dir):
+    gt = eval_fixture_dir / "exo2egoGT.json"
+    pred = eval_fixture_dir / "predictions_baseline.json"
     omama = evaluate_files(gt, pred, "exo2ego", "omama", workers=1)["aggregated_metrics"]
     official = evaluate_files(gt, pred, "exo2ego", "egoexo4d", workers=1)["aggregated_metrics"]
     for key in ("iou", "shape_acc", "location_score"):
@@ -124,12 +124,12 @@ def _eval_cli(capsys, gt, pred, direction, *options):
     return code, captured.out, captured.err
 
 
-def test_cli_writes_the_json_report(seed_fixture_dir, tmp_path, capsys):
+def test_cli_writes_the_json_report(eval_fixture_dir, tmp_path, capsys):
     out = tmp_path / "metrics.json"
     code, stdout, _ = _eval_cli(
         capsys,
-        seed_fixture_dir / "exo2egoGT.json",
-        seed_fixture_dir / "predictions_finetuned.json",
+        eval_fixture_dir / "exo2egoGT.json",
+        eval_fixture_dir / "predictions_finetuned.json",
         "exo2ego",
         "--json",
         out,
@@ -155,33 +155,33 @@ def test_cli_writes_the_json_report(seed_fixture_dir, tmp_path, capsys):
     assert sum(report["iou_histogram"]["counts"]) == 32
 
 
-def test_cli_missing_object_is_one_line_naming_it(seed_fixture_dir, tmp_path, capsys):
-    preds = json.loads((seed_fixture_dir / "predictions_baseline.json").read_text())
+def test_cli_missing_object_is_one_line_naming_it(eval_fixture_dir, tmp_path, capsys):
+    preds = json.loads((eval_fixture_dir / "predictions_baseline.json").read_text())
     del preds["exo-ego"]["results"]["take"]["masks"]["spoon_27"]
     bad = tmp_path / "preds.json"
     bad.write_text(json.dumps(preds))
-    code, _, err = _eval_cli(capsys, seed_fixture_dir / "exo2egoGT.json", bad, "exo2ego")
+    code, _, err = _eval_cli(capsys, eval_fixture_dir / "exo2egoGT.json", bad, "exo2ego")
     assert code == 1
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "'spoon_27'" in lines[0]
 
 
-def test_cli_wrong_direction_says_which_one(seed_fixture_dir, capsys):
+def test_cli_wrong_direction_says_which_one(eval_fixture_dir, capsys):
     code, _, err = _eval_cli(
         capsys,
-        seed_fixture_dir / "exo2egoGT.json",
-        seed_fixture_dir / "predictions_baseline.json",
+        eval_fixture_dir / "exo2egoGT.json",
+        eval_fixture_dir / "predictions_baseline.json",
         "ego2exo",
     )
     assert code == 1 and "--direction exo2ego" in err
 
 
-def test_cli_gallery_without_root(seed_fixture_dir, tmp_path, capsys):
+def test_cli_gallery_without_root(eval_fixture_dir, tmp_path, capsys):
     gallery = tmp_path / "gallery"
     code, stdout, _ = _eval_cli(
         capsys,
-        seed_fixture_dir / "exo2egoGT.json",
-        seed_fixture_dir / "predictions_baseline.json",
+        eval_fixture_dir / "exo2egoGT.json",
+        eval_fixture_dir / "predictions_baseline.json",
         "exo2ego",
         "--workers",
         "1",

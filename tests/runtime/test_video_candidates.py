@@ -1,6 +1,6 @@
 """``omama-run video --candidates``: precomputed candidate masks of the destination video.
 
-On the synthetic take of :mod:`tests.test_pipeline` (exo 896x504 source, ego 448x448
+On the synthetic take of :mod:`tests.runtime.test_pipeline` (exo 896x504 source, ego 448x448
 destination, objects annotated on frames 0, 2 and 4) with the ``weights`` artifacts (FastSAM
 included) and a copy of them without FastSAM (what ``omama export --no-fastsam-export``
 writes: no FastSAM file, ``fastsam.included`` false). The candidates are the ego GT masks of
@@ -30,7 +30,7 @@ from runtime.clikit import run_app  # noqa: E402
 from runtime.errors import OmamaError  # noqa: E402
 from runtime.pipeline import working_size  # noqa: E402
 from runtime.preprocess import resize_mask_nearest  # noqa: E402
-from tests.test_pipeline import EGO, EXO, build_assets  # noqa: E402
+from tests.runtime.test_pipeline import EGO, EXO, build_assets  # noqa: E402
 
 FRAMES = (0, 2, 4)  # the annotated frames of the synthetic take
 DST_HW = (448, 448)

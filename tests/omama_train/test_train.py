@@ -40,10 +40,10 @@ from runtime.clikit import new_app, run_app
 from runtime.egoexo import ProcessedRoot, read_pairs, write_pairs
 from runtime.errors import OmamaError
 from runtime.metrics import iou, resize_nearest
-from tests.test_dataset import build_root
+from tests.omama_train.test_dataset import build_root
 
 torch.set_num_threads(1)
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY_VIT = dataclasses.replace(get_spec("dinov2_vits14_reg"), timm_overrides={"depth": 1})
 
 
