@@ -130,9 +130,10 @@ def run_attention(workdir: Path, small: bool, threads: int) -> list[dict]:
     import torch
 
     from export.pipeline import RANDOM_GRIDS, export_matcher
-    from export.verify import finalize_onnx, median_ms
+    from export.verify import finalize_onnx
     from omama_train.models.matcher import OMaMaMatcher
     from runtime.manifest import ViewSpec
+    from runtime.timing import median_ms
 
     grids = RANDOM_GRIDS if small else OFFICIAL_GRIDS
     src = ViewSpec("exo", tuple(14 * g for g in grids["exo"]), grids["exo"])
@@ -184,9 +185,9 @@ def run_fastsam_nms(workdir: Path, small: bool, threads: int) -> dict:
     import numpy as np
 
     from export.fastsam import build_standin_fastsam, export_fastsam_onnx, quiet_ultralytics
-    from export.verify import median_ms
     from omama_train.models.fastsam import _import_ultralytics, build_random_fastsam
     from runtime.fastsam_post import kept_anchors
+    from runtime.timing import median_ms
 
     imgsz, iou = (640 if small else 1024), 0.9
     weights = (

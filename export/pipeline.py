@@ -49,7 +49,6 @@ from export.verify import (
     ViewGeometry,
     finalize_onnx,
     io_specs,
-    median_ms,
     temporary_dir,
 )
 from runtime import __version__ as omama_version
@@ -90,6 +89,7 @@ from runtime.manifest import (
 from runtime.pooling import CONTEXT_PX, REDUCTION, descriptor_weights
 from runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from runtime.sessions import Session, open_artifact, select_backend
+from runtime.timing import median_ms
 from runtime.verification import golden as golden_io
 from runtime.verification.compare import model_kind, reference_record
 from runtime.verification.inputs import candidate_boxes, random_masks

@@ -19,8 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -172,18 +171,6 @@ def io_specs(path: str | os.PathLike) -> tuple[list[TensorSpec], list[TensorSpec
 
 
 # ------------------------------------------------------------------------------ timing
-
-
-def median_ms(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> float:
-    """Median wall time of ``fn()`` in milliseconds."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000.0)
-    return float(np.median(times))
 
 
 # ------------------------------------------------------------------------------ parity

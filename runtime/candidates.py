@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.atomic import atomic_path
-from runtime.egoexo import candidate_paths
+from runtime.egoexo import candidate_paths, frame_candidate_files
 from runtime.errors import OmamaError
 from runtime.pooling import mask_boxes
 from runtime.preprocess import resize_mask_nearest
@@ -374,7 +374,7 @@ class VideoCandidates:
 
     def paths(self, frame: int) -> tuple[Path, Path]:
         """(``<frame>_masks.npz``, ``<frame>_boxes.npy``) of a ``folder`` source."""
-        return self.path / f"{int(frame)}_masks.npz", self.path / f"{int(frame)}_boxes.npy"
+        return frame_candidate_files(self.path, frame)
 
     def size_hw(self, frame: int) -> tuple[int, int] | None:
         """(H, W) the frame's candidates are stored at, from file headers or the RLE sizes

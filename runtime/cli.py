@@ -15,7 +15,7 @@ from pathlib import Path
 import typer
 
 from runtime.clikit import new_app, run_app
-from runtime.errors import OmamaError
+from runtime.errors import OmamaError, no_fastsam_error
 
 app = new_app("omama-run: O-MaMa inference on ONNX Runtime or TensorRT, without torch.")
 
@@ -137,7 +137,8 @@ def pair_command(
     from runtime import rle
     from runtime.atomic import write_json
     from runtime.candidates import read_candidates
-    from runtime.pipeline import read_rgb, render_overlay
+    from runtime.images import read_rgb
+    from runtime.pipeline import render_overlay
     from runtime.tracks import read_mask_png
 
     src_rgb, dst_rgb = read_rgb(src_image), read_rgb(dst_image)
@@ -281,10 +282,7 @@ def video_command(
             "export for that direction, or drop --direction"
         )
     if candidates is None and not manifest.fastsam.included:
-        raise OmamaError(
-            f"the artifacts in {artifacts} hold no FastSAM model (exported with "
-            "--no-fastsam-export): give precomputed candidate masks with --candidates"
-        )
+        raise no_fastsam_error(artifacts)
     for path, what in ((src_video, "source"), (dst_video, "destination")):
         if not path.is_file():
             raise OmamaError(f"{what} video not found: {path}")

@@ -78,8 +78,12 @@ def candidate_paths(
     root: Path, split: str, direction: str, take: str, cam: str, frame: int | str
 ) -> tuple[Path, Path]:
     """(``<frame>_masks.npz``, ``<frame>_boxes.npy``) of one destination frame."""
-    base = candidates_dir(root, split, direction) / take / cam
-    return base / f"{int(frame)}_masks.npz", base / f"{int(frame)}_boxes.npy"
+    return frame_candidate_files(candidates_dir(root, split, direction) / take / cam, frame)
+
+
+def frame_candidate_files(folder: Path, frame: int | str) -> tuple[Path, Path]:
+    """(``<frame>_masks.npz``, ``<frame>_boxes.npy``) of one frame in a candidates folder."""
+    return folder / f"{int(frame)}_masks.npz", folder / f"{int(frame)}_boxes.npy"
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata as md
 import platform
+import resource
 import shutil
 import subprocess
 
@@ -28,6 +29,16 @@ def package_version(name: str) -> str | None:
         return md.version(name)
     except md.PackageNotFoundError:
         return None
+
+
+def package_versions(names: tuple[str, ...] | list[str]) -> dict[str, str | None]:
+    """{name: installed version or None} for each distribution in ``names``."""
+    return {name: package_version(name) for name in names}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, MB (Linux reports ``ru_maxrss`` in KB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def cpu_model() -> str | None:

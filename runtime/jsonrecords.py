@@ -6,7 +6,8 @@ strings, booleans, ``X | None``, ``list[X]``, ``tuple[X, ...]``, fixed-length tu
 its path (``matcher.src_grid must be a list of 2 integers, got "38x68"``), prefixed with the
 file it came from. :func:`to_json` writes a record back (tuples as lists, NaN as null).
 ``runtime.manifest`` reads ``manifest.json`` with it, ``runtime.verification.replay`` the
-``verify_*.json`` files.
+``verify_*.json`` files. :func:`read_json_object` is the one reader of a JSON file that
+turns a missing or malformed file into one error line.
 """
 
 from __future__ import annotations
@@ -165,3 +166,13 @@ def _type_name(hint: Any) -> str:
     if origin is dict or dataclasses.is_dataclass(hint):
         return "object"
     return str(hint)
+
+
+def read_json_object(path: Path, what: str) -> Any:
+    """The JSON in ``path``; OmamaError naming the file when it is missing or not JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise OmamaError(f"{what} not found: {path}") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise OmamaError(f"{path} is not readable JSON: {exc}") from exc

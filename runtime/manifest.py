@@ -29,7 +29,6 @@ lists what differs.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import typing
@@ -41,7 +40,7 @@ import numpy as np
 
 from runtime.atomic import write_json
 from runtime.errors import OmamaError
-from runtime.jsonrecords import from_json, to_json
+from runtime.jsonrecords import from_json, read_json_object, to_json
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "omama.artifacts"
@@ -639,16 +638,6 @@ def write_manifest(root: str | os.PathLike, manifest: Manifest) -> Path:
     path = Path(root) / MANIFEST_NAME
     write_json(path, manifest.to_dict(), indent=2)
     return path
-
-
-def read_json_object(path: Path, what: str) -> Any:
-    """The JSON in ``path``; OmamaError naming the file when it is missing or not JSON."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise OmamaError(f"{what} not found: {path}") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise OmamaError(f"{path} is not readable JSON: {exc}") from exc
 
 
 def load_manifest(root: str | os.PathLike) -> Manifest:

@@ -44,7 +44,6 @@ import logging
 import math
 import os
 import queue
-import resource
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -58,8 +57,10 @@ from runtime import overlay
 from runtime.atomic import atomic_path, write_json
 from runtime.candidates import Candidates, VideoCandidates, read_candidates, scale_boxes
 from runtime.egoexo import ProcessedRoot, candidate_paths, check_direction, is_ego_cam
-from runtime.errors import OmamaError
+from runtime.errors import OmamaError, no_fastsam_error
 from runtime.fastsam_post import FastSAMResult, nms_thresholds, segment_everything
+from runtime.images import read_rgb
+from runtime.info import peak_rss_mb
 from runtime.manifest import Manifest, ViewSpec, check_artifacts, sha256_file
 from runtime.pooling import descriptor_weights, index_slice, mask_boxes, pooling_grid
 from runtime.preprocess import (
@@ -477,10 +478,7 @@ class Pipeline:
         runtime's NMS with the same conf / iou / max_det, so both give the same candidates.
         """
         if not self.has_fastsam:
-            raise OmamaError(
-                f"the artifacts in {self.manifest.root} hold no FastSAM model (exported with "
-                "--no-fastsam-export): this needs precomputed candidate masks"
-            )
+            raise no_fastsam_error(self.manifest.root)
         conf, iou, max_det = self.fastsam_thresholds()
         session = self.sessions["fastsam"]
         input_hw = tuple(int(d) for d in session.inputs[0].shape[2:4])
@@ -778,11 +776,6 @@ def render_overlay(
 
 
 # ----------------------------------------------------------------------------- video runs
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, MB (Linux reports KB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 # Where a video frame's candidates came from -> its counter in the run state.
@@ -1092,10 +1085,7 @@ def run_video(
     from runtime.video import PrefetchReader, VideoWriter, read_video_info
 
     if run.candidates is None and not pipeline.has_fastsam:
-        raise OmamaError(
-            f"the artifacts in {pipeline.manifest.root} hold no FastSAM model (exported with "
-            "--no-fastsam-export): give precomputed candidate masks with --candidates"
-        )
+        raise no_fastsam_error(pipeline.manifest.root)
     started = time.perf_counter()
     out = Path(run.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -1321,13 +1311,6 @@ def take_observations(index: ProcessedRoot, take: str, direction: str) -> list[O
                 if frame in dst_frames
             )
     return observations
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise OmamaError(f"cannot read image {path}" + ("" if path.is_file() else " (missing)"))
-    return np.ascontiguousarray(image[:, :, ::-1])
 
 
 def run_take(

@@ -361,7 +361,7 @@ def test_pair_with_precomputed_candidates_at_model_size(assets, pair_inputs, tmp
         ("empty_query", "the query mask is empty"),
         ("query_size", "must be drawn on the source image"),
         ("missing_query", "mask file not found"),
-        ("unreadable_image", "cannot read image"),
+        ("unreadable_image", "could not be decoded"),
         ("swapped", "did you swap source and destination"),
         ("tampered", "does not match its manifest"),
         ("candidates_name", "must name a <frame>_masks.npz"),
