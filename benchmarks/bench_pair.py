@@ -266,7 +266,7 @@ def measure_reference(art: Path, weights: Path, src, dst, query, dst_frame, repe
     torch.set_num_threads(threads)
     fastsam_ms = _median_ms(ultralytics_fastsam, repeats)
     torch.set_num_threads(threads)
-    src_view, dst_view = manifest.views["source"], manifest.views["destination"]
+    src_view, dst_view = manifest.views["src"], manifest.views["dst"]
     cands = dst_frame.candidates
     dense = np.stack([cands.mask(i) for i in range(len(cands))])
     dst_masks = resize_mask_nearest(dense, dst_view.image_size, rule="torch")

@@ -676,8 +676,8 @@ def measure_row(spec: RowSpec) -> dict[str, Any]:
         runner = ReferenceRunner(pipeline, spec.weights_dirs)
     else:
         runner = PipelineRunner(pipeline)
-    src_hw = pipeline.views["source"].image_size
-    dst_hw = pipeline.views["destination"].image_size
+    src_hw = pipeline.views["src"].image_size
+    dst_hw = pipeline.views["dst"].image_size
     pairs = synthetic_pairs(src_hw, dst_hw, spec.pairs, spec.objects, seed=spec.seed)
     use_fastsam = spec.candidates == "fastsam"
 
@@ -1317,9 +1317,9 @@ def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
         },
         "inputs": (
             f"{config.pairs} synthetic frame pairs at the model sizes (source "
-            f"{manifest.views['source'].image_size[1]}x{manifest.views['source'].image_size[0]}, "
-            f"destination {manifest.views['destination'].image_size[1]}x"
-            f"{manifest.views['destination'].image_size[0]} px), {config.objects} objects each "
+            f"{manifest.views['src'].image_size[1]}x{manifest.views['src'].image_size[0]}, "
+            f"destination {manifest.views['dst'].image_size[1]}x"
+            f"{manifest.views['dst'].image_size[0]} px), {config.objects} objects each "
             f"(seed {config.seed}); candidates: "
             + (
                 "FastSAM on the destination image"

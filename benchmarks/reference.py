@@ -56,14 +56,14 @@ class ReferencePipeline:
         graph = build_artifact_module(manifest, entry, tuple(Path(d) for d in weights_dirs))
         self.matcher = copy.deepcopy(graph.matcher).to(self.device).eval()
         self.matcher.CROSS_context_attn.mode = "standard"  # O-MaMa's order: keys of every token
-        self.src_view = pipeline.views["source"]
-        self.dst_view = pipeline.views["destination"]
+        self.src_view = pipeline.views["src"]
+        self.dst_view = pipeline.views["dst"]
         self.context_px = pipeline.context_px
         self.reduction = pipeline.reduction
         self.last_latency_ms: dict[str, float] = {}
 
     def _features(self, role: str, tensor: np.ndarray) -> np.ndarray:
-        session = self.pipeline.sessions["backbone_src" if role == "source" else "backbone_dst"]
+        session = self.pipeline.sessions["backbone_src" if role == "src" else "backbone_dst"]
         out = session.infer({session.inputs[0].name: tensor})
         return out[session.outputs[0].name]
 
@@ -93,9 +93,9 @@ class ReferencePipeline:
                 candidates = candidates.resized(dst_work.shape[:2])
             cands = CandidateSet(candidates)
         t2 = time.perf_counter()
-        src_feats = self._features("source", src_tensor)
+        src_feats = self._features("src", src_tensor)
         t3 = time.perf_counter()
-        dst_feats = self._features("destination", dst_tensor)
+        dst_feats = self._features("dst", dst_tensor)
         t4 = time.perf_counter()
         count = len(cands)
         sims = np.zeros(0, np.float32)

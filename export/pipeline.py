@@ -190,7 +190,7 @@ class ExportResult:
 class _Models:
     matcher: object
     direction: str
-    views: dict[str, ViewSpec]  # "source" / "destination"
+    views: dict[str, ViewSpec]  # "src" / "dst"
     backbones: dict[str, object]  # camera -> Backbone
     spec: object
     fastsam_weights: Path | None
@@ -311,7 +311,7 @@ def build_models(config: ExportConfig, workdir: Path) -> _Models:
         role: ViewSpec(
             cam, (grids[cam][0] * spec.patch_size, grids[cam][1] * spec.patch_size), grids[cam]
         )
-        for role, cam in (("source", src_cam), ("destination", dst_cam))
+        for role, cam in (("src", src_cam), ("dst", dst_cam))
     }
     backbones = _build_backbones(config, spec, pos_resize, views, matcher.dim)
     fastsam = None
@@ -428,7 +428,7 @@ def _build_backbones(
                 f"backbone {spec.name} gives {model.out_channels} channels, the matcher expects "
                 f"{channels}"
             )
-        backbones[view.camera] = model.eval()
+        backbones[view.kind] = model.eval()
     return backbones
 
 
@@ -697,7 +697,7 @@ class _Export:
         self.records: list[VerificationRecord] = []
         self.graphs: dict[str, GraphRecord] = {}
         self.fp32_files: dict[str, str] = {}  # model -> fp32 ONNX file name
-        self.src, self.dst = models.views["source"], models.views["destination"]
+        self.src, self.dst = models.views["src"], models.views["dst"]
         self.decision: InputDecision | None = None
         self.form = config.matcher_input
         self.references: dict[str, Session] = {}  # model -> torch backend session
@@ -1122,7 +1122,7 @@ class _Export:
                     cases = golden_io.fastsam_cases(config.fastsam_imgsz, config.seed)
                 else:
                     view = next(v for v in self.models.views.values()
-                                if model == f"backbone_{v.camera}")  # fmt: skip
+                                if model == f"backbone_{v.kind}")  # fmt: skip
                     cases = golden_io.backbone_cases(view.image_size, config.seed)
                 reference = self.reference(model)
                 for case in cases:
@@ -1248,9 +1248,9 @@ def export_artifacts(
             run = _Export(config, models, work, echo, step)
             src, dst = run.src, run.dst
             echo(
-                f"exporting {models.direction}: source {src.camera} "
+                f"exporting {models.direction}: source {src.kind} "
                 f"{src.image_size[0]}x{src.image_size[1]} px "
-                f"({src.feat_grid[0]}x{src.feat_grid[1]} tokens), destination {dst.camera} "
+                f"({src.feat_grid[0]}x{src.feat_grid[1]} tokens), destination {dst.kind} "
                 f"{dst.image_size[0]}x{dst.image_size[1]} px "
                 f"({dst.feat_grid[0]}x{dst.feat_grid[1]} tokens)"
                 + (", random weights" if config.random_init else "")

@@ -261,13 +261,13 @@ def _backbones(manifest: Any, dirs: tuple[Path, ...]) -> dict[str, Any]:
 
         state = random_backbone_state(spec, seed)
         for view in manifest.views.values():
-            out[view.camera] = build_random_backbone(
+            out[view.kind] = build_random_backbone(
                 spec, view.image_size, seed, record.pos_resize, state=state
             )
         return out
     path = find_weights(weights, "backbone", dirs)
     for view in manifest.views.values():
-        out[view.camera] = build_backbone(
+        out[view.kind] = build_backbone(
             spec,
             view.image_size,
             path,
@@ -351,8 +351,8 @@ def build_artifact_module(manifest: Any, entry: Any, weights_dirs: Sequence = ()
         return matcher_module(
             _cached("matcher", manifest, dirs, _matcher),
             manifest.matcher.input,
-            manifest.views["source"].image_size,
-            manifest.views["destination"].image_size,
+            manifest.views["src"].image_size,
+            manifest.views["dst"].image_size,
             descriptor.context_px,
             descriptor.reduction,
         )

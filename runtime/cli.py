@@ -151,8 +151,8 @@ def pair_command(
         boxes = candidates.with_name(name.removesuffix("_masks.npz") + "_boxes.npy")
         cands = read_candidates(candidates, boxes)
     with _open_pipeline(artifacts, backend, device, precision, threads, mask_size, weights) as pipe:
-        pipe.check_image(src_rgb.shape[:2], "source", f"source image {src_image}")
-        pipe.check_image(dst_rgb.shape[:2], "destination", f"destination image {dst_image}")
+        pipe.check_image(src_rgb.shape[:2], "src", f"source image {src_image}")
+        pipe.check_image(dst_rgb.shape[:2], "dst", f"destination image {dst_image}")
         for path, mask in zip(query, queries, strict=True):
             problem = pipe.query_problem(mask, src_rgb.shape[:2])
             if problem:

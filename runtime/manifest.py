@@ -4,7 +4,7 @@
 
     artifacts/
       manifest.json                 this module's schema (``format: omama.artifacts``)
-      backbone_<camera>.onnx        one per view: image (B, 3, H, W) -> feats (B, 768, h, w)
+      backbone_<kind>.onnx          one per view: image (B, 3, H, W) -> feats (B, 768, h, w)
       matcher.onnx                  descriptor pooling + matcher -> similarities (B, N)
       fastsam.onnx                  FastSAM (ultralytics export, NMS in the graph or not)
       *_fp16.onnx, *_fp16.engine    fp16 variants and TensorRT engines
@@ -18,8 +18,9 @@ the file and the field's path
 (``manifest.json: matcher.src_grid must be a list of 2 integers, got 'x'``). Code outside
 this module reads attributes, never the JSON dict.
 
-``schema_version`` 2 (this one) replaced the free-form dicts of version 1 by these records;
-a version-1 folder is refused with the command that re-exports it.
+``schema_version`` 3 (this one) names the views ``src``/``dst`` and their camera kind
+``kind``; version 2 introduced these records in place of the free-form dicts of version 1.
+A folder of an older version is refused with the command that re-exports it.
 
 :func:`check_artifacts` refuses a folder whose files do not match the manifest (missing
 file, size or sha256 mismatch) or whose export verification failed, with one message that
@@ -44,12 +45,12 @@ from runtime.jsonrecords import from_json, read_json_object, to_json
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "omama.artifacts"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 FILE_FORMATS = ("onnx", "tensorrt")
 PRECISIONS = ("fp32", "fp16")
 MATCHER_INPUTS = ("weights", "masks")
 DIRECTIONS = ("exo2ego", "ego2exo")
-ROLES = ("source", "destination")
+ROLES = ("src", "dst")
 _CHUNK_BYTES = 1 << 20
 
 Dim = int | str | None
@@ -191,9 +192,13 @@ class ArtifactFile:
 
 @dataclass(frozen=True)
 class ViewSpec:
-    """One camera view: which camera kind, the model input size and its token grid."""
+    """One view of a direction: its camera kind, the model input size and its token grid.
 
-    camera: str  # "ego" | "exo"
+    ``kind`` is "ego" (the Aria head camera) or "exo" (a static camera); a camera's name
+    (``cam01``, ``aria01``) is called ``cam`` everywhere else.
+    """
+
+    kind: str  # "ego" | "exo"
     image_size: tuple[int, int]  # (H, W) px fed to the backbone
     feat_grid: tuple[int, int]  # (h, w) tokens
 
@@ -442,7 +447,7 @@ class Manifest:
 
     direction: str
     random_init: bool
-    views: dict[str, ViewSpec]  # "source" / "destination"
+    views: dict[str, ViewSpec]  # "src" / "dst"
     preprocess: PreprocessSpec
     descriptor: DescriptorSpec
     matcher: MatcherSpec
@@ -467,8 +472,8 @@ class Manifest:
         """The pipeline's models by role: ``backbone_src``, ``backbone_dst``, ``matcher``,
         and ``fastsam`` when the folder has one."""
         roles = {
-            "backbone_src": self.backbone_model("source"),
-            "backbone_dst": self.backbone_model("destination"),
+            "backbone_src": self.backbone_model("src"),
+            "backbone_dst": self.backbone_model("dst"),
             "matcher": self.matcher.model,
         }
         if self.fastsam.included:
@@ -500,8 +505,8 @@ class Manifest:
         return self.root / entry.path
 
     def backbone_model(self, role: str) -> str:
-        """Backbone model name of ``role`` "source" or "destination": ``backbone_<camera>``."""
-        return f"backbone_{self.views[role].camera}"
+        """Backbone model name of view ``role`` ("src" or "dst"): ``backbone_<kind>``."""
+        return f"backbone_{self.views[role].kind}"
 
     def golden_of(self, model: str) -> GoldenFile | None:
         return next((g for g in self.verification.golden if g.model == model), None)
@@ -553,7 +558,7 @@ class Manifest:
         if self.direction not in DIRECTIONS:
             problems.append(f"direction {self.direction!r} is not exo2ego or ego2exo")
         if set(self.views) != set(ROLES):
-            problems.append(f"views must be 'source' and 'destination', got {sorted(self.views)}")
+            problems.append(f"views must be 'src' and 'dst', got {sorted(self.views)}")
         if self.matcher.input not in MATCHER_INPUTS:
             problems.append(f"matcher.input must be one of {MATCHER_INPUTS}")
         seen: set[str] = set()

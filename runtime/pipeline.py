@@ -404,10 +404,10 @@ class Pipeline:
         """Refuse an image whose shape does not fit the model's ``role`` view."""
         view = self.views[role]
         if aspect_mismatch(image_hw, view.image_size) > ASPECT_TOLERANCE:
-            other = "destination" if role == "source" else "source"
+            other = "destination" if role == "src" else "source"
             raise OmamaError(
                 f"{what} is {image_hw[1]}x{image_hw[0]} px (WxH) but the model's {role} view "
-                f"({view.camera}) takes {view.image_size[1]}x{view.image_size[0]} px images: "
+                f"({view.kind}) takes {view.image_size[1]}x{view.image_size[0]} px images: "
                 f"aspect ratios differ by {100 * aspect_mismatch(image_hw, view.image_size):.0f}%"
                 f" (did you swap {role} and {other}, or export for the other --direction?)"
             )
@@ -434,7 +434,7 @@ class Pipeline:
         return work, preprocess_image(work, view.image_size)[None]
 
     def _backbone(self, role: str, tensor: np.ndarray) -> np.ndarray:
-        session = self.sessions["backbone_src" if role == "source" else "backbone_dst"]
+        session = self.sessions["backbone_src" if role == "src" else "backbone_dst"]
         name = session.inputs[0].name
         out = session.infer({name: tensor})
         return next(iter(out.values())) if len(out) == 1 else out[session.outputs[0].name]
@@ -442,9 +442,9 @@ class Pipeline:
     def encode_source(self, src_rgb: np.ndarray) -> ViewFrame:
         """Preprocess and run the source backbone once (reusable for many objects)."""
         t0 = time.perf_counter()
-        work, tensor = self._prepare(src_rgb, "source", "source image")
+        work, tensor = self._prepare(src_rgb, "src", "source image")
         t1 = time.perf_counter()
-        feats = self._backbone("source", tensor)
+        feats = self._backbone("src", tensor)
         t2 = time.perf_counter()
         return ViewFrame(
             image_hw=tuple(src_rgb.shape[:2]),
@@ -497,7 +497,7 @@ class Pipeline:
         resized to it (torch rule, as O-MaMa resizes FastSAM masks of another size).
         """
         t0 = time.perf_counter()
-        work, tensor = self._prepare(dst_rgb, "destination", "destination image")
+        work, tensor = self._prepare(dst_rgb, "dst", "destination image")
         if candidates is not None:
             if candidates.size_hw != work.shape[:2]:
                 if aspect_mismatch(candidates.size_hw, work.shape[:2]) > ASPECT_TOLERANCE:
@@ -512,7 +512,7 @@ class Pipeline:
         if candidates is None:
             cand_set = self.segment(work)
         t2 = time.perf_counter()
-        feats = self._backbone("destination", tensor)
+        feats = self._backbone("dst", tensor)
         t3 = time.perf_counter()
         inputs = self._candidate_inputs(cand_set)
         t4 = time.perf_counter()
@@ -537,7 +537,7 @@ class Pipeline:
         )
 
     def _candidate_inputs(self, cands: CandidateSet) -> dict[str, np.ndarray]:
-        view = self.views["destination"]
+        view = self.views["dst"]
         if len(cands) == 0:
             return {}
         boxes = scale_boxes(cands.boxes, cands.size_hw, view.image_size)
@@ -568,7 +568,7 @@ class Pipeline:
             )
         if not mask.any():
             return "the query mask is empty"
-        view = self.views["source"]
+        view = self.views["src"]
         if not resize_mask_nearest(mask != 0, view.image_size).any():
             return (
                 f"the query mask vanishes at the model's source size "
@@ -577,7 +577,7 @@ class Pipeline:
         return None
 
     def _query_inputs(self, queries: Sequence[np.ndarray], src_hw: tuple[int, int]):
-        view = self.views["source"]
+        view = self.views["src"]
         masks = []
         for i, mask in enumerate(queries):
             problem = self.query_problem(mask, src_hw)
@@ -617,7 +617,7 @@ class Pipeline:
         cands = dst.candidates
         box = cands.boxes[index]
         if self.mask_size == "model":
-            size = self.views["destination"].image_size
+            size = self.views["dst"].image_size
             rows, cols = self._resize_index(cands.size_hw, size, "torch")
             mask = cands.mask(index)[np.ix_(rows, cols)]
         else:
@@ -631,7 +631,7 @@ class Pipeline:
     def output_size(self, dst_image_hw: tuple[int, int]) -> tuple[int, int]:
         """(H, W) of the output masks for a destination image of ``dst_image_hw``."""
         if self.mask_size == "model":
-            return tuple(self.views["destination"].image_size)
+            return tuple(self.views["dst"].image_size)
         return tuple(dst_image_hw)
 
     def match(
@@ -652,7 +652,7 @@ class Pipeline:
         t0 = time.perf_counter()
         masks, boxes = self._query_inputs(queries, src.image_hw)
         t1 = time.perf_counter()
-        view = self.views["source"]
+        view = self.views["src"]
         count = len(dst.candidates)
         src_inputs: dict[str, np.ndarray] = {}
         if count and self.matcher_input == "masks":
@@ -1093,12 +1093,12 @@ def run_video(
     # below opens both videos again and refuses truncated ones.
     src_info, dst_info = read_video_info(run.src_video), read_video_info(run.dst_video)
     src_hw, dst_hw = (src_info.height, src_info.width), (dst_info.height, dst_info.width)
-    pipeline.check_image(src_hw, "source", f"source video {run.src_video}")
-    pipeline.check_image(dst_hw, "destination", f"destination video {run.dst_video}")
+    pipeline.check_image(src_hw, "src", f"source video {run.src_video}")
+    pipeline.check_image(dst_hw, "dst", f"destination video {run.dst_video}")
     _queries_fit(run, pipeline, src_hw)
     if run.candidates is not None:
         _candidates_fit(run.candidates, dst_hw)
-    work_hw = working_size(dst_hw, pipeline.views["destination"].image_size)
+    work_hw = working_size(dst_hw, pipeline.views["dst"].image_size)
     inputs = _run_inputs(run, pipeline, src_info, dst_info)
     if run.resume:
         state, results = _load_resume(run, inputs)
@@ -1372,11 +1372,11 @@ def run_take(
             if frame != cache_frame:  # a frame's views are reused across cameras only
                 cache, cache_frame = {}, frame
             try:
-                src = cache.get(("source", src_cam, frame))
+                src = cache.get(("src", src_cam, frame))
                 if src is None:
                     src = pipeline.encode_source(read_rgb(index.image_path(take, src_cam, frame)))
-                    cache[("source", src_cam, frame)] = src
-                dst = cache.get(("destination", dst_cam, frame))
+                    cache[("src", src_cam, frame)] = src
+                dst = cache.get(("dst", dst_cam, frame))
                 if dst is None:
                     dst_rgb = read_rgb(index.image_path(take, dst_cam, frame))
                     candidates = None
@@ -1384,14 +1384,14 @@ def run_take(
                         masks_path, boxes_path = candidate_paths(root, split, direction, take,
                                                                  dst_cam, frame)  # fmt: skip
                         if masks_path.is_file() and boxes_path.is_file():
-                            model_hw = pipeline.views["destination"].image_size
+                            model_hw = pipeline.views["dst"].image_size
                             work_hw = working_size(dst_rgb.shape[:2], model_hw)
                             candidates = read_candidates(masks_path, boxes_path, work_hw)
                     dst = pipeline.encode_destination(dst_rgb, candidates)
                     counts[
                         "precomputed_frames" if candidates is not None else "fastsam_frames"
                     ] += 1
-                    cache[("destination", dst_cam, frame)] = dst
+                    cache[("dst", dst_cam, frame)] = dst
             except OmamaError as exc:
                 for obs in group:
                     skips.add(object=obs.obj, cams=f"{src_cam}->{dst_cam}", frame=frame,

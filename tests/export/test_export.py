@@ -126,8 +126,8 @@ def _ort(path) -> Session:
 
 def _parity(manifest, matcher) -> MatcherParity:
     views = manifest.views
-    src = ViewGeometry(views["source"].image_size, views["source"].feat_grid)
-    dst = ViewGeometry(views["destination"].image_size, views["destination"].feat_grid)
+    src = ViewGeometry(views["src"].image_size, views["src"].feat_grid)
+    dst = ViewGeometry(views["dst"].image_size, views["dst"].feat_grid)
     # Only its feeds are used here: the references below come from the training code.
     return MatcherParity(None, matcher.dim, src, dst, manifest.matcher.input)
 
@@ -177,9 +177,9 @@ def test_exo2ego_folder_is_complete_verified_and_described(exo2ego):
     )
     assert not list(out.glob("*.engine")) and not list(out.glob(".omama-export-*"))
     assert manifest.direction == "exo2ego" and manifest.random_init is True
-    assert manifest.views["source"].camera == "exo"
-    assert manifest.views["source"].image_size == (56, 84)
-    assert manifest.views["destination"].feat_grid == (5, 5)
+    assert manifest.views["src"].kind == "exo"
+    assert manifest.views["src"].image_size == (56, 84)
+    assert manifest.views["dst"].feat_grid == (5, 5)
     assert manifest.preprocess.patch_size == 14
     assert manifest.preprocess.mean == (0.485, 0.456, 0.406)
     assert (manifest.descriptor.reduction, manifest.descriptor.context_px) == (4, 100)
@@ -333,7 +333,7 @@ def test_cli_export_ego2exo_with_measured_matcher_input(ego2exo):
     assert code == 0, stderr
     manifest = check_artifacts(out)
     assert manifest.direction == "ego2exo"
-    assert manifest.views["source"].camera == "ego" and manifest.views["source"].feat_grid == (5, 5)
+    assert manifest.views["src"].kind == "ego" and manifest.views["src"].feat_grid == (5, 5)
     assert manifest.fastsam == FastSAMSpec(included=False)
     assert sorted(f.path for f in manifest.files) == [
         "backbone_ego.onnx",
@@ -511,8 +511,8 @@ def test_tensorrt_engines_build_and_match(exo2ego, tmp_path):
     assert engine.stat().st_size > 0 and cache.is_file()
     assert record["profiles"][0]["dst_masks"]["opt"][1] == 64 and record["gpu_name"]
     views = manifest.views
-    src = ViewGeometry(views["source"].image_size, views["source"].feat_grid)
-    dst = ViewGeometry(views["destination"].image_size, views["destination"].feat_grid)
+    src = ViewGeometry(views["src"].image_size, views["src"].feat_grid)
+    dst = ViewGeometry(views["dst"].image_size, views["dst"].feat_grid)
     torch_backend = select_backend("torch", "cpu")
     with open_artifact(torch_backend, manifest, manifest.select("matcher")) as reference:
         parity = MatcherParity(reference, 768, src, dst, "masks", random_sets=200, large_n=256)
@@ -570,7 +570,7 @@ def test_weights_files_export_records_their_hashes(tmp_path):
     export_artifacts(config, echo=lambda line: None, progress=False)
     manifest = check_artifacts(out)
     assert manifest.direction == "ego2exo" and manifest.random_init is False
-    assert manifest.views["source"] == manifest.views["source"].__class__("ego", (70, 70), (5, 5))
+    assert manifest.views["src"] == manifest.views["src"].__class__("ego", (70, 70), (5, 5))
     assert manifest.backbone.weights == WeightsRecord(
         random=False, file="vits14.safetensors", sha256=sha256_file(backbone_path)
     )
@@ -683,7 +683,7 @@ def test_export_from_a_cache_reproduces_its_features(tmp_path):
         assert pipe.describe()["random_weights"] is True
     assert not [line for line in lines if line.startswith("warning")]
     index = ProcessedRoot(root)
-    for view, role in (("exo", "source"), ("ego", "destination")):
+    for view, role in (("exo", "src"), ("ego", "dst")):
         assert manifest.views[role].image_size == cache.image_size(view)
         take, cam, frame = next(k for k in cache if view_of(k.split("/")[1]) == view).split("/")
         image = preprocess_image(
@@ -792,8 +792,8 @@ def _fastsam_step(tmp_path, echo, **overrides):
     out.mkdir()
     weights = build_standin_fastsam(tmp_path / "standin.pt")
     views = {
-        "source": ViewSpec("exo", (56, 84), (4, 6)),
-        "destination": ViewSpec("ego", (70, 70), (5, 5)),
+        "src": ViewSpec("exo", (56, 84), (4, 6)),
+        "dst": ViewSpec("ego", (70, 70), (5, 5)),
     }
     models = _Models(None, "exo2ego", views, {}, None, weights, None, None, None)
     config = _config(out, **overrides)

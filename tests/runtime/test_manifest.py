@@ -65,8 +65,8 @@ def _manifest(files, verification=None) -> Manifest:
         direction="exo2ego",
         random_init=True,
         views={
-            "source": ViewSpec("exo", (532, 952), (38, 68)),
-            "destination": ViewSpec("ego", (700, 700), (50, 50)),
+            "src": ViewSpec("exo", (532, 952), (38, 68)),
+            "dst": ViewSpec("ego", (700, 700), (50, 50)),
         },
         preprocess=PreprocessSpec(14, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
         descriptor=DescriptorSpec(
@@ -132,7 +132,7 @@ def folder(tmp_path):
 def test_round_trip_keeps_every_field(folder):
     manifest = check_artifacts(folder)
     assert manifest.direction == "exo2ego" and manifest.random_init is True
-    assert manifest.views["destination"] == ViewSpec("ego", (700, 700), (50, 50))
+    assert manifest.views["dst"] == ViewSpec("ego", (700, 700), (50, 50))
     assert manifest.models() == ["backbone_ego", "matcher"]
     entry = manifest.select("backbone_ego", "onnx", "fp32")
     assert entry.sha256 == hashlib.sha256((folder / "backbone_ego.onnx").read_bytes()).hexdigest()
@@ -141,13 +141,13 @@ def test_round_trip_keeps_every_field(folder):
     assert manifest.verification.records[0].checks[0].passed
     assert manifest.golden_of("matcher").cases == 4 and manifest.golden_of("fastsam") is None
     assert manifest.path_of(entry) == folder / "backbone_ego.onnx"
-    assert manifest.backbone_model("destination") == "backbone_ego"
+    assert manifest.backbone_model("dst") == "backbone_ego"
     matcher = manifest.select("matcher")
     assert [ref.path for ref in matcher.file_refs()] == ["matcher.onnx", "matcher.onnx.data"]
     # Serialising again gives the same JSON, and reading it the same records.
     again = json.loads((folder / MANIFEST_NAME).read_text())
     assert again == manifest.to_dict()
-    assert again["schema_version"] == SCHEMA_VERSION == 2
+    assert again["schema_version"] == SCHEMA_VERSION == 3
     written = _manifest(manifest.files, manifest.verification)
     assert dataclasses.replace(manifest, created_utc="", omama_version="") == written
 
@@ -206,6 +206,7 @@ def test_golden_files_are_hash_checked(folder):
         (lambda d: d.update(format="something"), "not an omama artifacts manifest"),
         (lambda d: d.update(schema_version=SCHEMA_VERSION + 1), "schema_version"),
         (lambda d: d.update(schema_version=1), "re-export the folder with `omama export`"),
+        (lambda d: d.update(schema_version=2), "re-export the folder with `omama export`"),
         (lambda d: d.pop("views"), "missing field views"),
         (lambda d: d.update(direction="up2down"), "direction 'up2down'"),
         (lambda d: d["matcher"].update(input="pixels"), "matcher.input"),

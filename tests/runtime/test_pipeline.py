@@ -349,7 +349,7 @@ def test_candidate_descriptors_equal_resizing_twice(ort_pipe, frames):
     _, dst_rgb, _, _ = frames
     dst = ort_pipe.encode_destination(dst_rgb)
     cands = dst.candidates
-    view = ort_pipe.views["destination"]
+    view = ort_pipe.views["dst"]
     dense = np.stack([cands.mask(i) for i in range(len(cands))])
     resized = Candidates(dense, cands.boxes).resized(view.image_size)
     want = descriptor_weights(resized.masks, resized.boxes, view.image_size, view.feat_grid)
@@ -579,7 +579,7 @@ def test_in_graph_nms_gives_the_runtime_nms_candidates_on_every_backend(assets, 
     random = load_manifest(assets.random).fastsam
     assert manifest.fastsam.nms_in_graph and manifest.fastsam.conf == 0.4
     assert random.nms_in_graph and random.conf == 0.01  # what random weights need
-    work = working_image(frames[1], manifest.views["destination"].image_size)
+    work = working_image(frames[1], manifest.views["dst"].image_size)
     raw_path, _ = export_fastsam_onnx(assets.weights_dir / "fastsam.pt", tmp_path, FASTSAM_IMGSZ)
     with OrtSession(raw_path, threads=1) as raw:
         assert raw.outputs[0].shape[1] == 37  # raw head outputs: the runtime runs NMS
@@ -595,7 +595,7 @@ def test_in_graph_nms_conf_may_rise_but_not_fall(ort_pipe, frames):
     from runtime.fastsam_post import segment_everything
     from runtime.pipeline import working_image
 
-    work = working_image(frames[1], ort_pipe.views["destination"].image_size)
+    work = working_image(frames[1], ort_pipe.views["dst"].image_size)
     base = segment_everything(ort_pipe.sessions["fastsam"], work, FASTSAM_IMGSZ, 0.4, 0.9)
     higher = float(np.median(base.scores))
     keep = base.scores > np.float32(higher)

@@ -349,14 +349,14 @@ def test_features_export_and_torch_backend_build_the_same_random_backbone(artifa
     features = BackboneWeights.resolve(SMALL, random_init=True, seed=0)
     for view in manifest.views.values():
         from_cache = features.build(view.image_size)
-        rebuilt = build_artifact_module(manifest, manifest.select(f"backbone_{view.camera}"))
-        states = [m.state_dict() for m in (exported[view.camera], from_cache, rebuilt.backbone)]
+        rebuilt = build_artifact_module(manifest, manifest.select(f"backbone_{view.kind}"))
+        states = [m.state_dict() for m in (exported[view.kind], from_cache, rebuilt.backbone)]
         assert states[0].keys() == states[1].keys() == states[2].keys()
         for key in states[0]:
             assert torch.equal(states[0][key], states[1][key]), key
             assert torch.equal(states[0][key], states[2][key]), key
         image = torch.rand(1, 3, *view.image_size, generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
-            assert torch.equal(exported[view.camera](image), rebuilt(image))
+            assert torch.equal(exported[view.kind](image), rebuilt(image))
     other = BackboneWeights.resolve(SMALL, random_init=True, seed=1).build((70, 70))
     assert not torch.equal(other.proj.weight, exported["ego"].proj.weight)

@@ -126,7 +126,7 @@ def _expected(masks: np.ndarray, weights_art: Path) -> np.ndarray:
     destination working size (torch rule), then back to the video size (OpenCV rule)."""
     from runtime.manifest import load_manifest
 
-    model_hw = load_manifest(weights_art).views["destination"].image_size
+    model_hw = load_manifest(weights_art).views["dst"].image_size
     work = Candidates.from_masks(masks).resized(working_size(DST_HW, model_hw)).masks
     return np.stack([resize_mask_nearest(m, DST_HW, rule="opencv") for m in work])
 
