@@ -404,12 +404,12 @@ class Pipeline:
         """Refuse an image whose shape does not fit the model's ``role`` view."""
         view = self.views[role]
         if aspect_mismatch(image_hw, view.image_size) > ASPECT_TOLERANCE:
-            other = "destination" if role == "src" else "source"
+            name, other = ("source", "destination") if role == "src" else ("destination", "source")
             raise OmamaError(
-                f"{what} is {image_hw[1]}x{image_hw[0]} px (WxH) but the model's {role} view "
+                f"{what} is {image_hw[1]}x{image_hw[0]} px (WxH) but the model's {name} view "
                 f"({view.kind}) takes {view.image_size[1]}x{view.image_size[0]} px images: "
                 f"aspect ratios differ by {100 * aspect_mismatch(image_hw, view.image_size):.0f}%"
-                f" (did you swap {role} and {other}, or export for the other --direction?)"
+                f" (did you swap {name} and {other}, or export for the other --direction?)"
             )
         if (image_hw[0] < view.image_size[0] or image_hw[1] < view.image_size[1]) and (
             role not in self._upscale_warned
