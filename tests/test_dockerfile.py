@@ -244,21 +244,28 @@ def declared_dependencies() -> dict[str, list[str]]:
     return declared
 
 
+def closure(roots: set[str], neighbours) -> set[str]:
+    """``roots`` and every name reachable from them through ``neighbours(name)``."""
+    seen: set[str] = set()
+    todo = list(roots)
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(neighbours(name))
+    return seen
+
+
 def extras_closure(extras: set[str]) -> set[str]:
     """Extras including those they pull in through ``omama[...]`` self-references."""
     optional = PYPROJECT["project"]["optional-dependencies"]
-    seen: set[str] = set()
-    todo = list(extras)
-    while todo:
-        extra = todo.pop()
-        if extra in seen:
-            continue
-        seen.add(extra)
-        for entry in optional[extra]:
-            req = Requirement(entry)
-            if normalize(req.name) == normalize(PYPROJECT["project"]["name"]):
-                todo.extend(req.extras)
-    return seen
+    own_name = normalize(PYPROJECT["project"]["name"])
+
+    def pulled_in(extra: str) -> list[str]:
+        requirements = (Requirement(entry) for entry in optional[extra])
+        return [e for req in requirements if normalize(req.name) == own_name for e in req.extras]
+
+    return closure(extras, pulled_in)
 
 
 # ------------------------------------------------------------------------ fixtures
@@ -552,22 +559,20 @@ def _runtime_imports() -> set[str]:
 
 def _distribution_closure(roots: set[str]) -> set[str]:
     """``roots`` and everything they require in this environment (markers evaluated)."""
-    seen: set[str] = set()
-    todo = list(roots)
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
+
+    def requires(name: str) -> list[str]:
         try:
-            requires = md.requires(name) or []
+            entries = md.requires(name) or []
         except md.PackageNotFoundError:
-            continue
-        for entry in requires:
-            req = Requirement(entry)
-            if req.marker is None or req.marker.evaluate({"extra": ""}):
-                todo.append(normalize(req.name))
-    return seen
+            return []
+        requirements = (Requirement(entry) for entry in entries)
+        return [
+            normalize(req.name)
+            for req in requirements
+            if req.marker is None or req.marker.evaluate({"extra": ""})
+        ]
+
+    return closure(roots, requires)
 
 
 def test_runtime_image_provides_every_module_runtime_imports(stages, pips) -> None:
