@@ -2,7 +2,7 @@
 
 A throw-away processed root holds one take with ``--images`` frames of an ego camera
 (704 x 704 jpg -> 700 x 700 model input, 50 x 50 tokens) and an exo camera (540 x 960 ->
-532 x 952, 38 x 68 tokens); one pair per frame. ``omama_train.features.build_cache`` runs
+532 x 952, 38 x 68 tokens); one pair per frame. ``omama_train.features.build.build_cache`` runs
 each backbone (seeded random weights: speed and size do not depend on the values) on this
 CPU, then the reader is timed: one map (``get``, a copy of one (768, h, w) fp16 map out of
 the memory map) and a batch of maps (``get_many``).
@@ -59,7 +59,7 @@ def write_root(root: Path, frames: int) -> Path:
 
 def time_reads(cache_dir: Path, repeats: int) -> dict:
     """Median ms of ``get`` (one map) and ``get_many`` (all maps of the exo view)."""
-    from omama_train.features import FeatureCache
+    from omama_train.features.reader import FeatureCache
 
     cache = FeatureCache(cache_dir)
     keys = list(cache)
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     import numpy as np
     import torch
 
-    from omama_train.features import build_cache
+    from omama_train.features.build import build_cache
 
     load_start = os.getloadavg()
     gflops_start = matmul_gflops(args.threads)

@@ -7,7 +7,7 @@ What it measures (official sizes, exo2ego: exo 532x952 -> ego 700x700):
   ``torch.autocast(float16)`` (the ``omama features`` setting), the max/mean absolute
   difference of the features between the two, and peak device memory.
 * ``train_step``: one matcher training step (forward, loss, backward, AdamW) at the
-  reference batch (24 pairs, N = 32 masks) through ``omama_train.train.build_train_model``,
+  reference batch (24 pairs, N = 32 masks) through ``omama_train.train.model.build_train_model``,
   with cached fp16 features vs features computed on the fly by the frozen backbone, under
   AMP, timed with CUDA synchronisation; plus the share of the cached step spent on
   descriptors (the seed: 166 of 242 ms).
@@ -94,7 +94,7 @@ def train_step_check(batch_size: int, n: int, repeats: int) -> dict:
     from omama_train.models.backbones import build_backbone
     from omama_train.models.matcher import OMaMaMatcher
     from omama_train.models.preprocess import preprocess_image_torch
-    from omama_train.train import build_train_model, masked_loss, tie_backbones
+    from omama_train.train.model import build_train_model, masked_loss, tie_backbones
 
     torch.manual_seed(0)
     geometry = Geometry.from_views("exo2ego", SIZES, GRIDS)

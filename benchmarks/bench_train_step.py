@@ -9,7 +9,7 @@ packed pooling-grid masks (ellipses of 4-250 px, FastSAM-like), boxes, visibilit
 either fp16 feature maps (the cache) or uint8 images.
 
 Each step is forward + loss + backward + AdamW step, through the training module
-``omama_train.train.build_train_model``:
+``omama_train.train.model.build_train_model``:
 
 * ``cached``: features come with the batch (what ``omama train --cache`` does);
 * ``on_the_fly``: the same matcher-only training, but the backbone (frozen, no grad) encodes
@@ -83,7 +83,7 @@ def run(batch_size: int, n: int, threads: int, repeats: int, finetune: bool) -> 
     from omama_train.dataset import Geometry
     from omama_train.models.backbones import build_backbone
     from omama_train.models.matcher import OMaMaMatcher
-    from omama_train.train import build_train_model, masked_loss, tie_backbones
+    from omama_train.train.model import build_train_model, masked_loss, tie_backbones
 
     torch.manual_seed(0)
     torch.set_num_threads(threads)

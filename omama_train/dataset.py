@@ -72,12 +72,13 @@ PREP_VERSION = 1
 # ----------------------------------------------------------------------------- geometry
 
 
-def source_view(direction: str) -> str:
-    """``"exo"`` for exo2ego, ``"ego"`` for ego2exo."""
+def src_kind(direction: str) -> str:
+    """Camera kind of the source view: ``"exo"`` for exo2ego, ``"ego"`` for ego2exo."""
     return "exo" if check_direction(direction) == "exo2ego" else "ego"
 
 
-def destination_view(direction: str) -> str:
+def dst_kind(direction: str) -> str:
+    """Camera kind of the destination view: ``"ego"`` for exo2ego, ``"exo"`` for ego2exo."""
     return "ego" if check_direction(direction) == "exo2ego" else "exo"
 
 
@@ -102,7 +103,7 @@ class Geometry:
         reduction: int = REDUCTION,
     ) -> Geometry:
         """From per-view sizes ``{"ego": (H, W), "exo": (H, W)}`` and grids alike."""
-        src, dst = source_view(direction), destination_view(direction)
+        src, dst = src_kind(direction), dst_kind(direction)
 
         def hw(value: Sequence[int]) -> tuple[int, int]:
             return int(value[0]), int(value[1])
@@ -271,7 +272,7 @@ def build_frame_prep(
         gt_boxes.append(box)
         gt_anchor.append(best_overlap(box, cand_boxes))
 
-    src_is_ego = source_view(direction) == "ego"
+    src_is_ego = src_kind(direction) == "ego"
     src_cams = [c for c in index.cams(take) if is_ego_cam(c) == src_is_ego]
     q_keys, q_bits, q_boxes = [], [], []
     for cam in src_cams:
@@ -419,7 +420,7 @@ class CachedFeatures:
 
     def cache(self):
         if self._cache is None:
-            from omama_train.features import FeatureCache
+            from omama_train.features.reader import FeatureCache
 
             self._cache = FeatureCache(self.path)
         return self._cache

@@ -21,17 +21,18 @@ import platform
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple
 
 import cv2
 import numpy as np
 import typer
 
+from omama_train.shards import parse_shard, select_shard
 from runtime.atomic import write_json
 from runtime.candidates import Candidates, candidates_complete, write_candidates
 from runtime.egoexo import (
@@ -50,8 +51,6 @@ from runtime.rle import decode
 
 PREFETCH_FRAMES = 4  # images decoded ahead of the model
 SOURCE_FILE = "candidates_source.json"
-
-Item = TypeVar("Item")
 
 
 class DestinationFrame(NamedTuple):
@@ -82,24 +81,6 @@ def destination_frames(pairs: Iterable[Pair], direction: str) -> list[Destinatio
     return sorted(
         {DestinationFrame(p.take, p.destination_cam(direction), int(p.frame)) for p in pairs}
     )
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"i/n"`` (0-based, 0 <= i < n) -> (i, n)."""
-    try:
-        index_text, count_text = text.split("/")
-        index, count = int(index_text), int(count_text)
-    except ValueError as exc:
-        raise OmamaError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from exc
-    if count < 1 or not 0 <= index < count:
-        raise OmamaError(f"--shard i/n needs n >= 1 and 0 <= i < n, got {text!r}")
-    return index, count
-
-
-def select_shard(items: Sequence[Item], index: int, count: int) -> list[Item]:
-    """Shard ``index`` of ``count`` of the sorted items (frames, images): every count-th from
-    ``index``, so shards are disjoint, cover everything and do not depend on input order."""
-    return sorted(items)[index::count]
 
 
 def report_path(root: Path, split: str, direction: str, shard: tuple[int, int] = (0, 1)) -> Path:

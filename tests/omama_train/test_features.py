@@ -21,15 +21,21 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from omama_train import features as F
 from omama_train.data.pairs import make_pairs
 from omama_train.data.prepare import prepare
 from omama_train.data.synth import synthesize
-from omama_train.features import BackboneWeights, FeatureCache, build_cache, unique_images
+from omama_train.features import writer
+from omama_train.features.build import build_cache, summary_text
+from omama_train.features.cli import register
+from omama_train.features.images import cam_kind, resolve_pairs_files, unique_images
+from omama_train.features.meta import BACKBONE_FILE
+from omama_train.features.reader import FeatureCache
+from omama_train.features.weights import BackboneWeights, backbone_identity, write_backbone_file
 from omama_train.models.backbones import BACKBONES, random_backbone_state
 from runtime.clikit import new_app, run_app
 from runtime.egoexo import DIRECTIONS, ProcessedRoot, pairs_path, read_pairs, write_pairs
 from runtime.errors import OmamaError
+from runtime.images import read_rgb
 from runtime.preprocess import preprocess_image
 
 torch.set_num_threads(1)
@@ -58,7 +64,7 @@ def root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def pairs_files(root) -> list[Path]:
-    return F.resolve_pairs_files(root)
+    return resolve_pairs_files(root)
 
 
 def build(root, out, pairs_files, spec=SMALL, **kw) -> dict:
@@ -87,7 +93,7 @@ def test_unique_images_are_both_views_of_every_pair(root, pairs_files):
     assert images == sorted(set(images))
     assert {(p.take, c, p.frame) for p in pairs for c in (p.ego_cam, p.exo_cam)} == set(images)
     assert len(images) == N_IMAGES
-    assert sum(k.view == "ego" for k in images) == 4
+    assert sum(k.kind == "ego" for k in images) == 4
 
 
 def test_cache_holds_the_backbone_output_of_each_image(root, full_cache):
@@ -96,7 +102,7 @@ def test_cache_holds_the_backbone_output_of_each_image(root, full_cache):
     weights = BackboneWeights.resolve(SMALL, random_init=True, seed=0)
     index = ProcessedRoot(root)
     for view in ("ego", "exo"):
-        key = next(k for k in cache if F.view_of(k.split("/")[1]) == view)
+        key = next(k for k in cache if cam_kind(k.split("/")[1]) == view)
         take, cam, frame = key.split("/")
         rgb = cv2.cvtColor(cv2.imread(str(index.image_path(take, cam, frame))), cv2.COLOR_BGR2RGB)
         model = weights.build(SIZES[view])
@@ -180,12 +186,12 @@ def test_weights_file_changed_under_the_same_name_is_refused(root, pairs_files, 
     path = tmp_path / "backbone.safetensors"
     save_file(trunk, str(path))
     out = tmp_path / "cache"
-    report = build(root, out, pairs_files, random_init=False, weights=path, limit=2)
+    report = build(root, out, pairs_files, random_init=False, backbone_weights=path, limit=2)
     assert report["computed"] == 2 and FeatureCache(out).meta["weights"]["random_init"] is False
     trunk["blocks.0.attn.qkv.weight"] = trunk["blocks.0.attn.qkv.weight"] * 1.01
     save_file(trunk, str(path))
     with pytest.raises(OmamaError, match="weights sha256"):
-        build(root, out, pairs_files, random_init=False, weights=path)
+        build(root, out, pairs_files, random_init=False, backbone_weights=path)
 
 
 def test_other_backbone_is_refused(root, pairs_files, full_cache, tmp_path):
@@ -203,7 +209,7 @@ def test_other_backbone_is_refused(root, pairs_files, full_cache, tmp_path):
 def resized_root(root: Path, dst: Path, view: str, size_hw: tuple[int, int], limit=None) -> Path:
     """A copy of ``root`` whose ``view`` jpgs (the first ``limit`` of them) are resized."""
     shutil.copytree(root, dst)
-    paths = sorted(p for p in dst.glob("processed/*/*/*.jpg") if F.view_of(p.parent.name) == view)
+    paths = sorted(p for p in dst.glob("processed/*/*/*.jpg") if cam_kind(p.parent.name) == view)
     for path in paths[:limit]:
         image = cv2.imread(str(path))
         cv2.imwrite(str(path), cv2.resize(image, (size_hw[1], size_hw[0])))
@@ -254,7 +260,7 @@ def test_missing_images_are_reported_and_skipped(root, pairs_files, tmp_path):
 def test_resume_after_an_interrupted_run(root, pairs_files, full_cache, tmp_path, monkeypatch):
     out = tmp_path / "cache"
     calls = {"n": 0}
-    real_read = F.read_rgb
+    real_read = read_rgb
 
     def failing_read(path):
         calls["n"] += 1
@@ -262,10 +268,10 @@ def test_resume_after_an_interrupted_run(root, pairs_files, full_cache, tmp_path
             raise RuntimeError("simulated crash")
         return real_read(path)
 
-    monkeypatch.setattr(F, "read_rgb", failing_read)
+    monkeypatch.setattr(writer, "read_rgb", failing_read)
     with pytest.raises(RuntimeError, match="simulated crash"):
         build(root, out, pairs_files)
-    monkeypatch.setattr(F, "read_rgb", real_read)
+    monkeypatch.setattr(writer, "read_rgb", real_read)
     partial = FeatureCache(out)
     # Whole chunks survive; the chunk being written when it failed is gone.
     assert 0 < len(partial) < N_IMAGES
@@ -373,7 +379,7 @@ def test_cli_builds_resumes_and_refuses(root, tmp_path, capsys):
     train_pairs = pairs_path(root, "train", "exo2ego")
     n = len(unique_images(read_pairs(train_pairs)))
     app = new_app("test")
-    F.register(app)
+    register(app)
     out = tmp_path / "cache"
     common = ["features", "--root", str(root), "--out", str(out), "--no-progress"]
     model = ["--backbone", "dinov2_vits14_reg", "--random-init", "--device", "cpu"]
@@ -396,7 +402,7 @@ def test_cli_builds_resumes_and_refuses(root, tmp_path, capsys):
     assert len(err) == 1 and "weights sha256" in err[0] and "point --out elsewhere" in err[0]
 
     assert run_app(app, common) == 1
-    assert "either --weights PATH or --random-init" in capsys.readouterr().err
+    assert "either --backbone-weights PATH or --random-init" in capsys.readouterr().err
     assert run_app(app, [*common, "--random-init", "--split", "val", "--direction", "exo2ego"]) == 1
     assert "pairs file not found" in capsys.readouterr().err
 
@@ -410,7 +416,7 @@ def _features(model, rgb: np.ndarray) -> torch.Tensor:
 
 
 def _first_of_view(cache: FeatureCache, view: str) -> tuple[str, str, int]:
-    take, cam, frame = next(k for k in cache if F.view_of(k.split("/")[1]) == view).split("/")
+    take, cam, frame = next(k for k in cache if cam_kind(k.split("/")[1]) == view).split("/")
     return take, cam, int(frame)
 
 
@@ -418,7 +424,7 @@ def test_random_init_cache_writes_the_weights_it_used(root, pairs_files, full_ca
     from omama_train.models.backbones import backbone_file_info, build_backbone, read_state_dict
     from runtime.manifest import sha256_file
 
-    path = full_cache / F.BACKBONE_FILE
+    path = full_cache / BACKBONE_FILE
     cache = FeatureCache(full_cache)
     saved = cache.meta["weights"]["saved_file"]
     assert saved == {"name": "backbone.safetensors", "sha256": sha256_file(path)}
@@ -429,12 +435,12 @@ def test_random_init_cache_writes_the_weights_it_used(root, pairs_files, full_ca
     state = read_state_dict(path)
     assert state["trunk.pos_embed"].shape == (1, 37 * 37, 384)  # any size can be built from it
     assert {"proj.weight", "proj.bias"} <= set(state)
-    assert backbone_file_info(path)["backbone"] == F.backbone_identity(SMALL, None)
+    assert backbone_file_info(path)["backbone"] == backbone_identity(SMALL, None)
     weights = BackboneWeights.resolve(SMALL, random_init=True, seed=0)
     index = ProcessedRoot(root)
     for view in ("ego", "exo"):
         take, cam, frame = _first_of_view(cache, view)
-        rgb = F.read_rgb(index.image_path(take, cam, frame))
+        rgb = read_rgb(index.image_path(take, cam, frame))
         from_file = _features(build_backbone(SMALL, SIZES[view], path), rgb)
         torch.testing.assert_close(
             from_file, _features(weights.build(SIZES[view]), rgb), rtol=0, atol=1e-5
@@ -442,21 +448,23 @@ def test_random_init_cache_writes_the_weights_it_used(root, pairs_files, full_ca
         torch.testing.assert_close(
             cache.get(take, cam, frame).float(), from_file, rtol=2e-3, atol=2e-3
         )
-    # The file as --weights is the same cache: same sha256, nothing recomputed.
+    # The file as --backbone-weights is the same cache: same sha256, nothing recomputed.
     assert BackboneWeights.resolve(SMALL, path).sha256 == cache.weights_sha256
     copy = copy_cache(full_cache, tmp_path / "cache")
-    report = build(root, copy, pairs_files, random_init=False, weights=copy / F.BACKBONE_FILE)
+    report = build(
+        root, copy, pairs_files, random_init=False, backbone_weights=copy / BACKBONE_FILE
+    )
     assert (report["computed"], report["skipped_cached"]) == (0, N_IMAGES)
     # A resumed random-init run keeps the file, rewrites a lost one, refuses another one.
-    summary = F.summary_text(build(root, copy, pairs_files))
-    assert f"export with --backbone-weights {copy / F.BACKBONE_FILE}" in summary
-    (copy / F.BACKBONE_FILE).unlink()
+    summary = summary_text(build(root, copy, pairs_files))
+    assert f"export with --backbone-weights {copy / BACKBONE_FILE}" in summary
+    (copy / BACKBONE_FILE).unlink()
     build(root, copy, pairs_files)
-    assert sha256_file(copy / F.BACKBONE_FILE) == saved["sha256"]
+    assert sha256_file(copy / BACKBONE_FILE) == saved["sha256"]
     shutil.copy(path, tmp_path / "kept.safetensors")
     other = BackboneWeights.resolve(SMALL, random_init=True, seed=1)
-    F.write_backbone_file(tmp_path / "other", other)
-    shutil.copy(tmp_path / "other" / F.BACKBONE_FILE, copy / F.BACKBONE_FILE)
+    write_backbone_file(tmp_path / "other", other)
+    shutil.copy(tmp_path / "other" / BACKBONE_FILE, copy / BACKBONE_FILE)
     with pytest.raises(OmamaError, match=r"backbone.safetensors holds other weights .* delete it"):
         build(root, copy, pairs_files)
 
@@ -466,9 +474,11 @@ def test_file_weights_without_projection_name_the_seed_to_export_with(root, pair
     trunk = {k[len("trunk.") :]: v.contiguous() for k, v in state.items() if k.startswith("trunk.")}
     path = tmp_path / "trunk.safetensors"
     save_file(trunk, str(path))
-    report = build(root, tmp_path / "cache", pairs_files, random_init=False, weights=path, seed=4)
-    assert not (tmp_path / "cache" / F.BACKBONE_FILE).exists()  # the user has the file
-    assert f"export with --backbone-weights {path} --seed 4" in F.summary_text(report)
+    report = build(
+        root, tmp_path / "cache", pairs_files, random_init=False, backbone_weights=path, seed=4
+    )
+    assert not (tmp_path / "cache" / BACKBONE_FILE).exists()  # the user has the file
+    assert f"export with --backbone-weights {path} --seed 4" in summary_text(report)
 
 
 def test_portrait_frame_is_resized_to_its_views_landscape_size(
@@ -493,13 +503,13 @@ def test_portrait_frame_is_resized_to_its_views_landscape_size(
     # The training dataset derives the same sizes and feeds the same pixels.
     assert view_image_sizes(index, pairs, lambda h, w: model_input_size(h, w, 14)) == SIZES
     take, cam, frame = _first_of_view(cache, "exo")
-    rgb = F.read_rgb(index.image_path(take, cam, frame))
+    rgb = read_rgb(index.image_path(take, cam, frame))
     assert rgb.shape[:2] == (224, 126)
     resized = cv2.resize(rgb, (224, 126), interpolation=cv2.INTER_NEAREST)
     np.testing.assert_array_equal(
         ImageFrames(portrait, SIZES).get(take, cam, frame).numpy(), resized
     )
-    model = build_backbone(SMALL, SIZES["exo"], out / F.BACKBONE_FILE)
+    model = build_backbone(SMALL, SIZES["exo"], out / BACKBONE_FILE)
     want = _features(model, resized)
     torch.testing.assert_close(cache.get(take, cam, frame).float(), want, rtol=2e-3, atol=2e-3)
     # Its batch-mates (resized on the CPU with it) are what the plain cache holds.

@@ -21,19 +21,13 @@ import numpy as np
 import pytest
 import torch
 
-from omama_train.features import build_cache
+from omama_train.features.build import build_cache
 from omama_train.models.backbones import get_spec
 from omama_train.models.matcher import OMaMaMatcher, load_matcher, matcher_loss, save_matcher
-from omama_train.train import (
-    TrainConfig,
-    build_train_model,
-    cosine_lr,
-    load_init,
-    masked_loss,
-    register,
-    tie_backbones,
-    train,
-)
+from omama_train.train.cli import register
+from omama_train.train.config import TrainConfig
+from omama_train.train.model import build_train_model, load_init, masked_loss, tie_backbones
+from omama_train.train.trainer import cosine_lr, train
 from runtime import rle
 from runtime.candidates import load_frame_candidates
 from runtime.clikit import new_app, run_app
@@ -75,7 +69,7 @@ def small_config(data: dict, out: Path, **kw) -> TrainConfig:
         val_split="train",
         epochs=2,
         batch_size=8,
-        candidates=8,
+        num_candidates=8,
         workers=0,
         gap_pairs=6,
         eval_workers=1,
@@ -132,7 +126,7 @@ def test_matcher_learns_beyond_chance(data, tmp_path):
         val_split="test",
         epochs=3,
         batch_size=8,
-        candidates=8,
+        num_candidates=8,
         lr=1e-4,
         workers=0,
         gap_pairs=32,
@@ -182,7 +176,7 @@ def run_cli(args: list[str]) -> int:
 
 
 def test_cli_run_files_and_exact_resume(data, tmp_path, capsys, monkeypatch):
-    import omama_train.train as train_module
+    import omama_train.train.trainer as trainer_module
 
     straight = small_config(data, tmp_path / "straight")
     summary = train(straight)
@@ -192,20 +186,20 @@ def test_cli_run_files_and_exact_resume(data, tmp_path, capsys, monkeypatch):
     common = [
         "--root", str(data["root"]), "--cache", str(data["cache"]), "--out", str(out),
         "--train-pairs", str(data["train_small"]), "--val-pairs", str(data["val_small"]),
-        "--val-split", "train", "--batch-size", "8", "--candidates", "8", "--workers", "0",
+        "--val-split", "train", "--batch-size", "8", "--num-candidates", "8", "--workers", "0",
         "--gap-pairs", "6", "--no-progress",
     ]  # fmt: skip
-    original = train_module.save_resume
+    original = trainer_module.save_resume
 
     def stop_after_first_epoch(*args):
         original(*args)
         if args[-1] is not None and args[6] == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module, "save_resume", stop_after_first_epoch)
+    monkeypatch.setattr(trainer_module, "save_resume", stop_after_first_epoch)
     assert run_cli([*common, "--epochs", "2"]) == 130  # interrupted after epoch 1
     assert "epoch 1/2" in capsys.readouterr().err
-    monkeypatch.setattr(train_module, "save_resume", original)
+    monkeypatch.setattr(trainer_module, "save_resume", original)
     assert run_cli([*common, "--epochs", "2"]) == 1  # the folder holds a run already
     assert "--resume" in capsys.readouterr().err
     assert run_cli([*common, "--epochs", "2", "--resume"]) == 0
@@ -223,7 +217,9 @@ def test_cli_run_files_and_exact_resume(data, tmp_path, capsys, monkeypatch):
         assert (out / name).is_file(), name
     assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) >= 1
     last = json.loads((out / "last.json").read_text())
-    assert last["epoch"] == 2 and last["args"]["candidates"] == 8 and len(last["data_hash"]) == 64
+    assert (
+        last["epoch"] == 2 and last["args"]["num_candidates"] == 8 and len(last["data_hash"]) == 64
+    )
     assert last["metrics"]["val_iou"] == pytest.approx(float(rows[-1]["val_iou"]))
     best = json.loads((out / "best.json").read_text())
     assert best["best_val_iou"] == max(float(r["val_iou"]) for r in rows)
@@ -234,11 +230,11 @@ def test_cli_run_files_and_exact_resume(data, tmp_path, capsys, monkeypatch):
 
 
 def test_mid_epoch_checkpoint_resumes_exactly(data, tmp_path, monkeypatch):
-    import omama_train.train as train_module
+    import omama_train.train.trainer as trainer_module
 
     straight = tmp_path / "straight"
     train(small_config(data, straight))
-    original = train_module.save_resume
+    original = trainer_module.save_resume
     calls = {"mid": 0}
 
     def interrupt_after_mid_epoch_save(*args):
@@ -248,14 +244,14 @@ def test_mid_epoch_checkpoint_resumes_exactly(data, tmp_path, monkeypatch):
             if args[6] == 1:  # in the second epoch
                 raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module, "save_resume", interrupt_after_mid_epoch_save)
+    monkeypatch.setattr(trainer_module, "save_resume", interrupt_after_mid_epoch_save)
     out = tmp_path / "interrupted"
     with pytest.raises(KeyboardInterrupt):
-        train(small_config(data, out, checkpoint_every=1))
-    monkeypatch.setattr(train_module, "save_resume", original)
+        train(small_config(data, out, checkpoint_every_steps=1))
+    monkeypatch.setattr(trainer_module, "save_resume", original)
     resume = json.loads((out / "resume.json").read_text())
     assert resume["state"]["epoch"] == 1 and resume["state"]["step_in_epoch"] == 1
-    train(small_config(data, out, checkpoint_every=1, resume=True))
+    train(small_config(data, out, checkpoint_every_steps=1, resume=True))
     assert_same_weights(straight / "last.safetensors", out / "last.safetensors")
     assert [r["epoch"] for r in read_csv(out / "metrics.csv")] == ["1", "2"]
 
@@ -266,7 +262,7 @@ def test_resume_refuses_other_settings_and_missing_state(data, tmp_path):
     out = tmp_path / "run"
     train(small_config(data, out, epochs=1))
     with pytest.raises(OmamaError, match="candidates"):
-        train(small_config(data, out, resume=True, candidates=4))
+        train(small_config(data, out, resume=True, num_candidates=4))
     with pytest.raises(OmamaError, match="--cache"):
         train(small_config(data, out, cache=None))
 
@@ -353,7 +349,7 @@ def test_ddp_gloo_two_processes(data, tmp_path):
         "-m", "omama_train.train", "--root", str(data["root"]), "--cache", str(data["cache"]),
         "--out", str(out), "--train-pairs", str(data["train_small"]),
         "--val-pairs", str(data["val_small"]), "--val-split", "train", "--epochs", "1",
-        "--batch-size", "4", "--candidates", "8", "--workers", "0", "--gap-pairs", "6",
+        "--batch-size", "4", "--num-candidates", "8", "--workers", "0", "--gap-pairs", "6",
         "--device", "cpu", "--no-progress",
     ]  # fmt: skip
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)

@@ -339,7 +339,7 @@ def test_features_export_and_torch_backend_build_the_same_random_backbone(artifa
     """One random initialisation (the backbone registry's): the feature cache's, the
     export's and the torch backend's rebuild give identical tensors for the same seed."""
     from export.pipeline import build_models
-    from omama_train.features import BackboneWeights
+    from omama_train.features.weights import BackboneWeights
     from omama_train.torch_backend import build_artifact_module
 
     manifest = load_manifest(artifacts)
