@@ -154,11 +154,11 @@ def _synthetic_root(root: Path, n_frames: int) -> None:
 
 def bench_pipeline(weights: Path, device: str, n_frames: int, conf: float, io_threads: int) -> dict:
     from omama_train.data.masks import (
-        DestinationFrame,
         FastSAMSettings,
         extract_candidates,
         fastsam_source,
     )
+    from omama_train.imagekey import ImageKey
     from omama_train.models.fastsam import load_fastsam, segment_everything
     from runtime.candidates import Candidates, write_candidates
     from runtime.egoexo import candidate_paths, frame_image_path
@@ -168,7 +168,7 @@ def bench_pipeline(weights: Path, device: str, n_frames: int, conf: float, io_th
         root = Path(tmp)
         _synthetic_root(root, n_frames + 1)
         make = fastsam_source(weights, settings)
-        warm = DestinationFrame("take0", "aria01_214-1", n_frames)
+        warm = ImageKey("take0", "aria01_214-1", n_frames)
         make(warm, cv2.imread(str(frame_image_path(root, *warm))))
         # The last frame was only the warm-up image; drop its pair from the timed run.
         pairs_file = root / "dataset_jsons" / "test_exoego_pairs.json"

@@ -26,12 +26,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import NamedTuple
+from typing import Annotated
 
-import cv2
 import numpy as np
 import typer
 
+from omama_train.devices import check_device, default_device
+from omama_train.imagekey import ImageKey
 from omama_train.shards import parse_shard, select_shard
 from runtime.atomic import write_json
 from runtime.candidates import Candidates, candidates_complete, write_candidates
@@ -45,23 +46,13 @@ from runtime.egoexo import (
     read_pairs,
 )
 from runtime.errors import OmamaError
-from runtime.info import package_version
+from runtime.images import read_rgb
+from runtime.info import package_versions
 from runtime.preprocess import resize_mask_nearest
 from runtime.rle import decode
 
 PREFETCH_FRAMES = 4  # images decoded ahead of the model
 SOURCE_FILE = "candidates_source.json"
-
-
-class DestinationFrame(NamedTuple):
-    """One destination image: candidates are computed once per (take, cam, frame)."""
-
-    take: str
-    cam: str
-    frame: int
-
-    def __str__(self) -> str:
-        return f"{self.take}/{self.cam}/{self.frame}"
 
 
 @dataclass(frozen=True)
@@ -75,12 +66,10 @@ class FastSAMSettings:
     device: str = "cpu"
 
 
-def destination_frames(pairs: Iterable[Pair], direction: str) -> list[DestinationFrame]:
+def destination_frames(pairs: Iterable[Pair], direction: str) -> list[ImageKey]:
     """Sorted unique destination frames of ``pairs`` for ``direction``."""
     check_direction(direction)
-    return sorted(
-        {DestinationFrame(p.take, p.destination_cam(direction), int(p.frame)) for p in pairs}
-    )
+    return sorted({ImageKey(p.take, p.destination_cam(direction), int(p.frame)) for p in pairs})
 
 
 def report_path(root: Path, split: str, direction: str, shard: tuple[int, int] = (0, 1)) -> Path:
@@ -89,17 +78,17 @@ def report_path(root: Path, split: str, direction: str, shard: tuple[int, int] =
     return Path(root) / f"masks_report_{split}_{check_direction(direction)}{suffix}.json"
 
 
-def candidates_source(weights: Path | None, settings: FastSAMSettings | None) -> dict:
+def candidates_source(fastsam: Path | None, settings: FastSAMSettings | None) -> dict:
     """What made a candidates folder: ground truth, or FastSAM weights and settings.
 
     The device is left out on purpose: shards may run on CPUs and GPUs alike.
     """
-    if weights is None or settings is None:
+    if fastsam is None or settings is None:
         return {"mode": "annotations"}
     return {
         "mode": "fastsam",
-        "weights_name": Path(weights).name,
-        "weights_bytes": Path(weights).stat().st_size,
+        "weights_name": Path(fastsam).name,
+        "weights_bytes": Path(fastsam).stat().st_size,
         "imgsz": settings.imgsz,
         "conf": settings.conf,
         "iou": settings.iou,
@@ -130,7 +119,7 @@ def check_source(out_dir: Path, source: dict) -> None:
 
 
 def annotation_candidates(
-    index: ProcessedRoot, frame: DestinationFrame, size_hw: tuple[int, int]
+    index: ProcessedRoot, frame: ImageKey, size_hw: tuple[int, int]
 ) -> Candidates:
     """Ground-truth masks of every object with a mask in this frame, as candidates.
 
@@ -152,40 +141,31 @@ def annotation_candidates(
     return Candidates.from_masks(np.stack(masks))
 
 
-def _read_image_bgr(path: Path) -> np.ndarray | None:
-    if not path.is_file():
+def _read_image(path: Path) -> np.ndarray | None:
+    """RGB uint8 (H, W, 3) of ``path``, None when it is missing or cannot be decoded (the
+    report lists those frames)."""
+    try:
+        return read_rgb(path)
+    except OmamaError:
         return None
-    return cv2.imread(str(path), cv2.IMREAD_COLOR)
 
 
-def _versions() -> dict[str, str | None]:
-    names = ("omama", "numpy", "opencv-python-headless", "torch", "ultralytics")
-    return {"python": platform.python_version(), **{name: package_version(name) for name in names}}
-
-
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+VERSIONED_PACKAGES = ("omama", "numpy", "opencv-python-headless", "torch", "ultralytics")
 
 
 def fastsam_source(
-    weights: Path, settings: FastSAMSettings
-) -> Callable[[DestinationFrame, np.ndarray], Candidates]:
+    fastsam: Path, settings: FastSAMSettings
+) -> Callable[[ImageKey, np.ndarray], Candidates]:
     """A candidate maker running FastSAM on the frame's image (weights loaded once)."""
     from omama_train.models.fastsam import load_fastsam, segment_everything
 
-    if settings.device.startswith("cuda"):
-        import torch
+    check_device(settings.device)
+    model = load_fastsam(fastsam)
 
-        if not torch.cuda.is_available():
-            raise OmamaError(f"--device {settings.device} asked for, but torch sees no CUDA GPU")
-    model = load_fastsam(weights)
-
-    def make(frame: DestinationFrame, image_bgr: np.ndarray) -> Candidates:
+    def make(frame: ImageKey, image_rgb: np.ndarray) -> Candidates:
         masks, boxes = segment_everything(
             model,
-            cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB),
+            image_rgb,
             imgsz=settings.imgsz,
             conf=settings.conf,
             iou=settings.iou,
@@ -197,12 +177,12 @@ def fastsam_source(
     return make
 
 
-def annotation_source(root: Path) -> Callable[[DestinationFrame, np.ndarray], Candidates]:
+def annotation_source(root: Path) -> Callable[[ImageKey, np.ndarray], Candidates]:
     """A candidate maker returning the frame's ground-truth masks (see annotation_candidates)."""
     index = ProcessedRoot(root)
 
-    def make(frame: DestinationFrame, image_bgr: np.ndarray) -> Candidates:
-        return annotation_candidates(index, frame, image_bgr.shape[:2])
+    def make(frame: ImageKey, image_rgb: np.ndarray) -> Candidates:
+        return annotation_candidates(index, frame, image_rgb.shape[:2])
 
     return make
 
@@ -211,7 +191,7 @@ def extract_candidates(
     root: Path,
     split: str,
     direction: str,
-    make_candidates: Callable[[DestinationFrame, np.ndarray], Candidates],
+    make_candidates: Callable[[ImageKey, np.ndarray], Candidates],
     *,
     pairs_file: Path | None = None,
     shard: tuple[int, int] = (0, 1),
@@ -222,7 +202,7 @@ def extract_candidates(
 ) -> dict:
     """Write the candidates of this shard's destination frames; returns the report dict.
 
-    ``make_candidates(frame, image_bgr)`` computes one frame's :class:`Candidates` at the
+    ``make_candidates(frame, image_rgb)`` computes one frame's :class:`Candidates` at the
     image's size. Frames already complete are skipped; missing or unreadable images are
     reported and skipped (nothing is written for them). Image reading and the compressed
     writes run in worker threads (``io_threads`` writers; zlib releases the GIL), so the
@@ -231,83 +211,22 @@ def extract_candidates(
     """
     if io_threads < 1:
         raise OmamaError(f"--io-threads must be at least 1, got {io_threads}")
-    from tqdm import tqdm
-
     started = time.perf_counter()
     root = Path(root)
     check_direction(direction)
     pairs_file = Path(pairs_file) if pairs_file is not None else pairs_path(root, split, direction)
     frames_all = destination_frames(read_pairs(pairs_file), direction)
     frames = select_shard(frames_all, *shard)
-
-    todo: list[DestinationFrame] = []
-    skipped: list[str] = []
-    redone: list[str] = []
-    for frame in frames:
-        masks_path, boxes_path = candidate_paths(root, split, direction, *frame)
-        if candidates_complete(masks_path, boxes_path):
-            skipped.append(str(frame))
-        else:
-            if masks_path.exists() or boxes_path.exists():
-                redone.append(str(frame))
-            todo.append(frame)
+    todo, skipped, redone = _plan(root, split, direction, frames)
 
     out_dir = candidates_dir(root, split, direction)
     if source is not None:
         check_source(out_dir, source)
         if todo and not (out_dir / SOURCE_FILE).is_file():
             write_json(out_dir / SOURCE_FILE, source, indent=2)
-
-    missing: list[str] = []
-    unreadable: list[str] = []
-    zero: list[str] = []
-    counts: list[int] = []
-    compute_s = 0.0
-    index = ProcessedRoot(root)
-    pending: deque[Future] = deque()
-    with (
-        ThreadPoolExecutor(max_workers=1) as reader,
-        ThreadPoolExecutor(max_workers=io_threads) as writers,
-        tqdm(
-            total=len(todo),
-            desc=f"masks {split} {direction}",
-            unit="frame",
-            file=sys.stderr,
-            disable=not progress,
-        ) as bar,
-    ):
-        paths = [index.image_path(*frame) for frame in todo]
-        reads: deque[Future] = deque(
-            reader.submit(_read_image_bgr, path) for path in paths[:PREFETCH_FRAMES]
-        )
-        for i, frame in enumerate(todo):
-            image = reads.popleft().result()
-            if i + PREFETCH_FRAMES < len(todo):
-                reads.append(reader.submit(_read_image_bgr, paths[i + PREFETCH_FRAMES]))
-            if image is None:
-                (missing if not paths[i].is_file() else unreadable).append(str(frame))
-                bar.update(1)
-                continue
-            t0 = time.perf_counter()
-            candidates = make_candidates(frame, image)
-            compute_s += time.perf_counter() - t0
-            if candidates.size_hw != image.shape[:2]:
-                raise OmamaError(
-                    f"candidates of {frame} are {candidates.size_hw}, image is {image.shape[:2]}"
-                )
-            counts.append(len(candidates))
-            if len(candidates) == 0:
-                zero.append(str(frame))
-            masks_path, boxes_path = candidate_paths(root, split, direction, *frame)
-            pending.append(writers.submit(write_candidates, masks_path, boxes_path, candidates))
-            while len(pending) > 2 * io_threads:  # bounds the masks held in memory
-                pending.popleft().result()
-            bar.set_postfix(candidates=len(candidates))
-            bar.update(1)
-        for future in pending:
-            future.result()
-
-    elapsed = time.perf_counter() - started
+    run = _Run(root, split, direction)
+    run.write(todo, make_candidates, io_threads, progress)
+    counts = run.counts
     report = {
         "split": split,
         "direction": direction,
@@ -320,9 +239,9 @@ def extract_candidates(
         "written": len(counts),
         "skipped_complete": len(skipped),
         "redone_incomplete": redone,
-        "zero_candidates": zero,
-        "missing_images": missing,
-        "unreadable_images": unreadable,
+        "zero_candidates": run.zero,
+        "missing_images": run.missing,
+        "unreadable_images": run.unreadable,
         "candidates": {
             "total": int(sum(counts)),
             "mean": float(np.mean(counts)) if counts else 0.0,
@@ -330,16 +249,135 @@ def extract_candidates(
             "max": int(max(counts)) if counts else 0,
         },
         "timing": {
-            "seconds_total": round(elapsed, 3),
-            "compute_ms_per_frame": round(1000 * compute_s / len(counts), 2) if counts else None,
+            "seconds_total": round(time.perf_counter() - started, 3),
+            "compute_ms_per_frame": (
+                round(1000 * run.compute_s / len(counts), 2) if counts else None
+            ),
         },
         "finished_at": datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "processor": platform.processor()},
-        "versions": _versions(),
+        "versions": {"python": platform.python_version(), **package_versions(VERSIONED_PACKAGES)},
         **(report_extra or {}),
     }
     write_json(report_path(root, split, direction, shard), report, indent=2)
     return report
+
+
+def _plan(
+    root: Path, split: str, direction: str, frames: list[ImageKey]
+) -> tuple[list[ImageKey], list[str], list[str]]:
+    """(frames to compute, frames already complete, incomplete frames computed again)."""
+    todo: list[ImageKey] = []
+    skipped: list[str] = []
+    redone: list[str] = []
+    for frame in frames:
+        masks_path, boxes_path = candidate_paths(root, split, direction, *frame)
+        if candidates_complete(masks_path, boxes_path):
+            skipped.append(str(frame))
+        else:
+            if masks_path.exists() or boxes_path.exists():
+                redone.append(str(frame))
+            todo.append(frame)
+    return todo, skipped, redone
+
+
+class _Run:
+    """The frames of one ``extract_candidates`` call: read ahead, computed, written behind,
+    and what was found on the way (candidate counts, missing and unreadable images)."""
+
+    def __init__(self, root: Path, split: str, direction: str) -> None:
+        self.root, self.split, self.direction = root, split, direction
+        self.missing: list[str] = []
+        self.unreadable: list[str] = []
+        self.zero: list[str] = []
+        self.counts: list[int] = []
+        self.compute_s = 0.0
+
+    def write(self, todo: list[ImageKey], make_candidates, io_threads: int, progress: bool):
+        from tqdm import tqdm
+
+        index = ProcessedRoot(self.root)
+        pending: deque[Future] = deque()
+        with (
+            ThreadPoolExecutor(max_workers=1) as reader,
+            ThreadPoolExecutor(max_workers=io_threads) as writers,
+            tqdm(
+                total=len(todo),
+                desc=f"masks {self.split} {self.direction}",
+                unit="frame",
+                file=sys.stderr,
+                disable=not progress,
+            ) as bar,
+        ):
+            paths = [index.image_path(*frame) for frame in todo]
+            reads: deque[Future] = deque(
+                reader.submit(_read_image, path) for path in paths[:PREFETCH_FRAMES]
+            )
+            for i, frame in enumerate(todo):
+                image = reads.popleft().result()
+                if i + PREFETCH_FRAMES < len(todo):
+                    reads.append(reader.submit(_read_image, paths[i + PREFETCH_FRAMES]))
+                if image is None:
+                    (self.missing if not paths[i].is_file() else self.unreadable).append(str(frame))
+                    bar.update(1)
+                    continue
+                candidates = self._compute(frame, image, make_candidates)
+                masks_path, boxes_path = candidate_paths(
+                    self.root, self.split, self.direction, *frame
+                )
+                pending.append(writers.submit(write_candidates, masks_path, boxes_path, candidates))
+                while len(pending) > 2 * io_threads:  # bounds the masks held in memory
+                    pending.popleft().result()
+                bar.set_postfix(candidates=len(candidates))
+                bar.update(1)
+            for future in pending:
+                future.result()
+
+    def _compute(self, frame: ImageKey, image: np.ndarray, make_candidates) -> Candidates:
+        t0 = time.perf_counter()
+        candidates = make_candidates(frame, image)
+        self.compute_s += time.perf_counter() - t0
+        if candidates.size_hw != image.shape[:2]:
+            raise OmamaError(
+                f"candidates of {frame} are {candidates.size_hw}, image is {image.shape[:2]}"
+            )
+        self.counts.append(len(candidates))
+        if len(candidates) == 0:
+            self.zero.append(str(frame))
+        return candidates
+
+
+def candidate_maker(
+    root: Path,
+    split: str,
+    direction: str,
+    fastsam: Path | None,
+    from_annotations: bool,
+    settings: FastSAMSettings,
+) -> tuple[Callable[[ImageKey, np.ndarray], Candidates], dict, dict]:
+    """(candidate maker, its :func:`candidates_source`, report entries) of ``omama data
+    masks``: FastSAM (``fastsam`` checkpoint, loaded here) or the annotations. The source
+    is checked against the candidates folder before any work."""
+    if from_annotations == (fastsam is not None):
+        raise OmamaError(
+            "pass either --fastsam FastSAM-x.pt or --from-annotations (not both, not neither)"
+        )
+    if from_annotations:
+        source = candidates_source(None, None)
+        check_source(candidates_dir(root, split, direction), source)
+        extra = {"mode": "annotations", "weights": None, "fastsam": None}
+        return annotation_source(root), source, extra
+    t0 = time.perf_counter()
+    make = fastsam_source(fastsam, settings)
+    source = candidates_source(fastsam, settings)
+    check_source(candidates_dir(root, split, direction), source)
+    extra = {
+        "mode": "fastsam",
+        "weights": str(fastsam),
+        "fastsam": asdict(settings),
+        "model_load_s": round(time.perf_counter() - t0, 3),
+    }
+    return make, source, extra
 
 
 def summary_line(report: dict, path: Path) -> str:
@@ -358,87 +396,90 @@ def summary_line(report: dict, path: Path) -> str:
     )
 
 
+Opt = typer.Option
+Root = Annotated[Path, Opt("--root", help="Processed root (from omama data prepare).")]
+Direction = Annotated[str, Opt("--direction", help="exo2ego or ego2exo.")]
+Split = Annotated[str, Opt("--split", help="Split whose pairs are processed.")]
+Pairs = Annotated[
+    Path | None,
+    Opt(
+        "--pairs",
+        help="Pairs JSON (default: ROOT/dataset_jsons/<split>_<exoego|egoexo>_pairs.json).",
+    ),
+]
+FastSAM = Annotated[
+    Path | None,
+    Opt("--fastsam", help="FastSAM checkpoint, e.g. FastSAM-x.pt (never downloaded)."),
+]
+FromAnnotations = Annotated[
+    bool,
+    Opt(
+        "--from-annotations",
+        help="No FastSAM: use the ground-truth masks of all objects annotated in each "
+        "destination frame as its candidates. A stand-in for tests and the synthetic "
+        "demo; it makes matching easier than real FastSAM candidates.",
+    ),
+]
+ImgSz = Annotated[int, Opt("--imgsz", help="FastSAM input size (pixels).")]
+Conf = Annotated[float, Opt("--conf", help="FastSAM confidence threshold.")]
+Iou = Annotated[float, Opt("--iou", help="FastSAM NMS IoU threshold.")]
+Retina = Annotated[
+    bool, Opt("--retina/--no-retina", help="Masks at image resolution (reference setting).")
+]
+Shard = Annotated[str, Opt("--shard", help="Process shard i of n (0-based), e.g. 0/4 ... 3/4.")]
+Device = Annotated[
+    str | None, Opt("--device", help="cpu, cuda or cuda:N (default: cuda when available).")
+]
+IoThreads = Annotated[int, Opt("--io-threads", help="Threads compressing and writing mask files.")]
+Progress = Annotated[bool, Opt("--progress/--no-progress", help="Progress bar.")]
+
+
+def masks_command(
+    root: Root,
+    direction: Direction,
+    split: Split = "test",
+    pairs: Pairs = None,
+    fastsam: FastSAM = None,
+    from_annotations: FromAnnotations = False,
+    imgsz: ImgSz = 1024,
+    conf: Conf = 0.4,
+    iou: Iou = 0.9,
+    retina: Retina = True,
+    shard: Shard = "0/1",
+    device: Device = None,
+    io_threads: IoThreads = 4,
+    progress: Progress = True,
+) -> None:
+    """Candidate masks (FastSAM everything mode) for every destination frame of a pairs file.
+
+    Writes ROOT/Masks_<SPLIT>_<DIRECTION>/<take>/<cam>/<frame>_masks.npz (arr_0: N x H x W
+    uint8) and _boxes.npy (N x 4 float32 x1, y1, w, h) at the processed image's size.
+    Resumable (finished frames are skipped), shardable across processes or machines,
+    and reports to ROOT/masks_report_<split>_<direction>[_shard_i_n].json.
+
+    Example: omama data masks --root data/omama --direction exo2ego --split test --fastsam FastSAM-x.pt --shard 0/4
+    """  # noqa: E501
+    check_direction(direction)
+    shard_tuple = parse_shard(shard)
+    settings = FastSAMSettings(imgsz, conf, iou, retina, device or default_device())
+    make, source, extra = candidate_maker(
+        root, split, direction, fastsam, from_annotations, settings
+    )
+    report = extract_candidates(
+        root,
+        split,
+        direction,
+        make,
+        pairs_file=pairs,
+        shard=shard_tuple,
+        progress=progress,
+        report_extra=extra,
+        io_threads=io_threads,
+        source=source,
+    )
+    typer.echo(summary_line(report, report_path(root, split, direction, shard_tuple)))
+
+
 def add_commands(data_app: typer.Typer) -> None:
-    @data_app.command("masks")
-    def masks_command(
-        root: Path = typer.Option(..., "--root", help="Processed root (from omama data prepare)."),
-        direction: str = typer.Option(..., "--direction", help="exo2ego or ego2exo."),
-        split: str = typer.Option("test", "--split", help="Split whose pairs are processed."),
-        pairs: Path | None = typer.Option(
-            None,
-            "--pairs",
-            help="Pairs JSON (default: ROOT/dataset_jsons/<split>_<exoego|egoexo>_pairs.json).",
-        ),
-        weights: Path | None = typer.Option(
-            None, "--weights", help="FastSAM checkpoint, e.g. FastSAM-x.pt (never downloaded)."
-        ),
-        from_annotations: bool = typer.Option(
-            False,
-            "--from-annotations",
-            help="No FastSAM: use the ground-truth masks of all objects annotated in each "
-            "destination frame as its candidates. A stand-in for tests and the synthetic "
-            "demo; it makes matching easier than real FastSAM candidates.",
-        ),
-        imgsz: int = typer.Option(1024, "--imgsz", help="FastSAM input size (pixels)."),
-        conf: float = typer.Option(0.4, "--conf", help="FastSAM confidence threshold."),
-        iou: float = typer.Option(0.9, "--iou", help="FastSAM NMS IoU threshold."),
-        retina: bool = typer.Option(
-            True, "--retina/--no-retina", help="Masks at image resolution (reference setting)."
-        ),
-        shard: str = typer.Option(
-            "0/1", "--shard", help="Process shard i of n (0-based), e.g. 0/4 ... 3/4."
-        ),
-        device: str | None = typer.Option(
-            None, "--device", help="cpu, cuda or cuda:N (default: cuda when available)."
-        ),
-        io_threads: int = typer.Option(
-            4, "--io-threads", help="Threads compressing and writing mask files."
-        ),
-        progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
-    ) -> None:
-        """Candidate masks (FastSAM everything mode) for every destination frame of a pairs file.
-
-        Writes ROOT/Masks_<SPLIT>_<DIRECTION>/<take>/<cam>/<frame>_masks.npz (arr_0: N x H x W
-        uint8) and _boxes.npy (N x 4 float32 x1, y1, w, h) at the processed image's size.
-        Resumable (finished frames are skipped), shardable across processes or machines,
-        and reports to ROOT/masks_report_<split>_<direction>[_shard_i_n].json.
-
-        Example: omama data masks --root data/omama --direction exo2ego --split test --weights FastSAM-x.pt --shard 0/4
-        """  # noqa: E501
-        check_direction(direction)
-        shard_tuple = parse_shard(shard)
-        if from_annotations == (weights is not None):
-            raise OmamaError(
-                "pass either --weights FastSAM-x.pt or --from-annotations (not both, not neither)"
-            )
-        extra: dict
-        if from_annotations:
-            source = candidates_source(None, None)
-            check_source(candidates_dir(root, split, direction), source)
-            make = annotation_source(root)
-            extra = {"mode": "annotations", "weights": None, "fastsam": None}
-        else:
-            settings = FastSAMSettings(imgsz, conf, iou, retina, device or _default_device())
-            t0 = time.perf_counter()
-            make = fastsam_source(weights, settings)
-            source = candidates_source(weights, settings)
-            check_source(candidates_dir(root, split, direction), source)
-            extra = {
-                "mode": "fastsam",
-                "weights": str(weights),
-                "fastsam": asdict(settings),
-                "model_load_s": round(time.perf_counter() - t0, 3),
-            }
-        report = extract_candidates(
-            root,
-            split,
-            direction,
-            make,
-            pairs_file=pairs,
-            shard=shard_tuple,
-            progress=progress,
-            report_extra=extra,
-            io_threads=io_threads,
-            source=source,
-        )
-        typer.echo(summary_line(report, report_path(root, split, direction, shard_tuple)))
+    """Add ``omama data masks``."""
+    data_app.command("masks")(masks_command)

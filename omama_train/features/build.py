@@ -12,7 +12,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from omama_train.features.images import ImageKey, jpeg_size_hw, unique_images
+from omama_train.devices import check_device, default_device
+from omama_train.features.images import jpeg_size_hw, unique_images
 from omama_train.features.meta import (
     DTYPE,
     FORMAT,
@@ -26,6 +27,7 @@ from omama_train.features.meta import (
 from omama_train.features.reader import FeatureCache
 from omama_train.features.weights import BackboneWeights, backbone_identity, write_backbone_file
 from omama_train.features.writer import DEFAULT_FLUSH_EVERY, RunStats, compute_kind, report_path
+from omama_train.imagekey import ImageKey
 from omama_train.shards import select_shard
 from runtime.atomic import write_json
 from runtime.egoexo import ProcessedRoot, read_pairs
@@ -34,12 +36,6 @@ from runtime.info import package_version
 
 if TYPE_CHECKING:
     from omama_train.models.backbones import BackboneSpec
-
-
-def default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def build_cache(
@@ -119,11 +115,7 @@ def _check_settings(
     limit: int | None,
 ) -> tuple[str, int]:
     """(device, batch size) with their defaults; OmamaError for a setting out of range."""
-    import torch
-
-    device = device or default_device()
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise OmamaError(f"--device {device} asked for, but torch sees no CUDA GPU")
+    device = check_device(device or default_device())
     batch_size = batch_size or (16 if device.startswith("cuda") else 4)
     for name, value in (("--batch-size", batch_size), ("--flush-every", flush_every)):
         if value < 1:

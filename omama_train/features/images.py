@@ -10,45 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import NamedTuple
 
+from omama_train.imagekey import ImageKey
 from runtime.egoexo import (
     DIRECTIONS,
     Pair,
     ProcessedRoot,
     check_direction,
-    is_ego_cam,
     pairs_path,
 )
 from runtime.errors import OmamaError
-
-
-class ImageKey(NamedTuple):
-    """One processed image; the cache key is ``"take/cam/frame"``."""
-
-    take: str
-    cam: str
-    frame: int
-
-    def __str__(self) -> str:
-        return f"{self.take}/{self.cam}/{int(self.frame)}"
-
-    @property
-    def kind(self) -> str:
-        return cam_kind(self.cam)
-
-
-def cam_kind(cam: str) -> str:
-    """``"ego"`` for Aria cameras, ``"exo"`` otherwise."""
-    return "ego" if is_ego_cam(cam) else "exo"
-
-
-def key_text(key: ImageKey | tuple | str) -> str:
-    """Normalise ``(take, cam, frame)`` or ``"take/cam/frame"`` to the cache key string."""
-    if isinstance(key, str):
-        return key
-    take, cam, frame = key
-    return f"{take}/{cam}/{int(frame)}"
 
 
 def unique_images(pairs: Iterable[Pair]) -> list[ImageKey]:

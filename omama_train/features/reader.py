@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from omama_train.features.images import ImageKey, cam_kind, key_text
 from omama_train.features.meta import (
     CHUNKS_DIR,
     KINDS,
@@ -26,6 +25,7 @@ from omama_train.features.meta import (
     incompatible,
     read_meta,
 )
+from omama_train.imagekey import ImageKey, cam_kind, key_text
 from runtime.errors import OmamaError
 
 if TYPE_CHECKING:

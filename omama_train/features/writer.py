@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from omama_train.features.images import ImageKey
 from omama_train.features.meta import CHUNKS_DIR, KINDS, fmt_hw
+from omama_train.imagekey import ImageKey
 from runtime.atomic import atomic_path, write_json
 from runtime.egoexo import ProcessedRoot
 from runtime.errors import OmamaError

@@ -12,13 +12,9 @@ import pytest
 import torch
 
 from omama_train.data import masks as masks_module
-from omama_train.data.masks import (
-    DestinationFrame,
-    destination_frames,
-    parse_shard,
-    report_path,
-    select_shard,
-)
+from omama_train.data.masks import destination_frames, report_path
+from omama_train.imagekey import ImageKey
+from omama_train.shards import parse_shard, select_shard
 from runtime.candidates import read_candidates
 from runtime.clikit import new_app, run_app
 from runtime.egoexo import Pair, candidate_paths, frame_image_path, write_pairs
@@ -220,7 +216,7 @@ def test_missing_weights_say_where_they_come_from(processed_root, tmp_path, caps
             str(processed_root),
             "--direction",
             "exo2ego",
-            "--weights",
+            "--fastsam",
             str(tmp_path / "FastSAM-x.pt"),
         ],
         capsys,
@@ -249,7 +245,7 @@ def test_cli_fastsam_writes_resumes_and_reports(processed_root, random_weights, 
         str(processed_root),
         "--direction",
         "exo2ego",
-        "--weights",
+        "--fastsam",
         str(random_weights),
     ]
     args += ["--conf", "0.001", *FAST]
@@ -295,7 +291,7 @@ def test_cli_zero_detections_are_written_as_empty(processed_root, random_weights
         str(processed_root),
         "--direction",
         "exo2ego",
-        "--weights",
+        "--fastsam",
         str(random_weights),
     ]
     code, _, err = _run_cli([*args, "--conf", "0.5", "--no-retina", *FAST], capsys)
@@ -346,16 +342,16 @@ def test_a_folder_keeps_one_source(processed_root, random_weights, capsys):
     source_file = processed_root / "Masks_TEST_EXO2EGO" / "candidates_source.json"
     assert json.loads(source_file.read_text()) == {"mode": "annotations"}
     # Resuming with FastSAM would silently keep the ground-truth stand-ins: refused.
-    code, _, err = _run_cli([*base, "--weights", str(random_weights), *FAST[:2]], capsys)
+    code, _, err = _run_cli([*base, "--fastsam", str(random_weights), *FAST[:2]], capsys)
     assert code == 1 and "holds candidates made by {'mode': 'annotations'}" in err
     shutil.rmtree(source_file.parent)  # what the message asks for
-    code, _, err = _run_cli([*base, "--weights", str(random_weights), *FAST[:2]], capsys)
+    code, _, err = _run_cli([*base, "--fastsam", str(random_weights), *FAST[:2]], capsys)
     assert code == 0, err
     assert _report(processed_root)["written"] == 3
     recorded = json.loads(source_file.read_text())
     assert recorded["mode"] == "fastsam" and recorded["imgsz"] == 256 and recorded["conf"] == 0.4
     assert recorded["weights_name"] == random_weights.name
-    code, _, err = _run_cli([*base, "--weights", str(random_weights), "--conf", "0.3"], capsys)
+    code, _, err = _run_cli([*base, "--fastsam", str(random_weights), "--conf", "0.3"], capsys)
     assert code == 1 and "holds candidates made by" in err
 
 
@@ -384,9 +380,9 @@ def test_shards_split_the_frames_without_overlap(processed_root, capsys):
     assert not report_path(processed_root, "test", "ego2exo").exists()
 
 
-def _written_frames(masks_dir: Path) -> list[DestinationFrame]:
+def _written_frames(masks_dir: Path) -> list[ImageKey]:
     return [
-        DestinationFrame(p.parent.parent.name, p.parent.name, int(p.name.split("_")[0]))
+        ImageKey(p.parent.parent.name, p.parent.name, int(p.name.split("_")[0]))
         for p in masks_dir.glob("*/*/*_masks.npz")
     ]
 
@@ -394,8 +390,8 @@ def _written_frames(masks_dir: Path) -> list[DestinationFrame]:
 def test_option_errors(processed_root, random_weights, capsys):
     base = ["--root", str(processed_root), "--direction", "exo2ego"]
     for extra, message in [
-        ([], "either --weights"),
-        (["--from-annotations", "--weights", str(random_weights)], "either --weights"),
+        ([], "either --fastsam"),
+        (["--from-annotations", "--fastsam", str(random_weights)], "either --fastsam"),
         (["--from-annotations", "--shard", "2/2"], "0 <= i < n"),
         (["--from-annotations", "--split", "val"], "pairs file not found"),
     ]:
@@ -414,7 +410,7 @@ def test_cuda_without_gpu_is_a_clear_error(processed_root, random_weights, capsy
         str(processed_root),
         "--direction",
         "exo2ego",
-        "--weights",
+        "--fastsam",
         str(random_weights),
     ]
     code, _, err = _run_cli([*args, "--device", "cuda"], capsys)
@@ -429,15 +425,15 @@ def test_destination_frames_are_unique_and_follow_the_direction():
         Pair("t", o, EGO, c, f) for o in ("a", "b") for c in ("cam01", "cam02") for f in (3, 1)
     ]
     assert destination_frames(pairs, "exo2ego") == [
-        DestinationFrame("t", EGO, 1),
-        DestinationFrame("t", EGO, 3),
+        ImageKey("t", EGO, 1),
+        ImageKey("t", EGO, 3),
     ]
     assert len(destination_frames(pairs, "ego2exo")) == 4
-    assert destination_frames(pairs, "ego2exo")[0] == DestinationFrame("t", "cam01", 1)
+    assert destination_frames(pairs, "ego2exo")[0] == ImageKey("t", "cam01", 1)
 
 
 def test_shard_selection_partitions():
-    frames = [DestinationFrame("t", EGO, f) for f in range(11)]
+    frames = [ImageKey("t", EGO, f) for f in range(11)]
     parts = [select_shard(frames, i, 3) for i in range(3)]
     assert sorted(f for part in parts for f in part) == frames
     assert [len(p) for p in parts] == [4, 4, 3]

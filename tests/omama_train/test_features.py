@@ -27,10 +27,11 @@ from omama_train.data.synth import synthesize
 from omama_train.features import writer
 from omama_train.features.build import build_cache, summary_text
 from omama_train.features.cli import register
-from omama_train.features.images import cam_kind, resolve_pairs_files, unique_images
+from omama_train.features.images import resolve_pairs_files, unique_images
 from omama_train.features.meta import BACKBONE_FILE
 from omama_train.features.reader import FeatureCache
 from omama_train.features.weights import BackboneWeights, backbone_identity, write_backbone_file
+from omama_train.imagekey import cam_kind
 from omama_train.models.backbones import BACKBONES, random_backbone_state
 from runtime.clikit import new_app, run_app
 from runtime.egoexo import DIRECTIONS, ProcessedRoot, pairs_path, read_pairs, write_pairs
