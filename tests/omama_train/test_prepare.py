@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from omama_train.cli import build_app
 from omama_train.data import prepare as prep
 from omama_train.data.pairs import make_pairs
-from omama_train.data.synth import build_take, synthesize
+from omama_train.data.synth import synthesize
+from omama_train.data.synth_scene import build_take
 from runtime import rle
 from runtime.clikit import run_app
 from runtime.egoexo import ProcessedRoot

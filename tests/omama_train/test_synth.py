@@ -12,15 +12,8 @@ import pytest
 
 from omama_train.cli import build_app
 from omama_train.data.lzstring import decompress_from_encoded_uri_component
-from omama_train.data.synth import (
-    EGO_CAM,
-    EXO_CAMS,
-    SMALL,
-    assign_splits,
-    build_take,
-    synthesize,
-    take_uid,
-)
+from omama_train.data.synth import assign_splits, synthesize
+from omama_train.data.synth_scene import EGO_CAM, EXO_CAMS, SMALL, build_take, take_uid
 from runtime import rle
 from runtime.clikit import run_app
 from runtime.egoexo import SPLITS
@@ -228,7 +221,7 @@ def test_render_rejects_unknown_camera_and_frame():
 
 def test_cli_synth(tmp_path, capsys):
     out = tmp_path / "cli"
-    args = ["data", "synth", "--out", str(out), "--takes", "1", "--small"]
+    args = ["data", "synth", "--out", str(out), "--num-takes", "1", "--small"]
     code = run_app(build_app(), [*args, "--seed", "3", "--frames", "2", "--annotate-every", "1"])
     stdout = capsys.readouterr().out
     assert code == 0
@@ -241,6 +234,6 @@ def test_cli_synth(tmp_path, capsys):
 
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    code = run_app(build_app(), ["data", "synth", "--out", str(blocker), "--takes", "1"])
+    code = run_app(build_app(), ["data", "synth", "--out", str(blocker), "--num-takes", "1"])
     err = capsys.readouterr().err.strip()
     assert code == 1 and err.startswith("error:") and "not a folder" in err
