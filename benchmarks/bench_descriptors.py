@@ -22,16 +22,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from runtime.info import cpu_model
+from benchmarks.common import RESULTS_DIR, blob_masks, load_average, machine_record, write_result
+from benchmarks.reference import loop_reference
+from runtime.timing import median_ms
 
-RESULTS = Path(__file__).resolve().parent / "results" / "bench_descriptors.json"
+RESULTS = RESULTS_DIR / "bench_descriptors.json"
 IMAGE_SIZE = (700, 700)
 FEAT_GRID = (50, 50)
 CHANNELS = 768
@@ -40,74 +39,19 @@ PUBLISHED_REFERENCE_S = {32: 1.08, 64: 2.10, 128: 4.08}
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def _median_s(fn, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def blob_masks(rng, count: int, size: tuple[int, int]):
-    """Ellipses of random centre and radii (4 to 250 px): FastSAM-like candidates."""
-    import numpy as np
-
-    height, width = size
-    masks = np.zeros((count, height, width), dtype=np.uint8)
-    ys, xs = np.ogrid[:height, :width]
-    for n in range(count):
-        cy, cx = rng.uniform(0, height), rng.uniform(0, width)
-        ry, rx = rng.uniform(4, 250, size=2)
-        masks[n] = ((ys - cy) / ry) ** 2 + ((xs - cx) / rx) ** 2 <= 1.0
-    return masks
-
-
-def loop_reference(feats, masks, boxes, image_size, context_px: int = 100, reduction: int = 4):
-    """O-MaMa-style descriptors: feats (1, C, h, w), masks (N, H, W), boxes (N, 4) -> (N, 2C)."""
-    import torch
-    import torch.nn.functional as F
-
-    height, width = image_size
-    grid_h, grid_w = height // reduction, width // reduction
-    up = F.interpolate(feats, size=(grid_h, grid_w), mode="bilinear", align_corners=False)[0]
-    out = []
-    for mask, box in zip(masks, boxes, strict=True):
-        small = F.interpolate(mask[None, None].float(), size=(grid_h, grid_w), mode="nearest")[0]
-        area = small.sum()
-        # A masked sum over the whole upsampled map per mask: the reference's main cost.
-        masked_sum = (up * small).sum(dim=(1, 2))
-        mask_desc = masked_sum / area if area > 0 else torch.zeros_like(masked_sum)
-        x1, y1, w, h = (int(v) for v in box.tolist())
-        x2, y2 = x1 + w, y1 + h
-        x1 = min(max(x1 - context_px, 0), width) // reduction
-        y1 = min(max(y1 - context_px, 0), height) // reduction
-        x2 = min(max(x2 + context_px, 0), width) // reduction
-        y2 = min(max(y2 + context_px, 0), height) // reduction
-        x2, y2 = max(x2, x1 + 1), max(y2, y1 + 1)
-        x1, y1 = min(x1, grid_w - 1), min(y1, grid_h - 1)
-        x2, y2 = min(x2, grid_w), min(y2, grid_h)
-        out.append(torch.cat([mask_desc, up[:, y1:y2, x1:x2].mean(dim=(1, 2))]))
-    return torch.stack(out)
-
-
-def worker(threads: int, counts: list[int], repeats: int, loop_repeats: int, matcher: bool):
+def _descriptor_rows(threads: int, counts: list[int], repeats: int, loop_repeats: int) -> list:
+    """Per candidate count: loop, torch and numpy descriptor times and their agreement."""
     import numpy as np
     import torch
 
     from omama_train.models.descriptors import object_descriptors
-    from omama_train.models.matcher import OMaMaMatcher
     from runtime import pooling
 
-    torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
     feats_np = rng.standard_normal((CHANNELS, *FEAT_GRID)).astype(np.float32)
     all_masks = blob_masks(rng, max(counts), IMAGE_SIZE)
     all_boxes = pooling.mask_boxes(all_masks)
     feats = torch.from_numpy(feats_np)[None]
-
     rows = []
     for count in counts:
         masks_np, boxes_np = all_masks[:count], all_boxes[:count]
@@ -116,130 +60,90 @@ def worker(threads: int, counts: list[int], repeats: int, loop_repeats: int, mat
             ref = loop_reference(feats, masks, boxes, IMAGE_SIZE)
             fast = object_descriptors(feats, masks[None], boxes[None], IMAGE_SIZE)[0]
             twin = pooling.object_descriptors(feats_np, masks_np, boxes_np, IMAGE_SIZE)
-            loop_s = _median_s(
+            loop_ms = median_ms(
                 lambda m=masks, b=boxes: loop_reference(feats, m, b, IMAGE_SIZE),
                 loop_repeats,
                 warmup=0,
             )
-            torch_s = _median_s(
+            torch_ms = median_ms(
                 lambda m=masks, b=boxes: object_descriptors(feats, m[None], b[None], IMAGE_SIZE),
                 repeats,
             )
-        numpy_s = _median_s(
+        numpy_ms = median_ms(
             lambda m=masks_np, b=boxes_np: pooling.object_descriptors(feats_np, m, b, IMAGE_SIZE),
             repeats,
         )
+        published_s = PUBLISHED_REFERENCE_S.get(count)
         rows.append(
             {
                 "candidates": count,
-                "loop_ms": loop_s * 1e3,
-                "torch_ms": torch_s * 1e3,
-                "numpy_ms": numpy_s * 1e3,
-                "torch_speedup_vs_loop": loop_s / torch_s,
-                "numpy_speedup_vs_loop": loop_s / numpy_s,
-                "numpy_over_torch": numpy_s / torch_s,
-                "torch_speedup_vs_published_reference": PUBLISHED_REFERENCE_S[count] / torch_s
-                if count in PUBLISHED_REFERENCE_S
+                "loop_ms": loop_ms,
+                "torch_ms": torch_ms,
+                "numpy_ms": numpy_ms,
+                "torch_speedup_vs_loop": loop_ms / torch_ms,
+                "numpy_speedup_vs_loop": loop_ms / numpy_ms,
+                "numpy_over_torch": numpy_ms / torch_ms,
+                "torch_speedup_vs_published_reference": 1e3 * published_s / torch_ms
+                if published_s
                 else None,
                 "max_abs_diff_torch_vs_loop": float((fast - ref).abs().max()),
                 "max_abs_diff_numpy_vs_torch": float(np.abs(twin - fast.numpy()).max()),
             }
         )
         print(f"  [{threads} thr] N={count}: {rows[-1]}", file=sys.stderr)
-
-    matcher_rows = []
-    if matcher:
-        models = {}
-        for attention in ("auto", "standard"):
-            torch.manual_seed(0)
-            models[attention] = OMaMaMatcher("exo2ego", attention=attention).eval()
-        src_feats = torch.randn(1, CHANNELS, *models["auto"].src_grid)
-        dst_feats = torch.randn(1, CHANNELS, *models["auto"].dst_grid)
-        for count in counts:
-            for objects in (1, 8):
-                src_desc = torch.randn(objects, 1, 2 * CHANNELS)
-                dst_desc = torch.randn(1, count, 2 * CHANNELS)
-                times = {}
-                with torch.no_grad():
-                    for attention, model in models.items():
-                        times[attention] = _median_s(
-                            lambda m=model, s=src_desc, d=dst_desc: m(s, d, src_feats, dst_feats),
-                            max(3, repeats // 2),
-                        )
-                matcher_rows.append(
-                    {
-                        "candidates": count,
-                        "objects": objects,
-                        "forward_ms": times["auto"] * 1e3,
-                        "per_object_ms": times["auto"] * 1e3 / objects,
-                        "standard_order_forward_ms": times["standard"] * 1e3,
-                    }
-                )
-                print(f"  [{threads} thr] matcher {matcher_rows[-1]}", file=sys.stderr)
-    return {"threads": threads, "descriptors": rows, "matcher": matcher_rows}
+    return rows
 
 
-def machine_info(load_at_start: tuple[float, float, float]) -> dict:
-    import numpy
+def _matcher_rows(threads: int, counts: list[int], repeats: int) -> list:
+    """Matcher forward for B = 1 and 8 objects, automatic and standard attention order."""
     import torch
 
+    from omama_train.models.matcher import OMaMaMatcher
+
+    models = {}
+    for attention in ("auto", "standard"):
+        torch.manual_seed(0)
+        models[attention] = OMaMaMatcher("exo2ego", attention=attention).eval()
+    src_feats = torch.randn(1, CHANNELS, *models["auto"].src_grid)
+    dst_feats = torch.randn(1, CHANNELS, *models["auto"].dst_grid)
+    rows = []
+    for count in counts:
+        for objects in (1, 8):
+            src_desc = torch.randn(objects, 1, 2 * CHANNELS)
+            dst_desc = torch.randn(1, count, 2 * CHANNELS)
+            times_ms = {}
+            with torch.no_grad():
+                for attention, model in models.items():
+                    times_ms[attention] = median_ms(
+                        lambda m=model, s=src_desc, d=dst_desc: m(s, d, src_feats, dst_feats),
+                        max(3, repeats // 2),
+                    )
+            rows.append(
+                {
+                    "candidates": count,
+                    "objects": objects,
+                    "forward_ms": times_ms["auto"],
+                    "per_object_ms": times_ms["auto"] / objects,
+                    "standard_order_forward_ms": times_ms["standard"],
+                }
+            )
+            print(f"  [{threads} thr] matcher {rows[-1]}", file=sys.stderr)
+    return rows
+
+
+def worker(threads: int, counts: list[int], repeats: int, loop_repeats: int, matcher: bool):
+    """The measurements at one thread count (run in a process of its own)."""
+    import torch
+
+    torch.set_num_threads(threads)
     return {
-        "processor": platform.processor() or platform.machine(),
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        # Other processes on the CPU distort timings (2-thread ones most): keep the load.
-        "load_average_at_start": list(load_at_start),
-        "load_average_at_end": list(os.getloadavg()),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
+        "threads": threads,
+        "descriptors": _descriptor_rows(threads, counts, repeats, loop_repeats),
+        "matcher": _matcher_rows(threads, counts, repeats) if matcher else [],
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--counts", type=int, nargs="+", default=[32, 64, 128])
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--loop-repeats", type=int, default=2)
-    parser.add_argument("--no-matcher", action="store_true")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-
-    if args.worker is not None:
-        result = worker(
-            args.worker, args.counts, args.repeats, args.loop_repeats, not args.no_matcher
-        )
-        print(json.dumps(result))
-        return 0
-
-    load_at_start = os.getloadavg()
-    runs = []
-    for threads in args.threads:
-        env = dict(os.environ, **{name: str(threads) for name in THREAD_VARS})
-        command = [sys.executable, "-m", "benchmarks.bench_descriptors", "--worker", str(threads)]
-        command += ["--counts", *map(str, args.counts), "--repeats", str(args.repeats)]
-        command += ["--loop-repeats", str(args.loop_repeats)]
-        command += ["--no-matcher"] if args.no_matcher else []
-        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-        if done.returncode:
-            sys.stderr.write(done.stderr)
-            return done.returncode
-        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-
-    from runtime.atomic import write_json
-
-    report = {
-        "benchmark": "bench_descriptors",
-        "image_size": list(IMAGE_SIZE),
-        "feat_grid": list(FEAT_GRID),
-        "channels": CHANNELS,
-        "machine": machine_info(load_at_start),
-        "published_reference_s": PUBLISHED_REFERENCE_S,
-        "runs": runs,
-    }
-    write_json(args.out, report, indent=2)
+def _print_runs(runs: list[dict]) -> None:
     print(
         f"{'thr':>3} {'N':>4} {'loop ms':>9} {'torch ms':>9} {'numpy ms':>9} "
         f"{'torch x':>8} {'numpy x':>8} {'np/torch':>8} {'vs publ.':>8}"
@@ -266,6 +170,51 @@ def main(argv: list[str] | None = None) -> int:
                     f"{row['forward_ms']:>11.1f} {row['per_object_ms']:>14.1f} "
                     f"{row['standard_order_forward_ms']:>18.1f}"
                 )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--counts", type=int, nargs="+", default=[32, 64, 128])
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--loop-repeats", type=int, default=2)
+    parser.add_argument("--no-matcher", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker is not None:
+        result = worker(
+            args.worker, args.counts, args.repeats, args.loop_repeats, not args.no_matcher
+        )
+        print(json.dumps(result))
+        return 0
+
+    load_at_start = load_average()
+    runs = []
+    for threads in args.threads:
+        env = dict(os.environ, **{name: str(threads) for name in THREAD_VARS})
+        command = [sys.executable, "-m", "benchmarks.bench_descriptors", "--worker", str(threads)]
+        command += ["--counts", *map(str, args.counts), "--repeats", str(args.repeats)]
+        command += ["--loop-repeats", str(args.loop_repeats)]
+        command += ["--no-matcher"] if args.no_matcher else []
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        if done.returncode:
+            sys.stderr.write(done.stderr)
+            return done.returncode
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+
+    report = {
+        "benchmark": "bench_descriptors",
+        "image_size": list(IMAGE_SIZE),
+        "feat_grid": list(FEAT_GRID),
+        "channels": CHANNELS,
+        "machine": machine_record(load_at_start, ("torch", "numpy")),
+        "published_reference_s": PUBLISHED_REFERENCE_S,
+        "runs": runs,
+    }
+    write_result(args.out, report)
+    _print_runs(runs)
     print(f"\nsaved {args.out}")
     return 0
 

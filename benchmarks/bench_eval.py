@@ -12,9 +12,7 @@ and ``benchmarks.reference_eval`` give identical metrics, times both, and saves
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import os
-import platform
 import resource
 import time
 from pathlib import Path
@@ -22,9 +20,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from benchmarks.common import RESULTS_DIR, load_average, machine_record, write_result
 from benchmarks.reference_eval import ref_evaluate
 from runtime import rle
-from runtime.atomic import write_json
 from runtime.evaluate import evaluate_report
 from runtime.results import add_gt_annotation, add_prediction, new_gt, new_results, results_takes
 
@@ -34,7 +32,7 @@ EGO_GT_PX = 1408  # Aria frames as delivered
 EXO_GT_HW = (2160, 3840)
 PRED_PX = 700  # the model's ego working size
 FRAME_STEP = 30
-RESULTS = Path(__file__).resolve().parent / "results" / "bench_eval.json"
+RESULTS = RESULTS_DIR / "bench_eval.json"
 
 
 def _blob(
@@ -111,24 +109,14 @@ def _cpu_s() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def _machine() -> dict:
-    info = {
-        "processor": platform.processor() or platform.machine(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "opencv_threads": cv2.getNumThreads(),
-        "torch_threads": None,  # torch is not used by the evaluation (runtime is torch-free)
-        "versions": {},
-    }
-    for name in ("numpy", "opencv-python-headless", "pycocotools", "omama"):
-        try:
-            info["versions"][name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            info["versions"][name] = None
-    return info
+def _machine(load_at_start: list[float]) -> dict:
+    return machine_record(
+        load_at_start,
+        ("numpy", "opencv-python-headless", "pycocotools", "omama"),
+        usable_cpus=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        opencv_threads=cv2.getNumThreads(),
+        torch_threads=None,  # torch is not used by the evaluation (runtime is torch-free)
+    )
 
 
 def _compare(ours: dict, ref: dict) -> dict:
@@ -152,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
-    machine = _machine()
+    load_at_start = load_average()
     t0 = time.perf_counter()
     gt, results = make_split(args.observations, args.seed)
     takes = results_takes(results, "exo2ego")
@@ -182,8 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
     n_obs = ours["counts"]["observations"]
     out = {
         "benchmark": "bench_eval",
-        "machine": machine,
-        "load_average_1min_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "machine": _machine(load_at_start),
         "data": {
             "observations": n_obs,
             "gt_visible": ours["counts"]["gt_visible"],
@@ -204,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
         "check": check,
         "aggregated_metrics": ours["aggregated_metrics"],
     }
-    write_json(args.out, out, indent=2)
+    write_result(args.out, out)
     for w, s in timings.items():
         print(f"speedup with {w} worker(s): {ref_s / s:.1f}x ({1000 * s / n_obs:.2f} ms/obs)")
     print(f"identical metrics: yes; saved {args.out}")

@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -31,8 +29,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from benchmarks.common import RESULTS_DIR, load_average, machine_record, write_result
+from runtime.timing import median_ms
+
 EGO_HW, EXO_HW = (704, 704), (540, 960)
-RESULTS = Path("benchmarks/results/bench_fastsam_masks.json")
+RESULTS = RESULTS_DIR / "bench_fastsam_masks.json"
 
 
 def _image(hw: tuple[int, int], seed: int) -> np.ndarray:
@@ -56,14 +57,14 @@ def _sync(device: str) -> None:
 
 
 def _median_s(fn, repeats: int, device: str) -> float:
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
+    """Median seconds of ``fn()``, the device's queued work included (no warm-up)."""
+
+    def synced() -> None:
         fn()
         _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+
+    _sync(device)
+    return median_ms(synced, repeats, warmup=0) / 1e3
 
 
 def bench_segment(model, device: str, repeats: int) -> list[dict]:
@@ -239,26 +240,16 @@ def parity_vs_cpu(weights: Path, device: str) -> dict:
     return out
 
 
-def machine_info(device: str) -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
+def machine_info(device: str, load_at_start: list[float]) -> dict:
     import torch
 
-    versions = {}
-    for name in ("torch", "ultralytics", "numpy", "opencv-python-headless", "opencv-python"):
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            versions[name] = None
-    return {
-        "processor": platform.processor(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": device,
-        "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
-        "versions": versions,
-    }
+    return machine_record(
+        load_at_start,
+        ("torch", "ultralytics", "numpy", "opencv-python-headless", "opencv-python"),
+        torch_threads=torch.get_num_threads(),
+        device=device,
+        gpu=torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -273,13 +264,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("YOLO_OFFLINE", "1")
+    load_at_start = load_average()
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
     from omama_train.models.fastsam import build_random_fastsam, load_fastsam, segment_everything
 
-    results: dict = {"machine": machine_info(args.device), "variants": {}}
+    results: dict = {"machine": machine_info(args.device, load_at_start), "variants": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for variant in args.variants:
             print(f"FastSAM-{variant} (random weights), device {args.device}")
@@ -298,8 +290,7 @@ def main(argv: list[str] | None = None) -> dict:
                 entry["parity_vs_cpu"] = parity_vs_cpu(weights, args.device)
             results["variants"][variant] = entry
     results["machine"]["torch_threads_after"] = torch.get_num_threads()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+    write_result(args.out, results)
     print(f"wrote {args.out}")
     return results
 

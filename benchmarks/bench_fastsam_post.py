@@ -29,28 +29,22 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
 import tempfile  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "bench_fastsam_post.json"
+from benchmarks.common import (  # noqa: E402
+    RESULTS_DIR,
+    load_average,
+    machine_record,
+    write_result,
+)
+from runtime.timing import median_ms  # noqa: E402
+
+RESULTS = RESULTS_DIR / "bench_fastsam_post.json"
 IMGSZ = 1024
 IMAGES_HW = {"square_1024": (1024, 1024), "ego_704": (704, 704), "exo_960x540": (540, 960)}
 CONF, IOU, MAX_DET = 0.0, 0.9, 300
 TARGET_SPEEDUP = 3.0
-
-
-def _median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def _image(hw, seed):
@@ -80,79 +74,87 @@ def _agreement(mine, theirs) -> dict:
     return out
 
 
+def _one_thread() -> None:
+    """torch and OpenCV on one thread (ultralytics changes torch's on load and predict)."""
+    import cv2
+    import torch
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
+def measure_image(model, name: str, hw: tuple[int, int], seed: int, repeats: int) -> dict:
+    """One destination image: both post-processings of the same raw outputs, timed and
+    compared."""
+    import numpy as np
+    import torch
+
+    from omama_train.models.fastsam import preserve_thread_settings
+    from runtime import fastsam_post as fp
+
+    image = _image(hw, seed=seed)
+    bgr = np.ascontiguousarray(image[:, :, ::-1])
+    x, geom = fp.letterbox(image, IMGSZ)
+    with torch.inference_mode(), preserve_thread_settings():
+        if model.predictor is None:
+            model.predict(bgr, imgsz=IMGSZ, conf=CONF, iou=IOU, retina_masks=True, verbose=False)
+        (out0_t, out1_t), _ = model.model(torch.from_numpy(x))
+    _one_thread()
+    predictor = model.predictor
+    predictor.args.conf, predictor.args.iou = CONF, IOU
+    predictor.args.retina_masks, predictor.args.max_det = True, MAX_DET
+    x_t = torch.from_numpy(x)
+    out0, out1 = out0_t.numpy(), out1_t.numpy()
+
+    def ultralytics_post():
+        with torch.inference_mode():
+            return predictor.postprocess([out0_t.clone(), out1_t.clone()], x_t, [bgr])[0]
+
+    def ours():
+        return fp.postprocess(out0, out1, geom, CONF, IOU, MAX_DET)
+
+    def ours_dense():
+        return fp.postprocess(out0, out1, geom, CONF, IOU, MAX_DET).masks()
+
+    theirs, mine = ultralytics_post(), ours()
+    row = {"image": name, "image_hw": list(hw), **_agreement(mine, theirs)}
+    ranges = mine.ranges
+    row["mean_box_area_fraction"] = float(
+        ((ranges[:, 1] - ranges[:, 0]) * (ranges[:, 3] - ranges[:, 2])).mean() / (hw[0] * hw[1])
+    )
+    row["ultralytics_ms"] = median_ms(ultralytics_post, repeats)
+    row["ours_ms"] = median_ms(ours, repeats)
+    row["ours_dense_ms"] = median_ms(ours_dense, repeats)
+    row["speedup"] = row["ultralytics_ms"] / row["ours_ms"]
+    row["speedup_dense"] = row["ultralytics_ms"] / row["ours_dense_ms"]
+    print(
+        f"{name:12s} {hw[0]}x{hw[1]}: {row['n_ours']} masks "
+        f"(box {100 * row['mean_box_area_fraction']:.1f}% of the image), "
+        f"ultralytics {row['ultralytics_ms']:.0f} ms, ours {row['ours_ms']:.0f} ms "
+        f"({row['speedup']:.1f}x), ours + dense stack {row['ours_dense_ms']:.0f} ms "
+        f"({row['speedup_dense']:.1f}x); min mask IoU {row.get('min_mask_iou', 'n/a')}"
+    )
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variant", default="s", choices=["s", "x"])
     args = parser.parse_args()
 
-    import cv2
-    import numpy as np
     import torch
 
-    from omama_train.models.fastsam import (
-        build_random_fastsam,
-        load_fastsam,
-        preserve_thread_settings,
-    )
-    from runtime import fastsam_post as fp
+    from omama_train.models.fastsam import build_random_fastsam, load_fastsam
 
-    load_start = os.getloadavg()
+    load_at_start = load_average()
     with tempfile.TemporaryDirectory() as tmp:
         model = load_fastsam(build_random_fastsam(Path(tmp) / "fastsam.pt", args.variant))
-    torch.set_num_threads(1)  # ultralytics changes it on load; set it after
-    cv2.setNumThreads(1)
-    rows = []
-    for name, hw in IMAGES_HW.items():
-        image = _image(hw, seed=len(rows))
-        bgr = np.ascontiguousarray(image[:, :, ::-1])
-        x, geom = fp.letterbox(image, IMGSZ)
-        with torch.inference_mode(), preserve_thread_settings():
-            if model.predictor is None:
-                model.predict(
-                    bgr, imgsz=IMGSZ, conf=CONF, iou=IOU, retina_masks=True, verbose=False
-                )
-            (out0_t, out1_t), _ = model.model(torch.from_numpy(x))
-        torch.set_num_threads(1)
-        cv2.setNumThreads(1)
-        predictor = model.predictor
-        predictor.args.conf, predictor.args.iou = CONF, IOU
-        predictor.args.retina_masks, predictor.args.max_det = True, MAX_DET
-        x_t = torch.from_numpy(x)
-        out0, out1 = out0_t.numpy(), out1_t.numpy()
-
-        def ultralytics_post(out0_t=out0_t, out1_t=out1_t, x_t=x_t, bgr=bgr, predictor=predictor):
-            with torch.inference_mode():
-                return predictor.postprocess([out0_t.clone(), out1_t.clone()], x_t, [bgr])[0]
-
-        def ours(out0=out0, out1=out1, geom=geom):
-            return fp.postprocess(out0, out1, geom, CONF, IOU, MAX_DET)
-
-        def ours_dense(out0=out0, out1=out1, geom=geom):
-            return fp.postprocess(out0, out1, geom, CONF, IOU, MAX_DET).masks()
-
-        theirs, mine = ultralytics_post(), ours()
-        row = {"image": name, "image_hw": list(hw), **_agreement(mine, theirs)}
-        ranges = mine.ranges
-        row["mean_box_area_fraction"] = float(
-            ((ranges[:, 1] - ranges[:, 0]) * (ranges[:, 3] - ranges[:, 2])).mean() / (hw[0] * hw[1])
-        )
-        row["ultralytics_ms"] = _median_ms(ultralytics_post, args.repeats)
-        row["ours_ms"] = _median_ms(ours, args.repeats)
-        row["ours_dense_ms"] = _median_ms(ours_dense, args.repeats)
-        row["speedup"] = row["ultralytics_ms"] / row["ours_ms"]
-        row["speedup_dense"] = row["ultralytics_ms"] / row["ours_dense_ms"]
-        rows.append(row)
-        print(
-            f"{name:12s} {hw[0]}x{hw[1]}: {row['n_ours']} masks "
-            f"(box {100 * row['mean_box_area_fraction']:.1f}% of the image), "
-            f"ultralytics {row['ultralytics_ms']:.0f} ms, ours {row['ours_ms']:.0f} ms "
-            f"({row['speedup']:.1f}x), ours + dense stack {row['ours_dense_ms']:.0f} ms "
-            f"({row['speedup_dense']:.1f}x); min mask IoU {row.get('min_mask_iou', 'n/a')}"
-        )
-
-    import ultralytics
-
+    _one_thread()  # ultralytics changes torch's threads on load; set them after
+    rows = [
+        measure_image(model, name, hw, seed, args.repeats)
+        for seed, (name, hw) in enumerate(IMAGES_HW.items())
+    ]
     result = {
         "benchmark": "bench_fastsam_post",
         "settings": {
@@ -168,22 +170,14 @@ def main() -> None:
         "target_speedup": TARGET_SPEEDUP,
         "target_met": all(r["speedup_dense"] >= TARGET_SPEEDUP for r in rows),
         "rows": rows,
-        "machine": {
-            "processor": platform.processor(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "blas_threads": os.environ["OMP_NUM_THREADS"],
-            "load_average_at_start": load_start,
-            "load_average_at_end": os.getloadavg(),
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "torch": torch.__version__,
-            "ultralytics": ultralytics.__version__,
-            "opencv": cv2.__version__,
-        },
+        "machine": machine_record(
+            load_at_start,
+            ("numpy", "torch", "ultralytics", "opencv-python-headless"),
+            torch_threads=torch.get_num_threads(),
+            blas_threads=os.environ["OMP_NUM_THREADS"],
+        ),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=1) + "\n")
+    write_result(RESULTS, result)
     verdict = "met" if result["target_met"] else "NOT met"
     print(f"target {TARGET_SPEEDUP}x (dense stack included): {verdict}")
     print(f"wrote {RESULTS}")

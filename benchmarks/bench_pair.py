@@ -4,7 +4,7 @@ reference pipeline shape, for K = 1, 4, 8, 16 query objects per frame pair.
 Models at the official sizes with random weights (latency does not depend on the values):
 DINOv2 ViT-B/14 with registers at 532x952 (exo, source) and 700x700 (ego, destination), the
 official exo2ego matcher, FastSAM-s at 1024 px. The FastSAM-s BatchNorm is calibrated on
-noise and its class bias set so that the destination frame gets about ``--candidates``
+noise and its class bias set so that the destination frame gets about ``--num-candidates``
 candidates (random YOLO weights would otherwise give none and the matcher would never run).
 Images: frame 0 of a synthetic take, resized to the processed sizes (exo 960x540, ego
 704x704); queries: its exo object masks, repeated when K exceeds the objects.
@@ -28,41 +28,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
+from benchmarks.common import RESULTS_DIR, load_average, machine_record, write_result
+from benchmarks.common import log as _log
+from runtime.pipeline import STAGES
+from runtime.timing import median_ms
+
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
-RESULTS = Path(__file__).resolve().parent / "results" / "bench_pair.json"
+RESULTS = RESULTS_DIR / "bench_pair.json"
 EGO_HW, EXO_HW = (704, 704), (540, 960)  # processed frames (ego / 2, exo / 4)
-STAGES = ("preprocess", "fastsam", "backbone_src", "backbone_dst", "descriptors", "matcher",
-          "postprocess")  # fmt: skip
 TARGETS = {1: 1.3, 8: 8.0}
 RECIPE_VERSION = 3
-
-
-def _median_ms(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(1e3 * (time.perf_counter() - start))
-    return statistics.median(times)
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------- inputs
 
 
-def build_weights(folder: Path, fastsam_variant: str, candidates: int, dst_rgb) -> dict:
+def build_weights(folder: Path, fastsam_variant: str, num_candidates: int, dst_rgb) -> dict:
     """Random ViT-B/14-reg (timm layout, 37x37 table), official exo2ego matcher and a
-    FastSAM whose class bias gives ~``candidates`` detections on ``dst_rgb``."""
+    FastSAM whose class bias gives ~``num_candidates`` detections on ``dst_rgb``."""
     import numpy as np
     import torch
     from safetensors.torch import save_file
@@ -126,7 +114,7 @@ def build_weights(folder: Path, fastsam_variant: str, candidates: int, dst_rgb) 
     lo, hi = 1, len(order) - 1
     while lo < hi:
         mid = (lo + hi) // 2
-        if count_for(mid) < candidates:
+        if count_for(mid) < num_candidates:
             lo = mid + 1
         else:
             hi = mid
@@ -139,11 +127,12 @@ def build_weights(folder: Path, fastsam_variant: str, candidates: int, dst_rgb) 
             "fastsam_candidates_expected": count_for(lo)}  # fmt: skip
 
 
-def build_artifacts(work: Path, fastsam_variant: str, candidates: int, dst_rgb) -> Path:
+def build_artifacts(work: Path, fastsam_variant: str, num_candidates: int, dst_rgb) -> Path:
     """The artifacts folder (reused when ``work/recipe.json`` matches)."""
-    from export.pipeline import ExportConfig, export_artifacts
+    from export.config import ExportConfig
+    from export.pipeline import export_artifacts
 
-    recipe = {"version": RECIPE_VERSION, "fastsam": fastsam_variant, "candidates": candidates}
+    recipe = {"version": RECIPE_VERSION, "fastsam": fastsam_variant, "candidates": num_candidates}
     recipe_path = work / "recipe.json"
     art = work / "artifacts"
     done = recipe_path.is_file() and (art / "manifest.json").is_file()
@@ -151,7 +140,7 @@ def build_artifacts(work: Path, fastsam_variant: str, candidates: int, dst_rgb) 
         return art
     weights = work / "weights"
     _log("bench_pair: writing random weights and exporting (one-off, a few minutes)")
-    info = build_weights(weights, fastsam_variant, candidates, dst_rgb)
+    info = build_weights(weights, fastsam_variant, num_candidates, dst_rgb)
     export_artifacts(
         ExportConfig(
             out_dir=art,
@@ -246,7 +235,7 @@ def measure_reference(art: Path, weights: Path, src, dst, query, dst_frame, repe
     import numpy as np
     import torch
 
-    from benchmarks.bench_descriptors import loop_reference
+    from benchmarks.reference import loop_reference
     from omama_train.models.fastsam import load_fastsam, segment_everything
     from omama_train.models.matcher import load_matcher
     from runtime.manifest import load_manifest
@@ -264,7 +253,7 @@ def measure_reference(art: Path, weights: Path, src, dst, query, dst_frame, repe
 
     masks_ref, _ = ultralytics_fastsam()
     torch.set_num_threads(threads)
-    fastsam_ms = _median_ms(ultralytics_fastsam, repeats)
+    fastsam_ms = median_ms(ultralytics_fastsam, repeats, warmup=0)
     torch.set_num_threads(threads)
     src_view, dst_view = manifest.views["src"], manifest.views["dst"]
     cands = dst_frame.candidates
@@ -279,16 +268,19 @@ def measure_reference(art: Path, weights: Path, src, dst, query, dst_frame, repe
     dm, db = torch.from_numpy(dst_masks), torch.from_numpy(dst_boxes)
     sm, sb = torch.from_numpy(src_mask), torch.from_numpy(src_boxes)
     with torch.no_grad():
-        descriptors_ms = _median_ms(
+        descriptors_ms = median_ms(
             lambda: (loop_reference(src_feats, sm, sb, src_view.image_size),
                      loop_reference(dst_feats, dm, db, dst_view.image_size)),
             repeats,
+            warmup=0,
         )  # fmt: skip
         matcher = load_matcher(weights / "matcher.safetensors")
         src_desc = loop_reference(src_feats, sm, sb, src_view.image_size)[None]
         dst_desc = loop_reference(dst_feats, dm, db, dst_view.image_size)[None]
         matcher(src_desc, dst_desc, src_feats, dst_feats)
-        matcher_ms = _median_ms(lambda: matcher(src_desc, dst_desc, src_feats, dst_feats), repeats)
+        matcher_ms = median_ms(
+            lambda: matcher(src_desc, dst_desc, src_feats, dst_feats), repeats, warmup=0
+        )
     return {
         "fastsam_ultralytics_ms": fastsam_ms,
         "fastsam_ultralytics_candidates": int(len(masks_ref)),
@@ -302,27 +294,12 @@ def measure_reference(art: Path, weights: Path, src, dst, query, dst_frame, repe
 
 
 def machine_info(threads: int, load_at_start) -> dict:
-    import numpy
-    import onnxruntime
     import torch
-    import ultralytics
 
-    from runtime.info import cpu_model
-
-    return {
-        "processor": platform.processor() or platform.machine(),
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "threads": threads,
-        "torch_threads": torch.get_num_threads(),
-        "load_average_at_start": list(load_at_start),
-        "load_average_at_end": list(os.getloadavg()),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "ultralytics": ultralytics.__version__,
-        "numpy": numpy.__version__,
-    }
+    packages = ("torch", "onnxruntime", "ultralytics", "numpy")
+    return machine_record(
+        load_at_start, packages, threads=threads, torch_threads=torch.get_num_threads()
+    )
 
 
 def compose(ours: dict, reference: dict, ks) -> dict:
@@ -430,19 +407,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1, help="Threads per model (both backends).")
     parser.add_argument("--repeats", type=int, default=2, help="Timed calls per K (median).")
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 4, 8, 16])
-    parser.add_argument("--candidates", type=int, default=64, help="FastSAM candidates wanted.")
+    parser.add_argument("--num-candidates", type=int, default=64, help="FastSAM candidates wanted.")
     parser.add_argument("--fastsam", choices=("s", "x"), default="s", help="FastSAM variant.")
     parser.add_argument("--work", type=Path, default=Path("/tmp/omama_bench_pair"))
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    load_at_start = os.getloadavg()
+    load_at_start = load_average()
     started = time.perf_counter()
     import torch
 
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     src, dst, queries = bench_images(args.work)
-    art = build_artifacts(args.work, args.fastsam, args.candidates, dst)
+    art = build_artifacts(args.work, args.fastsam, args.num_candidates, dst)
     weights = args.work / "weights"
     ks = sorted(args.ks)
     ours, dst_frame = {}, None
@@ -475,8 +452,8 @@ def main(argv: list[str] | None = None) -> dict:
             "fastsam": f"FastSAM-{args.fastsam} (random, BatchNorm calibrated, class "
             f"bias {recipe['fastsam_class_bias']})",
             "backbone": "dinov2_vitb14_reg",
-            "views": {"source": "exo 532x952", "destination": "ego 700x700"},
-            "images": {"source": list(EXO_HW), "destination": list(EGO_HW)},
+            "views": {"src": "exo 532x952", "dst": "ego 700x700"},
+            "images": {"src": list(EXO_HW), "dst": list(EGO_HW)},
             "queries_distinct": len(queries),
         },  # fmt: skip
         "candidates": ours["onnxruntime"][ks[0]]["candidates"],
@@ -495,8 +472,7 @@ def main(argv: list[str] | None = None) -> dict:
         "wall_s": round(time.perf_counter() - started, 1),
         "machine": machine_info(args.threads, load_at_start),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    write_result(args.out, report)
     print(format_report(report))
     print(f"\nwritten to {args.out}")
     return report

@@ -1,7 +1,7 @@
 """Benchmark ``omama data prepare``: mask decoding, frame extraction, whole takes.
 
-1. Mask decoding: the 64 real masks of ``../shared/fixtures/seed_eval_casa_gio`` (3024 px
-   RLEs) are compressed to ``encodedMask`` strings, then decoded and checked as prepare does
+1. Mask decoding: the 64 real masks of ``tests/fixtures/eval_casa_gio`` (3024 px RLEs) are
+   compressed to ``encodedMask`` strings, then decoded and checked as prepare does
    (LZString, then the RLE run check); skipped when the fixture is absent.
 2. Frame extraction at Ego-Exo4D resolution: an ego (1408x1408) and an exo (3840x2160)
    H.264 video are generated, then ``extract_frames`` decodes each once and writes every
@@ -9,7 +9,7 @@
 3. Whole takes: small synthetic takes (``omama data synth --small``) prepared with 1 and
    with 2 workers.
 
-    python -m benchmarks.bench_prepare [--frames 60] [--stride 10] [--takes 4]
+    python -m benchmarks.bench_prepare [--frames 60] [--stride 10] [--num-takes 4]
 
 Prints the numbers and saves ``benchmarks/results/bench_prepare.json``.
 """
@@ -17,10 +17,7 @@ Prints the numbers and saves ``benchmarks/results/bench_prepare.json``.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
-import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -29,30 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import RESULTS_DIR, load_average, machine_record, write_result
 from omama_train.data.lzstring import compress_to_encoded_uri_component
 from omama_train.data.prepare import decode_encoded_mask, extract_frames, prepare, rle_runs
 from omama_train.data.synth import synthesize, write_video
-from runtime.atomic import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = ROOT.parent / "shared" / "fixtures" / "seed_eval_casa_gio" / "exo2egoGT.json"
-RESULTS = ROOT / "benchmarks" / "results" / "bench_prepare.json"
-
-
-def machine() -> dict:
-    versions = {}
-    for name in ("av", "opencv-python-headless", "numpy", "pycocotools"):
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return {
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "load_average_1min": os.getloadavg()[0],
-        "python": platform.python_version(),
-        "versions": versions,
-    }
+FIXTURE = ROOT / "tests" / "fixtures" / "eval_casa_gio" / "exo2egoGT.json"
+RESULTS = RESULTS_DIR / "bench_prepare.json"
 
 
 def bench_masks(repeats: int = 5) -> dict | None:
@@ -145,15 +126,15 @@ def bench_extract(tmp: Path, n_frames: int, stride: int) -> dict:
     return results
 
 
-def bench_takes(tmp: Path, takes: int) -> dict:
+def bench_takes(tmp: Path, num_takes: int) -> dict:
     data = tmp / "synth"
-    summary = synthesize(data, takes, small=True, seed=0)
+    summary = synthesize(data, num_takes, small=True, seed=0)
     relations = {}
     for path in sorted((data / "annotations").glob("relations_*.json")):
         relations.update(json.loads(path.read_text())["annotations"])
     merged = data / "annotations" / "relations_all.json"
     merged.write_text(json.dumps({"annotations": relations}))
-    results = {"takes": takes, "frames_per_video": summary["frames_per_video"]}
+    results = {"takes": num_takes, "frames_per_video": summary["frames_per_video"]}
     for workers in (1, 2):
         out = tmp / f"root{workers}"
         start = time.perf_counter()
@@ -165,7 +146,7 @@ def bench_takes(tmp: Path, takes: int) -> dict:
             "masks_kept": report.summary()["masks_kept"],
         }
         print(
-            f"prepare {takes} small takes, {workers} worker(s): {seconds:.2f} s, "
+            f"prepare {num_takes} small takes, {workers} worker(s): {seconds:.2f} s, "
             f"{report.frames_written} frames, {report.summary()['masks_kept']} masks"
         )
         shutil.rmtree(out)
@@ -176,15 +157,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=60, help="frames per full-size video")
     parser.add_argument("--stride", type=int, default=10, help="write every N-th frame")
-    parser.add_argument("--takes", type=int, default=4, help="small synthetic takes")
+    parser.add_argument("--num-takes", type=int, default=4, help="small synthetic takes")
     args = parser.parse_args()
-    result = {"machine": machine()}
-    result["masks"] = bench_masks()
+    load_at_start = load_average()
+    result = {"masks": bench_masks()}
     with tempfile.TemporaryDirectory() as tmp:
         result["extract"] = bench_extract(Path(tmp), args.frames, args.stride)
-        result["takes"] = bench_takes(Path(tmp), args.takes)
-    result["machine"]["load_average_1min_after"] = os.getloadavg()[0]
-    write_json(RESULTS, result, indent=1)
+        result["takes"] = bench_takes(Path(tmp), args.num_takes)
+    packages = ("av", "opencv-python-headless", "numpy", "pycocotools")
+    result["machine"] = machine_record(load_at_start, packages)
+    write_result(RESULTS, result)
     print(f"saved {RESULTS}")
 
 
