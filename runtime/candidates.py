@@ -18,7 +18,8 @@ FastSAM candidate masks, with ``F.interpolate(mode="nearest")`` (the ``torch`` r
 :mod:`runtime.preprocess`, which differs from OpenCV's on e.g. 540 -> 532 rows).
 
 :class:`VideoCandidates` (:func:`open_video_candidates`) gives the candidates of a whole
-destination video, from a folder in this layout or a JSON ``{frame: [RLE, ...]}``.
+destination video, from a folder in this layout or a JSON ``{frame: [RLE, ...]}``;
+:class:`CandidateSet` puts FastSAM's and precomputed candidates behind one interface.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ import numpy as np
 from runtime.atomic import atomic_path
 from runtime.egoexo import candidate_paths, frame_candidate_files
 from runtime.errors import OmamaError
-from runtime.pooling import mask_boxes
+from runtime.fastsam_post import FastSAMResult
+from runtime.pooling import index_slice, mask_boxes
 from runtime.preprocess import resize_mask_nearest
 
 MASKS_KEY = "arr_0"
@@ -93,6 +95,35 @@ class Candidates:
             np.ascontiguousarray(resize_mask_nearest(self.masks, size_hw, rule="torch")),
             scale_boxes(self.boxes, self.size_hw, size_hw),
         )
+
+
+class CandidateSet:
+    """Candidates of one destination frame at its working size: FastSAM box crops or dense
+    precomputed masks, behind one interface (boxes, one mask, a nearest resample)."""
+
+    def __init__(self, source: FastSAMResult | Candidates) -> None:
+        self._source = source
+        if isinstance(source, FastSAMResult):
+            self.size_hw = tuple(int(v) for v in source.image_hw)
+        else:
+            self.size_hw = source.size_hw
+        self.boxes = np.asarray(source.boxes, np.float32).reshape(-1, 4)
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def mask(self, i: int) -> np.ndarray:
+        """Candidate ``i`` as (H, W) uint8 0/1 at the working size."""
+        if isinstance(self._source, FastSAMResult):
+            return self._source.mask(i)
+        return self._source.masks[i]
+
+    def sample(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """All candidates at the pixels ``rows`` x ``cols``: (N, len(rows), len(cols)) uint8."""
+        if isinstance(self._source, FastSAMResult):
+            return self._source.sample(rows, cols)
+        r, c = index_slice(np.asarray(rows)), index_slice(np.asarray(cols))
+        return np.ascontiguousarray(self._source.masks[:, r][:, :, c])
 
 
 def _check_size(size_hw: tuple[int, int]) -> tuple[int, int]:

@@ -1,9 +1,13 @@
-"""``omama-run``: the lean runtime's command line (no torch).
+"""``omama-run``: the lean runtime's command line (no torch), and ``omama eval``.
 
 ``pair``, ``video`` and ``take`` run :class:`runtime.pipeline.Pipeline` on an artifacts
-folder written by ``omama export``; ``verify`` re-checks that folder's models on this
-machine against the golden outputs the export stored; ``info`` shows what this machine can
-run.
+folder written by ``omama export`` (the runs are in :mod:`runtime.runs`); ``verify``
+re-checks that folder's models on this machine against the golden outputs the export
+stored; ``info`` shows what this machine can run. :func:`register_eval` adds ``omama eval``
+(the official metrics, :mod:`runtime.evaluate`) to the ``omama`` command through the
+``omama.commands`` entry point.
+
+Commands only parse and check their flags, call the library and print.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -19,28 +24,45 @@ from runtime.errors import OmamaError, no_fastsam_error
 
 app = new_app("omama-run: O-MaMa inference on ONNX Runtime or TensorRT, without torch.")
 
-ARTIFACTS_HELP = (
-    "Artifacts folder written by `omama export` (default: $OMAMA_ARTIFACTS, else ./artifacts)."
-)
-BACKEND_HELP = (
-    "auto (TensorRT engines with a GPU, else ONNX Runtime), tensorrt, onnxruntime or torch."
-)
-PRECISION_HELP = (
-    "auto (fp16 engines on TensorRT, fp32 ONNX otherwise), fp32 or fp16 (*_fp16 files)."
-)
-WEIGHTS_HELP = (
-    "Folder with the original weights the manifest names (torch backend only; also searched: "
-    "$OMAMA_WEIGHTS and the artifacts folder). Repeatable."
-)
+# The options every command that opens artifacts takes.
+Artifacts = Annotated[
+    Path,
+    typer.Option(
+        "--artifacts",
+        envvar="OMAMA_ARTIFACTS",
+        help="Artifacts folder written by `omama export` (default: $OMAMA_ARTIFACTS, else "
+        "./artifacts).",
+    ),
+]
+Backend = Annotated[
+    str,
+    typer.Option(
+        "--backend",
+        help="auto (TensorRT engines with a GPU, else ONNX Runtime), tensorrt, onnxruntime or "
+        "torch.",
+    ),
+]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+Precision = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="auto (fp16 engines on TensorRT, fp32 ONNX otherwise), fp32 or fp16 (*_fp16 files).",
+    ),
+]
+Threads = Annotated[int | None, typer.Option("--threads", min=1, help="Threads per model.")]
+WeightsDirs = Annotated[
+    list[Path],
+    typer.Option(
+        "--weights-dir",
+        help="Folder with the original weights the manifest names (torch backend only; also "
+        "searched: $OMAMA_WEIGHTS and the artifacts folder). Repeatable.",
+    ),
+]
+Out = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
 
 
-def _artifacts_option() -> Path:
-    return typer.Option(
-        Path("artifacts"), "--artifacts", envvar="OMAMA_ARTIFACTS", help=ARTIFACTS_HELP
-    )
-
-
-def _open_pipeline(artifacts, backend, device, precision, threads, mask_size, weights):
+def _open_pipeline(artifacts, backend, device, precision, threads, mask_size, weights_dirs):
     from runtime.pipeline import Pipeline
 
     return Pipeline(
@@ -50,7 +72,7 @@ def _open_pipeline(artifacts, backend, device, precision, threads, mask_size, we
         precision=precision,
         threads=threads,
         mask_size=mask_size,
-        weights_dirs=weights or (),
+        weights_dirs=weights_dirs or (),
     )
 
 
@@ -66,39 +88,6 @@ def info_command(as_json: bool = typer.Option(False, "--json", help="Print JSON.
     typer.echo(json.dumps(info, indent=2) if as_json else format_info(info))
 
 
-# ----------------------------------------------------------------------------- pair
-
-
-def _unique_names(paths: list[Path]) -> list[str]:
-    names: list[str] = []
-    for path in paths:
-        name, k = path.stem, 2
-        while name in names:
-            name, k = f"{path.stem}_{k}", k + 1
-        names.append(name)
-    return names
-
-
-def _write_mask_png(path: Path, mask) -> None:
-    import cv2
-
-    from runtime.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), (mask != 0).astype("uint8") * 255):
-            raise OmamaError(f"could not write {path}")
-
-
-def _write_rgb_png(path: Path, image) -> None:
-    import cv2
-
-    from runtime.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), image[:, :, ::-1]):
-            raise OmamaError(f"could not write {path}")
-
-
 @app.command("pair")
 def pair_command(
     src_image: Path = typer.Argument(..., help="Source image (the view the query is drawn on)."),
@@ -112,19 +101,19 @@ def pair_command(
         help="Precomputed candidates of the destination image (<frame>_masks.npz with its "
         "<frame>_boxes.npy beside it); default: FastSAM from the artifacts.",
     ),
-    out: Path = typer.Option(Path("omama_out"), "--out", "-o", help="Output folder."),
+    out: Out = Path("omama_out"),
     mask_size: str = typer.Option(
         "image",
         "--mask-size",
         help="image (the destination image's size) or model (the model's destination size, "
         "e.g. 700x700 ego, as O-MaMa writes predictions).",
     ),
-    artifacts: Path = _artifacts_option(),
-    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="Threads per model."),
-    weights: list[Path] = typer.Option([], "--weights", help=WEIGHTS_HELP),
+    artifacts: Artifacts = Path("artifacts"),
+    backend: Backend = "auto",
+    device: Device = "auto",
+    precision: Precision = "auto",
+    threads: Threads = None,
+    weights_dirs: WeightsDirs = [],  # noqa: B006 - typer copies list defaults
 ) -> None:
     """Find the query object(s) of the source image in the destination image.
 
@@ -134,98 +123,62 @@ def pair_command(
 
     Example: omama-run pair exo.jpg ego.jpg --query cup.png --artifacts artifacts --out out
     """
-    from runtime import rle
-    from runtime.atomic import write_json
-    from runtime.candidates import read_candidates
-    from runtime.images import read_rgb
-    from runtime.pipeline import render_overlay
-    from runtime.tracks import read_mask_png
+    from runtime.runs.pair import format_pair_result, read_pair_inputs, run_pair
 
-    src_rgb, dst_rgb = read_rgb(src_image), read_rgb(dst_image)
-    queries = [read_mask_png(path) for path in query]
-    cands = None
-    if candidates is not None:
-        name = candidates.name
-        if not name.endswith("_masks.npz"):
-            raise OmamaError(f"--candidates must name a <frame>_masks.npz file, got {candidates}")
-        boxes = candidates.with_name(name.removesuffix("_masks.npz") + "_boxes.npy")
-        cands = read_candidates(candidates, boxes)
-    with _open_pipeline(artifacts, backend, device, precision, threads, mask_size, weights) as pipe:
-        pipe.check_image(src_rgb.shape[:2], "src", f"source image {src_image}")
-        pipe.check_image(dst_rgb.shape[:2], "dst", f"destination image {dst_image}")
-        for path, mask in zip(query, queries, strict=True):
-            problem = pipe.query_problem(mask, src_rgb.shape[:2])
-            if problem:
-                raise OmamaError(f"{path}: {problem}")
-        matches = pipe.match_frame(src_rgb, dst_rgb, queries, candidates=cands)
-        latency = pipe.last_latency_ms
-        described = pipe.describe()
-    out.mkdir(parents=True, exist_ok=True)
-    names = _unique_names(query)
-    objects = []
-    for path, name, match in zip(query, names, matches, strict=True):
-        mask_path = out / f"{name}_mask.png"
-        _write_mask_png(mask_path, match.mask)
-        objects.append({"name": name, "query": str(path), "mask_png": str(mask_path),
-                        "rle": rle.encode(match.mask), **match.to_json()})  # fmt: skip
-    overlay_path = out / "overlay.png"
-    _write_rgb_png(overlay_path, render_overlay(src_rgb, dst_rgb, names, queries, matches))
-    result = {
-        "src_image": str(src_image),
-        "dst_image": str(dst_image),
-        "candidates": str(candidates) if candidates else "fastsam",
-        **described,
-        "objects": objects,
-        "latency_ms": {k: round(v, 3) for k, v in latency.items()},
-        "overlay_png": str(overlay_path),
-    }
-    write_json(out / "result.json", result, indent=2)
-    for obj in objects:
-        seen = "visible" if obj["visible"] else "not visible"
-        chosen = (
-            f"candidate {obj['candidate']} of {obj['candidates']}"
-            if obj["candidate"] >= 0
-            else "no candidates"
-        )
-        typer.echo(f"{obj['name']}: {seen}, confidence {obj['confidence']:.3f}, {chosen} -> "
-                   f"{obj['mask_png']}")  # fmt: skip
-    stages = ", ".join(f"{k} {v:.0f}" for k, v in latency.items() if k != "total")
-    typer.echo(f"latency {latency['total']:.0f} ms on {described['backend']} "
-               f"({described['device']}): {stages}")  # fmt: skip
-    typer.echo(f"wrote {overlay_path} and {out / 'result.json'}")
+    inputs = read_pair_inputs(src_image, dst_image, query, candidates)
+    with _open_pipeline(
+        artifacts, backend, device, precision, threads, mask_size, weights_dirs
+    ) as pipe:
+        result = run_pair(pipe, inputs, out)
+    typer.echo(format_pair_result(result, out))
 
 
-# ----------------------------------------------------------------------------- video
-
-
-@app.command("video")
-def video_command(
-    src_video: Path = typer.Argument(..., help="Source video (where the query masks are)."),
-    dst_video: Path = typer.Argument(..., help="Destination video (frames paired by index)."),
-    query: list[str] = typer.Option(
-        ...,
+# The long options of `video`, named here so that the command reads as a list of flags.
+VideoQuery = Annotated[
+    list[str],
+    typer.Option(
         "--query",
         "-q",
         help="TRACK: a folder of <frame>.png masks (or of one such folder per object), a JSON "
-        "{frame: RLE} or {object: {frame: RLE}}, or an Ego-Exo4D annotation.json (with --cam). "
-        "Repeatable.",
+        "{frame: RLE} or {object: {frame: RLE}}, or an Ego-Exo4D annotation.json (with "
+        "--src-cam when several cameras hold masks). Repeatable.",
     ),
-    objects: list[str] = typer.Option([], "--object", help="Only these objects (repeatable)."),
-    cam: str | None = typer.Option(
-        None, "--cam", help="Source camera of an annotation.json track (e.g. cam01)."
+]
+VideoSrcCam = Annotated[
+    str | None,
+    typer.Option(
+        "--src-cam",
+        help="Source camera: the camera of an annotation.json track (e.g. cam01), and its name "
+        "in the results (default: the track's camera, else the video's name).",
     ),
-    candidates: Path | None = typer.Option(
-        None,
+]
+VideoCandidatesOption = Annotated[
+    Path | None,
+    typer.Option(
         "--candidates",
         help="Precomputed candidates of the destination video, by its frame index: a folder of "
         "<frame>_masks.npz + <frame>_boxes.npy (as `omama data masks` writes per camera) or a "
         "JSON {frame: [RLE, ...]} at the destination video's size. Frames without an entry "
         "use FastSAM, or get no candidates when the artifacts hold none.",
     ),
+]
+
+
+@app.command("video")
+def video_command(
+    src_video: Annotated[Path, typer.Argument(help="Source video (where the query masks are).")],
+    dst_video: Annotated[Path, typer.Argument(help="Destination video (frames paired by index).")],
+    query: VideoQuery,
+    objects: list[str] = typer.Option([], "--object", help="Only these objects (repeatable)."),
+    src_cam: VideoSrcCam = None,
+    dst_cam: str | None = typer.Option(
+        None, "--dst-cam", help="Destination camera name in the results."
+    ),
+    candidates: VideoCandidatesOption = None,
     direction: str | None = typer.Option(
         None, "--direction", help="exo2ego or ego2exo; must be the artifacts' (default: theirs)."
     ),
-    out: Path = typer.Option(Path("omama_out"), "--out", "-o", help="Output folder."),
+    out: Out = Path("omama_out"),
     max_frames: int | None = typer.Option(
         None, "--max-frames", min=0, help="Read at most this many frames (a quick look)."
     ),
@@ -239,41 +192,55 @@ def video_command(
     take: str | None = typer.Option(
         None, "--take", help="Take name in the results (default: the annotation's take uid)."
     ),
-    src_cam: str | None = typer.Option(None, "--src-cam", help="Source camera name in results."),
-    dst_cam: str | None = typer.Option(
-        None, "--dst-cam", help="Destination camera name in results."
-    ),
-    checkpoint_every: int = typer.Option(
-        50, "--checkpoint-every", min=1, help="Write partial results every this many frames."
+    checkpoint_every_frames: int = typer.Option(
+        50, "--checkpoint-every-frames", min=1, help="Write partial results every N frames."
     ),
     mask_size: str = typer.Option(
         "image", "--mask-size", help="image (the destination video's size) or model."
     ),
-    artifacts: Path = _artifacts_option(),
-    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="Threads per model."),
-    weights: list[Path] = typer.Option([], "--weights", help=WEIGHTS_HELP),
+    artifacts: Artifacts = Path("artifacts"),
+    backend: Backend = "auto",
+    device: Device = "auto",
+    precision: Precision = "auto",
+    threads: Threads = None,
+    weights_dirs: WeightsDirs = [],  # noqa: B006 - typer copies list defaults
 ) -> None:
     """Track query objects from a source video into a destination video.
 
     Writes results.json (Ego-Exo4D results format, scored by `omama eval`), summary.json
     (frames, objects, fps, per-stage p50/p90 latency, skips), and with --overlay an overlay
     MP4. Frames that fail to decode are reported and skipped; partial results are written
-    every --checkpoint-every frames, so an interrupted run continues with --resume.
+    every --checkpoint-every-frames frames, so an interrupted run continues with --resume.
     Candidate masks come from FastSAM in the artifacts or, with --candidates, from your own
     segmenter (needed for artifacts exported with --no-fastsam-export).
 
-    Example: omama-run video cam01.mp4 aria01.mp4 --query annotation.json --cam cam01 --overlay
+    Example: omama-run video cam01.mp4 aria01.mp4 --query annotation.json --src-cam cam01
+    --overlay
 
     Example: omama-run video cam01.mp4 aria01.mp4 --query cup_masks/ --candidates
     ego_candidates.json --artifacts artifacts_no_fastsam
     """
-    from runtime.candidates import open_video_candidates
+    from runtime.runs.video import build_video_run, format_video_summary, run_video
+
+    artifacts_direction = _check_video_flags(artifacts, direction, candidates, src_video, dst_video)
+    run = build_video_run(
+        artifacts_direction, src_video, dst_video, query, out, objects=objects, src_cam=src_cam,
+        dst_cam=dst_cam, take=take, candidates=candidates, max_frames=max_frames, resume=resume,
+        overlay=overlay, checkpoint_every_frames=checkpoint_every_frames,
+    )  # fmt: skip
+    with _open_pipeline(
+        artifacts, backend, device, precision, threads, mask_size, weights_dirs
+    ) as pipe:
+        summary = run_video(pipe, run)
+    typer.echo(format_video_summary(summary))
+    if gt is not None:
+        _print_metrics(gt, Path(summary["results"]), artifacts_direction, out)
+
+
+def _check_video_flags(artifacts: Path, direction: str | None, candidates: Path | None,
+                       src_video: Path, dst_video: Path) -> str:  # fmt: skip
+    """The artifacts' direction, once ``--direction``, ``--candidates`` and the videos fit."""
     from runtime.manifest import load_manifest
-    from runtime.pipeline import VideoRun, default_cams, format_video_summary, run_video
-    from runtime.tracks import load_tracks
 
     manifest = load_manifest(artifacts)
     if direction is not None and direction != manifest.direction:
@@ -286,32 +253,7 @@ def video_command(
     for path, what in ((src_video, "source"), (dst_video, "destination")):
         if not path.is_file():
             raise OmamaError(f"{what} video not found: {path}")
-    tracks = load_tracks(query, objects, cam)
-    video_candidates = open_video_candidates(candidates) if candidates is not None else None
-    default_src, default_dst = default_cams(manifest.direction, src_video, dst_video)
-    track_cams = tracks.cams()
-    if len(track_cams) == 1 and src_cam is None:
-        src_cam = track_cams[0]
-    takes = tracks.takes()
-    run = VideoRun(
-        src_video=src_video,
-        dst_video=dst_video,
-        tracks=tracks,
-        out_dir=out,
-        take=take or (takes[0] if len(takes) == 1 else "video"),
-        src_cam=src_cam or default_src,
-        dst_cam=dst_cam or default_dst,
-        max_frames=max_frames,
-        resume=resume,
-        overlay=overlay,
-        checkpoint_every=checkpoint_every,
-        candidates=video_candidates,
-    )
-    with _open_pipeline(artifacts, backend, device, precision, threads, mask_size, weights) as pipe:
-        summary = run_video(pipe, run)
-    typer.echo(format_video_summary(summary))
-    if gt is not None:
-        _print_metrics(gt, Path(summary["results"]), manifest.direction, out)
+    return manifest.direction
 
 
 def _print_metrics(gt: Path, results: Path, direction: str, out: Path) -> None:
@@ -325,9 +267,6 @@ def _print_metrics(gt: Path, results: Path, direction: str, out: Path) -> None:
     typer.echo(f"metrics written to {out / 'metrics.json'}")
 
 
-# ----------------------------------------------------------------------------- take
-
-
 @app.command("take")
 def take_command(
     take_dir: Path = typer.Argument(
@@ -339,13 +278,14 @@ def take_command(
     max_frames: int | None = typer.Option(
         None, "--max-frames", min=0, help="Only the first this many annotated frames."
     ),
-    gt: bool = typer.Option(
-        False, "--gt", help="Score against the take's annotation and print the official metrics."
+    score: bool = typer.Option(
+        False, "--score", help="Score against the take's annotation and print the official metrics."
     ),
-    use_candidates: bool = typer.Option(
-        True,
-        "--candidates/--no-candidates",
-        help="Use precomputed candidates (ROOT/Masks_<SPLIT>_<DIRECTION>) where present.",
+    candidates: Path | None = typer.Option(
+        None,
+        "--candidates",
+        help="The candidates folder `omama data masks` wrote (e.g. ROOT/Masks_<SPLIT>_<DIRECTION>"
+        "): its candidates are used where present, FastSAM elsewhere (default: FastSAM only).",
     ),
     mask_size: str = typer.Option(
         "model",
@@ -353,37 +293,39 @@ def take_command(
         help="model (the model's destination size, e.g. 700x700 ego, as O-MaMa writes "
         "predictions) or image (the processed frame's size).",
     ),
-    artifacts: Path = _artifacts_option(),
-    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="Threads per model."),
-    weights: list[Path] = typer.Option([], "--weights", help=WEIGHTS_HELP),
+    artifacts: Artifacts = Path("artifacts"),
+    backend: Backend = "auto",
+    device: Device = "auto",
+    precision: Precision = "auto",
+    threads: Threads = None,
+    weights_dirs: WeightsDirs = [],  # noqa: B006 - typer copies list defaults
 ) -> None:
     """Predict every object and exo camera of a processed take (one results JSON).
 
-    Uses precomputed candidates where present, else FastSAM; each frame's shared view is
-    encoded once for all cameras and objects. With --gt, also writes gt.json and
-    metrics.json and prints the official Ego-Exo4D metrics.
+    Uses the --candidates folder's candidates where present, else FastSAM; each frame's
+    shared view is encoded once for all cameras and objects. With --score, also writes
+    gt.json and metrics.json and prints the official Ego-Exo4D metrics.
 
-    Example: omama-run take data/processed/<take_uid> --artifacts artifacts --gt
+    Example: omama-run take data/processed/<take_uid> --artifacts artifacts --score
+    --candidates data/Masks_TEST_EXO2EGO
     """
     from runtime.evaluate import format_summary
-    from runtime.pipeline import format_take_summary, run_take
+    from runtime.runs.take import format_take_summary, run_take
 
+    if candidates is not None and not candidates.is_dir():
+        raise OmamaError(f"--candidates {candidates} is not a folder")
     out = out or Path("omama_out") / take_dir.name
-    with _open_pipeline(artifacts, backend, device, precision, threads, mask_size, weights) as pipe:
-        summary = run_take(pipe, take_dir, out, max_frames, use_candidates, gt)
+    with _open_pipeline(
+        artifacts, backend, device, precision, threads, mask_size, weights_dirs
+    ) as pipe:
+        summary = run_take(pipe, take_dir, out, max_frames, candidates, score)
     typer.echo(format_take_summary(summary))
-    if gt and "report" in summary:
+    if score and "report" in summary:
         typer.echo("")
         typer.echo(format_summary(summary["report"]))
         typer.echo(f"GT written to {summary['gt']}, metrics to {out / 'metrics.json'}")
-    elif gt:
+    elif score:
         typer.echo("no observation was predicted: nothing to score")
-
-
-# ----------------------------------------------------------------------------- verify
 
 
 @app.command("verify")
@@ -391,11 +333,11 @@ def verify_command(
     artifacts: Path = typer.Argument(
         ..., help="Artifacts folder written by `omama export` (with its golden/ files)."
     ),
-    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="Threads per model."),
-    weights: list[Path] = typer.Option([], "--weights", help=WEIGHTS_HELP),
+    backend: Backend = "auto",
+    device: Device = "auto",
+    precision: Precision = "auto",
+    threads: Threads = None,
+    weights_dirs: WeightsDirs = [],  # noqa: B006 - typer copies list defaults
 ) -> None:
     """Re-verify the artifacts on this machine, without torch.
 
@@ -411,7 +353,7 @@ def verify_command(
     from runtime.verification.tolerances import format_table
 
     report = verify_folder(
-        artifacts, backend, device, precision, threads, weights or (), echo=typer.echo
+        artifacts, backend, device, precision, threads, weights_dirs or (), echo=typer.echo
     )
     typer.echo(format_table(report.records))
     checks = sum(len(r.checks) for r in report.records)
@@ -426,3 +368,76 @@ def verify_command(
 
 def main() -> None:
     sys.exit(run_app(app, prog_name="omama-run"))
+
+
+# ----------------------------------------------------------------------------- omama eval
+
+
+def register_eval(omama_app: typer.Typer) -> None:
+    """Add the top-level ``omama eval`` command to ``omama_app`` (the ``omama.commands``
+    entry point)."""
+    from runtime.evaluate import default_workers
+
+    @omama_app.command("eval")
+    def eval_command(
+        gt: Path = typer.Option(..., "--gt", help="Correspondence GT JSON (annotations)."),
+        pred: Path = typer.Option(..., "--pred", help="Predictions (results JSON)."),
+        direction: str = typer.Option(..., "--direction", help="exo2ego or ego2exo."),
+        protocol: str = typer.Option(
+            "omama",
+            "--protocol",
+            help="omama (GT resized to the prediction size, as the seed's published figures) "
+            "or egoexo4d (the challenge evaluator's 480 px working size).",
+        ),
+        out: Path | None = typer.Option(None, "--out", help="Write the full report (JSON) here."),
+        per_observation: bool = typer.Option(
+            False, "--per-observation", help="Also print one line per observation."
+        ),
+        workers: int = typer.Option(
+            default_workers(), "--workers", help="Processes (each evaluates whole takes)."
+        ),
+        gallery: Path | None = typer.Option(
+            None, "--gallery", help="Write an HTML + PNG gallery of best/median/worst cases here."
+        ),
+        root: Path | None = typer.Option(
+            None, "--root", help="Processed root with the frames, for the gallery's images."
+        ),
+        gallery_per_group: int = typer.Option(
+            4, "--gallery-per-group", help="Observations shown per gallery group."
+        ),
+    ) -> None:
+        """Evaluate predictions with the official Ego-Exo4D correspondence metrics.
+
+        Prints IoU (and its std), shape_acc, location_score and balanced_acc, counts,
+        breakdowns by GT object size and camera, temporal consistency and an IoU histogram.
+
+        Example: omama eval --gt gt.json --pred preds.json --direction exo2ego --out m.json
+        """
+        from runtime.atomic import write_json
+        from runtime.egoexo import check_direction
+        from runtime.evaluate import evaluate_report, format_observations, format_summary
+        from runtime.results import load_gt, load_results
+
+        if root is not None and gallery is None:
+            raise OmamaError("--root is only used with --gallery")
+        check_direction(direction)
+        gt_annotations = load_gt(gt)
+        pred_takes = load_results(pred, direction)
+        report = evaluate_report(
+            gt_annotations, pred_takes, direction, protocol, workers, progress=True
+        )
+        report = {"gt_file": str(gt), "pred_file": str(pred), **report}
+        typer.echo(format_summary(report))
+        if per_observation:
+            typer.echo("")
+            typer.echo(format_observations(report))
+        if out is not None:
+            write_json(out, report, indent=2)
+            typer.echo(f"report written to {out}")
+        if gallery is not None:
+            from runtime.gallery import write_gallery
+
+            paths = write_gallery(
+                gallery, report, gt_annotations, pred_takes, root=root, per_group=gallery_per_group
+            )
+            typer.echo(f"gallery written to {paths['html']}")

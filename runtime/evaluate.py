@@ -1,4 +1,4 @@
-"""``omama eval``: the official Ego-Exo4D correspondence metrics, in parallel, with breakdowns.
+"""The official Ego-Exo4D correspondence metrics of ``omama eval``, in parallel, with breakdowns.
 
 The evaluation reproduces the reference evaluators (OMAMA_REFERENCE.md, section 8) to the
 bit: per-take work runs in a process pool (:func:`evaluate`), the aggregation
@@ -7,7 +7,7 @@ the four official figures the report holds counts, IoU broken down by GT object 
 terciles) and by camera, an IoU histogram, and a temporal-consistency figure (IoU between
 the masks of consecutive frames of one object, prediction vs. GT).
 
-This module stays light at import (numpy, typer, runtime): the metrics (OpenCV,
+This module stays light at import (numpy, runtime): the metrics (OpenCV,
 pycocotools) load when a command runs.
 """
 
@@ -20,11 +20,9 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import typer
 
 from runtime.egoexo import check_direction
 from runtime.errors import OmamaError
@@ -396,72 +394,3 @@ def format_observations(report: dict) -> str:
             f"{conf:6.3f} {iou_v:7.4f} {shape:7.4f} {loc:7.4f}"
         )
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def register(app: typer.Typer) -> None:
-    """Add the top-level ``omama eval`` command to ``app``."""
-
-    @app.command("eval")
-    def eval_command(
-        gt: Path = typer.Option(..., "--gt", help="Correspondence GT JSON (annotations)."),
-        pred: Path = typer.Option(..., "--pred", help="Predictions (results JSON)."),
-        direction: str = typer.Option(..., "--direction", help="exo2ego or ego2exo."),
-        protocol: str = typer.Option(
-            "omama",
-            "--protocol",
-            help="omama (GT resized to the prediction size, as the seed's published figures) "
-            "or egoexo4d (the challenge evaluator's 480 px working size).",
-        ),
-        json_out: Path | None = typer.Option(None, "--json", help="Write the full report here."),
-        per_observation: bool = typer.Option(
-            False, "--per-observation", help="Also print one line per observation."
-        ),
-        workers: int = typer.Option(
-            default_workers(), "--workers", help="Processes (each evaluates whole takes)."
-        ),
-        gallery: Path | None = typer.Option(
-            None, "--gallery", help="Write an HTML + PNG gallery of best/median/worst cases here."
-        ),
-        root: Path | None = typer.Option(
-            None, "--root", help="Processed root with the frames, for the gallery's images."
-        ),
-        gallery_per_group: int = typer.Option(
-            4, "--gallery-per-group", help="Observations shown per gallery group."
-        ),
-    ) -> None:
-        """Evaluate predictions with the official Ego-Exo4D correspondence metrics.
-
-        Prints IoU (and its std), shape_acc, location_score and balanced_acc, counts,
-        breakdowns by GT object size and camera, temporal consistency and an IoU histogram.
-
-        Example: omama eval --gt gt.json --pred preds.json --direction exo2ego --json m.json
-        """
-        from runtime.atomic import write_json
-        from runtime.results import load_gt, load_results
-
-        if root is not None and gallery is None:
-            raise OmamaError("--root is only used with --gallery")
-        check_direction(direction)
-        gt_annotations = load_gt(gt)
-        pred_takes = load_results(pred, direction)
-        report = evaluate_report(
-            gt_annotations, pred_takes, direction, protocol, workers, progress=True
-        )
-        report = {"gt_file": str(gt), "pred_file": str(pred), **report}
-        typer.echo(format_summary(report))
-        if per_observation:
-            typer.echo("")
-            typer.echo(format_observations(report))
-        if json_out is not None:
-            write_json(json_out, report, indent=2)
-            typer.echo(f"report written to {json_out}")
-        if gallery is not None:
-            from runtime.gallery import write_gallery
-
-            paths = write_gallery(
-                gallery, report, gt_annotations, pred_takes, root=root, per_group=gallery_per_group
-            )
-            typer.echo(f"gallery written to {paths['html']}")

@@ -1,4 +1,4 @@
-"""Reading image files: the one decoder of frames on disk (OpenCV, no torch)."""
+"""Image files and arrays: the one decoder of frames on disk (OpenCV, no torch), the RGB check."""
 
 from __future__ import annotations
 
@@ -20,3 +20,18 @@ def read_rgb(path: Path) -> np.ndarray:
         reason = "could not be decoded" if Path(path).is_file() else "is missing"
         raise OmamaError(f"image {path} {reason}")
     return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+def check_rgb(image: np.ndarray, what: str) -> np.ndarray:
+    """``image`` as an array, or an OmamaError naming ``what`` unless it is (H, W, 3) uint8."""
+    image = np.asarray(image)
+    if (
+        image.ndim != 3
+        or image.shape[2] != 3
+        or image.dtype != np.uint8
+        or min(image.shape[:2]) < 1
+    ):
+        raise OmamaError(
+            f"{what} must be an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}"
+        )
+    return image

@@ -7,10 +7,16 @@ otherwise; masks of another size than the image are resized to it (nearest).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import cv2
 import numpy as np
 
 from runtime.errors import OmamaError
+
+if TYPE_CHECKING:
+    from runtime.pipeline import Match
 
 QUERY_RGB = (40, 200, 230)  # the query mask on the source view
 PRED_RGB = (235, 60, 60)  # the predicted mask on the destination view
@@ -162,4 +168,59 @@ def render_pair(
         dst = overlay_mask(dst, pred_mask, PRED_RGB)
     dst = draw_label(dst, labels[1])
     dst = draw_label(dst, confidence_text(confidence, threshold), corner="top-right")
+    return side_by_side(src, dst, height_px=height_px)
+
+
+_PALETTE = (
+    (235, 60, 60),
+    (60, 200, 90),
+    (70, 130, 240),
+    (240, 200, 40),
+    (200, 80, 220),
+    (40, 210, 220),
+    (250, 140, 40),
+    (160, 160, 160),
+)
+
+
+def render_objects(
+    src_rgb: np.ndarray,
+    dst_rgb: np.ndarray,
+    names: Sequence[str],
+    queries: Sequence[np.ndarray],
+    matches: Sequence[Match],
+    height_px: int | None = None,
+) -> np.ndarray:
+    """Queries on the source, predictions on the destination, confidences in the corner.
+
+    One object: :func:`render_pair`. Several: one colour per object, a
+    legend of ``name conf`` lines on the destination; predictions that are not visible
+    (confidence <= 0.5) are drawn as an outline only.
+    """
+    if len(names) == 1:
+        return render_pair(
+            src_rgb, queries[0], dst_rgb, matches[0].mask, matches[0].confidence, height_px
+        )
+    src, dst = np.array(src_rgb), np.array(dst_rgb)
+    for i, (query, match) in enumerate(zip(queries, matches, strict=True)):
+        color = _PALETTE[i % len(_PALETTE)]
+        src = overlay_mask(src, query, color)
+        if match.candidate >= 0:
+            dst = overlay_mask(dst, match.mask, color, alpha=0.45 if match.visible else 0.0)
+    src = draw_label(src, "source")
+    dst = draw_label(dst, "destination", corner="bottom-left")
+    scale = text_scale(dst.shape[:2]) * 0.8
+    thickness = max(1, round(scale * 1.5))
+    y = 0
+    for i, (name, match) in enumerate(zip(names, matches, strict=True)):
+        text = f"{name}: {confidence_text(match.confidence)}"
+        text = text.encode("ascii", "replace").decode("ascii")
+        (tw, th), base = cv2.getTextSize(text, FONT, scale, thickness)
+        pad = max(2, round(4 * scale))
+        x0 = max(dst.shape[1] - tw - 2 * pad, 0)
+        region = dst[y : y + th + base + 2 * pad, x0:]
+        region[:] = (region.astype(np.uint16) * 3 // 10).astype(np.uint8)
+        cv2.putText(dst, text, (x0 + pad, y + pad + th), FONT, scale,
+                    _PALETTE[i % len(_PALETTE)], thickness, cv2.LINE_AA)  # fmt: skip
+        y += th + base + 2 * pad
     return side_by_side(src, dst, height_px=height_px)

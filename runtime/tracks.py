@@ -7,7 +7,7 @@ A TRACK names the object masks in the source video, frame by frame. Three forms:
 - a JSON file of per-frame RLEs: ``{"<frame>": RLE}`` (one object, named after the file)
   or ``{"<object>": {"<frame>": RLE}}``; RLE is ``{"size": [H, W], "counts": str}``;
 - an Ego-Exo4D processed ``annotation.json`` (``masks[object][cam][frame] = RLE``): the
-  source camera is chosen with ``cam`` (needed when several cameras hold masks), objects
+  source camera is chosen with ``src_cam`` (needed when several cameras hold masks), objects
   with ``objects`` (default: every object with masks in that camera).
 
 A frame without a mask (or with an empty one) is a frame where the object has no query, so
@@ -179,9 +179,10 @@ def _frame_map(data: dict, origin: str, obj: str) -> dict[int, dict]:
     return out
 
 
-def _annotation_tracks(data: dict, path: Path, objects: Sequence[str], cam: str | None) -> list:
+def _annotation_tracks(data: dict, path: Path, objects: Sequence[str], src_cam: str | None) -> list:
     masks = data["masks"]
     cams = sorted({c for per_cam in masks.values() for c in per_cam})
+    cam = src_cam
     if cam is None:
         non_ego = [c for c in cams if not is_ego_cam(c)]
         if len(cams) == 1:
@@ -189,7 +190,7 @@ def _annotation_tracks(data: dict, path: Path, objects: Sequence[str], cam: str 
         else:
             raise OmamaError(
                 f"{path} holds masks of several cameras ({', '.join(cams)}): name the source "
-                f"camera with --cam (e.g. --cam {non_ego[0] if non_ego else cams[0]})"
+                f"camera with --src-cam (e.g. --src-cam {non_ego[0] if non_ego else cams[0]})"
             )
     if cam not in cams:
         raise OmamaError(f"{path} has no masks in camera {cam!r} (it has: {', '.join(cams)})")
@@ -208,7 +209,7 @@ def _annotation_tracks(data: dict, path: Path, objects: Sequence[str], cam: str 
     return tracks
 
 
-def _json_tracks(path: Path, objects: Sequence[str], cam: str | None) -> list[Track]:
+def _json_tracks(path: Path, objects: Sequence[str], src_cam: str | None) -> list[Track]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -216,9 +217,7 @@ def _json_tracks(path: Path, objects: Sequence[str], cam: str | None) -> list[Tr
     if not isinstance(data, dict) or not data:
         raise OmamaError(f"track file {path} must hold a non-empty JSON object")
     if isinstance(data.get("masks"), dict):
-        return _annotation_tracks(data, path, objects, cam)
-    if cam is not None:
-        raise OmamaError(f"--cam only applies to an annotation.json track, not to {path}")
+        return _annotation_tracks(data, path, objects, src_cam)
     if all(_is_rle(v) for v in data.values()):
         return [Track(path.stem, _frame_map(data, str(path), path.stem), str(path))]
     if all(isinstance(v, dict) for v in data.values()):
@@ -230,12 +229,13 @@ def _json_tracks(path: Path, objects: Sequence[str], cam: str | None) -> list[Tr
 
 
 def load_tracks(
-    specs: Sequence[str | os.PathLike], objects: Sequence[str] = (), cam: str | None = None
+    specs: Sequence[str | os.PathLike], objects: Sequence[str] = (), src_cam: str | None = None
 ) -> TrackSet:
     """Read the TRACK arguments of ``omama-run video`` (see the module docstring).
 
-    ``objects`` keeps only the named objects (an unknown name is an error); ``cam`` picks
-    the source camera of annotation.json tracks. Object names must be unique across specs.
+    ``objects`` keeps only the named objects (an unknown name is an error); ``src_cam``
+    picks the source camera of annotation.json tracks (other tracks have no camera). Object
+    names must be unique across specs.
     """
     if not specs:
         raise OmamaError("give at least one query track (--query)")
@@ -245,7 +245,7 @@ def load_tracks(
         if path.is_dir():
             found = _folder_tracks(path)
         elif path.is_file():
-            found = _json_tracks(path, objects, cam)
+            found = _json_tracks(path, objects, src_cam)
         else:
             raise OmamaError(f"query track not found: {path}")
         tracks.extend(found)
@@ -265,6 +265,4 @@ def load_tracks(
                 f"{track.origin}): rename one folder or file"
             )
         seen[track.name] = track.origin
-    if cam is not None and not any(t.cam for t in tracks):
-        raise OmamaError("--cam was given but no query track is an annotation.json")
     return TrackSet(tracks)

@@ -48,8 +48,8 @@ def _error_line(err: str) -> str:
 def _video_args(assets, out, backend="onnxruntime", *extra):
     return [
         "video", assets.video(EXO), assets.video(EGO), "--query", assets.annotation,
-        "--cam", EXO, "--out", out, "--artifacts", assets.weights, "--backend", backend,
-        "--device", "cpu", "--threads", "1", "--weights", assets.weights_dir, *extra,
+        "--src-cam", EXO, "--out", out, "--artifacts", assets.weights, "--backend", backend,
+        "--device", "cpu", "--threads", "1", "--weights-dir", assets.weights_dir, *extra,
     ]  # fmt: skip
 
 
@@ -167,7 +167,7 @@ def test_video_resumes_after_an_interruption(assets, ort_run, capsys, monkeypatc
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(Pipeline, "match_frame", interrupted)
-    code, _, err = omama_run(capsys, *_video_args(assets, out), "--checkpoint-every", "1")
+    code, _, err = omama_run(capsys, *_video_args(assets, out), "--checkpoint-every-frames", "1")
     assert code == 130  # interrupted
     state = json.loads((out / "run_state.json").read_text())
     assert state["next_frame"] == 2 and not state["complete"]
@@ -273,7 +273,7 @@ def test_video_bad_inputs_give_one_line_and_exit_1(case, message, assets, tmp_pa
         args += ["--direction", "ego2exo"]
     elif case == "query_size":
         args[4] = _wrong_size_track(tmp_path)
-        args = [a for a in args if a not in ("--cam", EXO)]
+        args = [a for a in args if a not in ("--src-cam", EXO)]
     elif case == "swapped":
         args[1], args[2] = args[2], args[1]
     elif case == "resume":
@@ -407,8 +407,8 @@ def test_pair_bad_inputs_give_one_line_and_exit_1(case, message, assets, pair_in
 
 def test_take_uses_precomputed_candidates_and_prints_metrics(assets, tmp_path, capsys):
     from runtime.egoexo import ProcessedRoot
-    from runtime.pipeline import take_observations
     from runtime.results import load_gt, validate_results
+    from runtime.runs.take import take_observations
 
     index = ProcessedRoot(assets.root)
     gt = [rle.decode(index.mask_rle(assets.take, o, EGO, 0)) for o in index.objects(assets.take)
@@ -420,9 +420,16 @@ def test_take_uses_precomputed_candidates_and_prints_metrics(assets, tmp_path, c
     save_frame_candidates(assets.root, "test", "exo2ego", assets.take, EGO, 0, cands)
     out = tmp_path / "take"
     try:
-        code, text, err = omama_run(capsys, "take", assets.take_dir, "--gt", "--out", out,
+        code, text, err = omama_run(capsys, "take", assets.take_dir, "--score", "--out", out,
+                                    "--candidates", assets.root / "Masks_TEST_EXO2EGO",
                                     "--artifacts", assets.weights, "--backend", "onnxruntime",
                                     "--device", "cpu", "--threads", "1")  # fmt: skip
+        # without --candidates every destination frame gets FastSAM
+        code_fastsam, _, err_fastsam = omama_run(
+            capsys, "take", assets.take_dir, "--max-frames", "1", "--out", tmp_path / "fastsam",
+            "--artifacts", assets.weights, "--backend", "onnxruntime", "--device", "cpu",
+            "--threads", "1",
+        )  # fmt: skip
     finally:
         import shutil
 
@@ -430,6 +437,9 @@ def test_take_uses_precomputed_candidates_and_prints_metrics(assets, tmp_path, c
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["precomputed_frames"] == 1 and summary["fastsam_frames"] == 2
+    assert code_fastsam == 0, err_fastsam
+    fastsam_only = json.loads((tmp_path / "fastsam" / "summary.json").read_text())
+    assert (fastsam_only["precomputed_frames"], fastsam_only["fastsam_frames"]) == (0, 1)
     n = len(take_observations(index, assets.take, "exo2ego"))
     assert n == 4 * 2 * 3  # objects x exo cams x annotated frames
     assert summary["observations"] == summary["observations_total"] == n

@@ -131,7 +131,7 @@ def test_cli_writes_the_json_report(eval_fixture_dir, tmp_path, capsys):
         eval_fixture_dir / "exo2egoGT.json",
         eval_fixture_dir / "predictions_finetuned.json",
         "exo2ego",
-        "--json",
+        "--out",
         out,
         "--per-observation",
         "--workers",

@@ -30,17 +30,12 @@ torch.set_num_threads(1)
 from runtime import rle  # noqa: E402
 from runtime.candidates import Candidates  # noqa: E402
 from runtime.errors import OmamaError  # noqa: E402
-from runtime.pipeline import (  # noqa: E402
-    STAGES,
-    Pipeline,
-    aspect_mismatch,
-    sigmoid,
-    take_observations,
-    working_size,
-)
+from runtime.pipeline import STAGES, Pipeline, sigmoid  # noqa: E402
 from runtime.pooling import descriptor_weights, pooling_grid  # noqa: E402
 from runtime.preprocess import resize_mask_nearest  # noqa: E402
+from runtime.runs.take import take_observations  # noqa: E402
 from runtime.sessions import ModelRef, OrtSession  # noqa: E402
+from runtime.sizing import aspect_mismatch, working_size  # noqa: E402
 from runtime.tracks import load_tracks, read_mask_png  # noqa: E402
 
 GRIDS = {"exo": (5, 9), "ego": (5, 5)}
@@ -122,7 +117,8 @@ def _write_weights(folder: Path) -> object:
 @cache
 def build_assets(base: Path) -> Assets:
     """Synthetic take + both artifacts folders under ``base`` (once per test process)."""
-    from export.pipeline import ExportConfig, export_artifacts
+    from export.config import ExportConfig
+    from export.pipeline import export_artifacts
     from omama_train.data.prepare import prepare
     from omama_train.data.synth import synthesize
 
@@ -257,10 +253,10 @@ def test_tracks_from_png_folders_json_and_annotation(tmp_path, assets):
     assert tracks.names == ["knife", "fork"] and tracks.frames() == [1, 2, 3]
     np.testing.assert_array_equal(tracks.tracks[1].mask(2), mask)
 
-    ann = load_tracks([assets.annotation], cam=EXO)
+    ann = load_tracks([assets.annotation], src_cam=EXO)
     assert ann.cams() == [EXO] and ann.takes() == [assets.take]
     assert len(ann) == 4 and ann.frames() == [0, 2, 4]
-    assert load_tracks([assets.annotation], objects=["cyan book_2"], cam=EXO).names == [
+    assert load_tracks([assets.annotation], objects=["cyan book_2"], src_cam=EXO).names == [
         "cyan book_2"
     ]
 
@@ -270,7 +266,7 @@ def test_tracks_from_png_folders_json_and_annotation(tmp_path, assets):
     [
         ("missing", "query track not found"),
         ("empty_dir", "holds no per-frame masks"),
-        ("no_cam", "name the source camera with --cam"),
+        ("no_cam", "name the source camera with --src-cam"),
         ("bad_cam", "has no masks in camera 'cam09'"),
         ("bad_object", "has no object 'sofa'"),
         ("duplicate", "comes from two tracks"),
@@ -357,20 +353,27 @@ def test_candidate_descriptors_equal_resizing_twice(ort_pipe, frames):
     assert pooling_grid(view.image_size) == (17, 17)
 
 
-def test_output_mask_sizes(assets, frames):
+def test_output_mask_sizes(assets, frames, ort_pipe):
     src_rgb, dst_rgb, queries, _ = frames
     masks = list(queries.values())[:2]
+    assert ort_pipe.mask_size == "image"
+    at_image = ort_pipe.match_frame(src_rgb, dst_rgb, masks)
     with Pipeline(assets.weights, backend="onnxruntime", device="cpu", threads=1,
                   mask_size="model") as pipe:  # fmt: skip
         at_model = pipe.match_frame(src_rgb, dst_rgb, masks)
         dst = pipe.encode_destination(dst_rgb)
-    for match in at_model:
+    assert dst.work_hw == (74, 74) and dst.candidates.size_hw == (74, 74)
+    for match, big in zip(at_model, at_image, strict=True):
+        work = dst.candidates.mask(match.candidate)  # the chosen candidate at the working size
         assert match.mask.shape == (70, 70)
-        want = resize_mask_nearest(dst.candidates.mask(match.candidate), (70, 70), rule="torch")
-        np.testing.assert_array_equal(match.mask, want)
-        # the image-size answer is the working-size mask, nearest-upsampled (448 = 74 * 6.05)
-        up = resize_mask_nearest(dst.candidates.mask(match.candidate), dst_rgb.shape[:2])
-        assert up.shape == (448, 448)
+        np.testing.assert_array_equal(match.mask, resize_mask_nearest(work, (70, 70), rule="torch"))
+        # the image-size answer is the same candidate's working-size mask, nearest-upsampled
+        # with the OpenCV rule to the image (448 = 74 * 6.05), its box scaled alike
+        assert big.candidate == match.candidate and big.mask.any()
+        up = resize_mask_nearest(work, (448, 448), rule="opencv")
+        np.testing.assert_array_equal(big.mask, up)
+        x, y, w, h = dst.candidates.boxes[match.candidate] * 448 / 74
+        assert big.box_xywh == pytest.approx((x, y, w, h), rel=1e-5)
 
 
 def test_precomputed_and_zero_candidates(ort_pipe, frames, monkeypatch):
@@ -573,7 +576,7 @@ def test_in_graph_nms_gives_the_runtime_nms_candidates_on_every_backend(assets, 
     from export.fastsam import export_fastsam_onnx
     from runtime.fastsam_post import segment_everything
     from runtime.manifest import load_manifest
-    from runtime.pipeline import working_image
+    from runtime.sizing import working_image
 
     manifest = load_manifest(assets.weights)
     random = load_manifest(assets.random).fastsam
@@ -593,7 +596,7 @@ def test_in_graph_nms_gives_the_runtime_nms_candidates_on_every_backend(assets, 
 
 def test_in_graph_nms_conf_may_rise_but_not_fall(ort_pipe, frames):
     from runtime.fastsam_post import segment_everything
-    from runtime.pipeline import working_image
+    from runtime.sizing import working_image
 
     work = working_image(frames[1], ort_pipe.views["dst"].image_size)
     base = segment_everything(ort_pipe.sessions["fastsam"], work, FASTSAM_IMGSZ, 0.4, 0.9)

@@ -23,7 +23,8 @@ import pytest
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
 
-from export.pipeline import ExportConfig, export_artifacts  # noqa: E402
+from export.config import ExportConfig  # noqa: E402
+from export.pipeline import export_artifacts  # noqa: E402
 from omama_train.models.backbones import BACKBONES  # noqa: E402
 from runtime.clikit import run_app  # noqa: E402
 from runtime.jsonrecords import from_json  # noqa: E402
@@ -338,7 +339,7 @@ def test_a_failing_record_does_not_vouch(copy):
 def test_features_export_and_torch_backend_build_the_same_random_backbone(artifacts, tmp_path):
     """One random initialisation (the backbone registry's): the feature cache's, the
     export's and the torch backend's rebuild give identical tensors for the same seed."""
-    from export.pipeline import build_models
+    from export.models import build_models
     from omama_train.features.weights import BackboneWeights
     from omama_train.torch_backend import build_artifact_module
 

@@ -28,8 +28,8 @@ from runtime.candidates import (  # noqa: E402
 from runtime.cli import app  # noqa: E402
 from runtime.clikit import run_app  # noqa: E402
 from runtime.errors import OmamaError  # noqa: E402
-from runtime.pipeline import working_size  # noqa: E402
 from runtime.preprocess import resize_mask_nearest  # noqa: E402
+from runtime.sizing import working_size  # noqa: E402
 from tests.runtime.test_pipeline import EGO, EXO, build_assets  # noqa: E402
 
 FRAMES = (0, 2, 4)  # the annotated frames of the synthetic take
@@ -91,7 +91,7 @@ def _json(path: Path, per_frame: dict[int, np.ndarray]) -> Path:
 
 def _run(capsys, assets, out: Path, artifacts: Path, *extra) -> tuple[int, str, str]:
     argv = ["video", assets.video(EXO), assets.video(EGO), "--query", assets.annotation,
-            "--cam", EXO, "--out", out, "--artifacts", artifacts, "--backend", "onnxruntime",
+            "--src-cam", EXO, "--out", out, "--artifacts", artifacts, "--backend", "onnxruntime",
             "--device", "cpu", "--threads", "1", *extra]  # fmt: skip
     code = run_app(app, [str(a) for a in argv], prog_name="omama-run")
     captured = capsys.readouterr()
@@ -244,7 +244,8 @@ def test_unreadable_candidates_skip_the_frame_with_a_report(
 
 
 def test_artifacts_without_fastsam_need_candidates(assets, no_fastsam, tmp_path, capsys):
-    from runtime.pipeline import Pipeline, VideoRun, run_video
+    from runtime.pipeline import Pipeline
+    from runtime.runs.video import VideoRun, run_video
     from runtime.tracks import load_tracks
 
     out = tmp_path / "out"
@@ -252,8 +253,8 @@ def test_artifacts_without_fastsam_need_candidates(assets, no_fastsam, tmp_path,
     assert code == 1
     assert "hold no FastSAM model" in _error_line(err) and "--candidates" in _error_line(err)
     assert not out.exists()  # refused before any work
-    run = VideoRun(assets.video(EXO), assets.video(EGO), load_tracks([assets.annotation], cam=EXO),
-                   out, "t", EXO, EGO)  # fmt: skip
+    tracks = load_tracks([assets.annotation], src_cam=EXO)
+    run = VideoRun(assets.video(EXO), assets.video(EGO), tracks, out, "t", EXO, EGO)
     with (
         Pipeline(no_fastsam, backend="onnxruntime", device="cpu", threads=1) as pipe,
         pytest.raises(OmamaError, match="hold no FastSAM model"),
