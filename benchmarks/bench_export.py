@@ -20,43 +20,38 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from benchmarks.common import RESULTS_DIR, load_average, machine_record, write_result
+
 OFFICIAL_GRIDS = {"exo": (38, 68), "ego": (50, 50)}
 ATTENTION_SHAPES = ((1, 1), (1, 64), (1, 256), (16, 64))
 
 
-def machine_info(threads: int, load_at_start: tuple[float, float, float]) -> dict:
-    import onnxruntime
+def machine_info(threads: int, load_at_start: list[float]) -> dict:
     import torch
 
-    from export.pipeline import tool_versions
-    from runtime.info import cpu_model
+    from export.manifest_writer import tool_versions
+    from runtime.info import onnxruntime_providers
 
-    return {
-        "processor": platform.processor() or platform.machine(),
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "onnxruntime_threads": threads,
-        "onnxruntime_providers": onnxruntime.get_available_providers(),
-        # Other processes on a 2-core machine distort timings: keep the load next to them.
-        "load_average_at_start": list(load_at_start),
-        "load_average_at_end": list(os.getloadavg()),
-        "versions": tool_versions(),
-    }
+    record = machine_record(
+        load_at_start,
+        torch_threads=torch.get_num_threads(),
+        onnxruntime_threads=threads,
+        onnxruntime_providers=onnxruntime_providers(),
+    )
+    record["versions"] = tool_versions()  # the export's own record of its tools
+    return record
 
 
 def random_config(out: Path, small: bool, **overrides):
     """The export of the benchmarks: the official structure with random weights (ViT-B/14
     reg, 38x68 / 50x50 tokens, the FastSAM-x architecture), or ``--random-init``'s."""
-    from export.pipeline import ExportConfig
+    from export.config import ExportConfig
 
     official = dict(
         backbone="dinov2_vitb14_reg", random_grids=dict(OFFICIAL_GRIDS), random_fastsam="x"
@@ -129,8 +124,8 @@ def run_attention(workdir: Path, small: bool, threads: int) -> list[dict]:
     import numpy as np
     import torch
 
-    from export.pipeline import RANDOM_GRIDS, export_matcher
-    from export.verify import finalize_onnx
+    from export.config import RANDOM_GRIDS
+    from export.graphs import export_matcher, finalize_onnx
     from omama_train.models.matcher import OMaMaMatcher
     from runtime.manifest import ViewSpec
     from runtime.timing import median_ms
@@ -248,11 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch and ORT threads")
     args = parser.parse_args(argv)
     os.environ.setdefault("YOLO_OFFLINE", "1")
-    load_at_start = os.getloadavg()
+    load_at_start = load_average()
 
     import torch
-
-    from runtime.atomic import write_json
 
     name = "bench_export_small" if args.small else "bench_export"
     report: dict = {"benchmark": name}
@@ -267,8 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             report["fastsam_nms"] = run_fastsam_nms(workdir, args.small, args.threads)
         torch.set_num_threads(args.threads)
         report["machine"] = machine_info(args.threads, load_at_start)
-    out = RESULTS / f"{name}.json"
-    write_json(out, report, indent=2)
+    out = write_result(RESULTS_DIR / f"{name}.json", report)
 
     if "export" in report:
         export = report["export"]

@@ -20,15 +20,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results" / "bench_features.json"
+from benchmarks.common import RESULTS_DIR, load_average, machine_record, write_result
+
+RESULTS = RESULTS_DIR / "bench_features.json"
 EGO, EXO = "aria01_214-1", "cam01"
 SOURCE_SIZES = {EGO: (704, 704), EXO: (540, 960)}  # processed jpgs: ego / 2, exo / 4
 TAKE = "bench-take"
@@ -93,88 +93,43 @@ def matmul_gflops(threads: int, size: int = 2048, repeats: int = 5) -> float:
     return round(2 * size**3 * repeats / (time.perf_counter() - start) / 1e9, 1)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--backbones", nargs="+", default=["dinov2_vits14_reg", "dinov2_vitb14_reg"]
-    )
-    parser.add_argument("--images", type=int, default=2, help="Frames per view.")
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
-
+def measure_backbone(root: Path, pairs_file: Path, cache_dir: Path, name: str, args) -> dict:
+    """Build one backbone's cache of ``root``: throughput per view, size, read latency."""
     import numpy as np
-    import torch
 
-    from omama_train.features.build import build_cache
+    from omama_train.features import build_cache
 
-    load_start = os.getloadavg()
-    gflops_start = matmul_gflops(args.threads)
-    runs = []
-    with tempfile.TemporaryDirectory(prefix="bench-features-") as tmp:
-        root = Path(tmp) / "root"
-        pairs_file = write_root(root, args.images)
-        for name in args.backbones:
-            cache_dir = Path(tmp) / f"cache-{name}"
-            start = time.perf_counter()
-            report = build_cache(
-                root,
-                cache_dir,
-                [pairs_file],
-                name,
-                random_init=True,
-                device="cpu",
-                batch_size=args.batch_size,
-                progress=False,
-            )
-            row = {
-                "backbone": name,
-                "images_per_view": args.images,
-                "batch_size": args.batch_size,
-                "seconds_total_incl_model_build": round(time.perf_counter() - start, 2),
-                "images_per_s": report["timing"]["images_per_s_per_view"],
-                "s_per_image": {
-                    view: round(1 / rate, 3)
-                    for view, rate in report["timing"]["images_per_s_per_view"].items()
-                },
-                "mb_per_1000_images": {
-                    view: usage["mb_per_1000_images"] for view, usage in report["disk"].items()
-                },
-                "fp16_map_mb": {
-                    view: round(768 * int(np.prod(grid)) * 2 / 1e6, 3)
-                    for view, grid in (("ego", (50, 50)), ("exo", (38, 68)))
-                },
-                "reads": time_reads(cache_dir, repeats=20),
-            }
-            runs.append(row)
-            print(json.dumps(row), file=sys.stderr)
-
-    from importlib.metadata import version
-
-    result = {
-        "benchmark": "bench_features",
-        "device": "cpu",
-        "source_sizes_hw": {"ego": SOURCE_SIZES[EGO], "exo": SOURCE_SIZES[EXO]},
-        "model_input_sizes_hw": {"ego": [700, 700], "exo": [532, 952]},
-        "machine": {
-            "processor": platform.processor(),
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "load_average_at_start": list(load_start),
-            "load_average_at_end": list(os.getloadavg()),
-            "matmul_fp32_gflops_at_start": gflops_start,
-            "matmul_fp32_gflops_at_end": matmul_gflops(args.threads),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "timm": version("timm"),
-            "numpy": np.__version__,
+    start = time.perf_counter()
+    report = build_cache(
+        root,
+        cache_dir,
+        [pairs_file],
+        name,
+        random_init=True,
+        device="cpu",
+        batch_size=args.batch_size,
+        progress=False,
+    )
+    rates = report["timing"]["images_per_s_per_view"]
+    return {
+        "backbone": name,
+        "images_per_view": args.images,
+        "batch_size": args.batch_size,
+        "seconds_total_incl_model_build": round(time.perf_counter() - start, 2),
+        "images_per_s": rates,
+        "s_per_image": {view: round(1 / rate, 3) for view, rate in rates.items()},
+        "mb_per_1000_images": {
+            view: usage["mb_per_1000_images"] for view, usage in report["disk"].items()
         },
-        "runs": runs,
+        "fp16_map_mb": {
+            view: round(768 * int(np.prod(grid)) * 2 / 1e6, 3)
+            for view, grid in (("ego", (50, 50)), ("exo", (38, 68)))
+        },
+        "reads": time_reads(cache_dir, repeats=20),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+
+def _print_runs(runs: list[dict]) -> None:
     print(
         f"{'backbone':<20} {'ego img/s':>10} {'exo img/s':>10} {'ego MB/1k':>10} "
         f"{'exo MB/1k':>10} {'get ms':>8} {'get_many ms':>12}"
@@ -187,6 +142,47 @@ def main(argv: list[str] | None = None) -> dict:
             f"{row['mb_per_1000_images'].get('exo', 0):>10.1f} "
             f"{row['reads']['get_one_map_ms']:>8.2f} {row['reads']['get_many_ms']:>12.2f}"
         )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--backbones", nargs="+", default=["dinov2_vits14_reg", "dinov2_vitb14_reg"]
+    )
+    parser.add_argument("--images", type=int, default=2, help="Frames per view.")
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    load_start = load_average()
+    gflops_start = matmul_gflops(args.threads)
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="bench-features-") as tmp:
+        root = Path(tmp) / "root"
+        pairs_file = write_root(root, args.images)
+        for name in args.backbones:
+            cache_dir = Path(tmp) / f"cache-{name}"
+            runs.append(measure_backbone(root, pairs_file, cache_dir, name, args))
+            print(json.dumps(runs[-1]), file=sys.stderr)
+    result = {
+        "benchmark": "bench_features",
+        "device": "cpu",
+        "source_sizes_hw": {"ego": SOURCE_SIZES[EGO], "exo": SOURCE_SIZES[EXO]},
+        "model_input_sizes_hw": {"ego": [700, 700], "exo": [532, 952]},
+        "machine": machine_record(
+            load_start,
+            ("torch", "timm", "numpy"),
+            torch_threads=torch.get_num_threads(),
+            matmul_fp32_gflops_at_start=gflops_start,
+            matmul_fp32_gflops_at_end=matmul_gflops(args.threads),
+        ),
+        "runs": runs,
+    }
+    write_result(args.out, result)
+    _print_runs(runs)
     print(f"saved {args.out}")
     return result
 

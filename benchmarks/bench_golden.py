@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from benchmarks.common import RESULTS_DIR, load_average, machine_record, write_result
 
 
 def run(small: bool, threads: int, workdir: Path) -> dict:
@@ -85,28 +84,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime threads")
     args = parser.parse_args(argv)
     os.environ.setdefault("YOLO_OFFLINE", "1")
-    from runtime.atomic import write_json
-    from runtime.info import cpu_model
-
-    load_at_start = list(os.getloadavg())
+    load_at_start = load_average()
     with tempfile.TemporaryDirectory(prefix="omama-bench-golden-") as tmp:
         results = run(args.small, args.threads, Path(tmp))
-    results["machine"] = {
-        "processor": platform.processor() or platform.machine(),
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "threads": args.threads,
-        "load_average_at_start": load_at_start,
-        "load_average_at_end": list(os.getloadavg()),
-    }
+    results["machine"] = machine_record(load_at_start, threads=args.threads)
     name = "bench_golden_small.json" if args.small else "bench_golden.json"
-    write_json(RESULTS / name, results, indent=2)
+    out = write_result(RESULTS_DIR / name, results)
     print(
         f"golden files: {results['golden_total_mb']} MB for "
         f"{results['model_files_mb']} MB of models; omama-run verify (ORT CPU fp32): "
         f"{results['verify']['total_s']} s, passed: {results['verify']['passed']}"
     )
-    print(f"written to {RESULTS / name}")
+    print(f"written to {out}")
     return 0 if results["verify"]["passed"] else 1
 
 

@@ -25,7 +25,9 @@ import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results" / "bench_gpu.json"
+from benchmarks.common import RESULTS_DIR, write_result
+
+RESULTS = RESULTS_DIR / "bench_gpu.json"
 SIZES = {"ego": (700, 700), "exo": (532, 952)}
 GRIDS = {"ego": (50, 50), "exo": (38, 68)}
 
@@ -86,11 +88,11 @@ def backbone_check(batch: int, repeats: int) -> dict:
     return rows
 
 
-def train_step_check(batch_size: int, n: int, repeats: int) -> dict:
+def train_step_check(batch_size: int, num_candidates: int, repeats: int) -> dict:
     import torch
 
     from benchmarks.bench_train_step import make_batch
-    from omama_train.dataset import Geometry
+    from omama_train.geometry import Geometry
     from omama_train.models.backbones import build_backbone
     from omama_train.models.matcher import OMaMaMatcher
     from omama_train.models.preprocess import preprocess_image_torch
@@ -98,7 +100,7 @@ def train_step_check(batch_size: int, n: int, repeats: int) -> dict:
 
     torch.manual_seed(0)
     geometry = Geometry.from_views("exo2ego", SIZES, GRIDS)
-    batch = make_batch(batch_size, n, geometry)
+    batch = make_batch(batch_size, num_candidates, geometry)
     ego = build_backbone("dinov2_vitb14_reg", SIZES["ego"]).cuda().eval()
     exo = build_backbone("dinov2_vitb14_reg", SIZES["exo"]).cuda().eval()
     tie_backbones(ego, exo)
@@ -163,7 +165,7 @@ def train_step_check(batch_size: int, n: int, repeats: int) -> dict:
     rows["speedup_cached_over_on_the_fly"] = (
         rows["on_the_fly"]["step_ms"] / rows["cached"]["step_ms"]
     )
-    rows.update(batch=batch_size, candidates=n, amp="float16 autocast")
+    rows.update(batch=batch_size, candidates=num_candidates, amp="float16 autocast")
     return rows
 
 
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-images", type=int, default=8)
     parser.add_argument("--batch", type=int, default=24)
-    parser.add_argument("--candidates", type=int, default=32)
+    parser.add_argument("--num-candidates", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -193,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     # Each check reports its own failure, so one broken part does not lose the others.
     for name, check in (
         ("backbone", lambda: backbone_check(args.batch_images, args.repeats)),
-        ("train_step", lambda: train_step_check(args.batch, args.candidates, args.repeats)),
+        ("train_step", lambda: train_step_check(args.batch, args.num_candidates, args.repeats)),
     ):
         try:
             result[name] = check()
@@ -201,8 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             result[name] = {"error": f"{type(exc).__name__}: {exc}"}
             print(f"{name} failed: {exc}", file=sys.stderr)
     result["seconds"] = time.time() - started
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_result(args.out, result)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -31,29 +29,18 @@ import threading
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results" / "bench_video_io.json"
+from benchmarks.common import (
+    RESULTS_DIR,
+    load_average,
+    machine_record,
+    moving_frame,
+    rss_reader,
+    write_result,
+)
+from runtime.info import peak_rss_mb
+
+RESULTS = RESULTS_DIR / "bench_video_io.json"
 QUEUE_SIZE = 8
-
-
-def _rss_mb() -> float:
-    """Current resident set size of this process (Linux /proc), MB."""
-    with open("/proc/self/statm") as fh:
-        pages = int(fh.read().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _frame(i: int, size: int, shift: int):
-    """A moving gradient with a bright square: cheap to make, real work to encode."""
-    import numpy as np
-
-    ramp = (np.arange(size, dtype=np.uint16) + i * 2 + shift) % 256
-    frame = np.empty((size, size, 3), np.uint8)
-    frame[:, :, 0] = ramp[None, :]
-    frame[:, :, 1] = ramp[:, None]
-    frame[:, :, 2] = (i * 3) % 256
-    x = (i * 4) % (size - 40)
-    frame[60:100, x : x + 40] = 255
-    return frame
 
 
 def generate(path: Path, n: int, size: int, fps: int, shift: int) -> float:
@@ -62,7 +49,7 @@ def generate(path: Path, n: int, size: int, fps: int, shift: int) -> float:
     start = time.perf_counter()
     with VideoWriter(path, fps=fps, preset="ultrafast") as writer:
         for i in range(n):
-            writer.write(_frame(i, size, shift))
+            writer.write(moving_frame(i, size, shift))
     return time.perf_counter() - start
 
 
@@ -73,14 +60,15 @@ def run_pipeline(src: Path, dst: Path, out: Path) -> dict:
     from runtime.overlay import render_pair
     from runtime.video import PrefetchReader, VideoWriter
 
-    baseline_mb = _rss_mb()
+    rss_mb, _ = rss_reader(os.getpid())
+    baseline_mb = rss_mb()
     samples: list[tuple[int, float]] = []
     done = [0]
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.is_set():
-            samples.append((done[0], _rss_mb()))
+            samples.append((done[0], rss_mb()))
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -100,8 +88,8 @@ def run_pipeline(src: Path, dst: Path, out: Path) -> dict:
     wall_s = time.perf_counter() - start
     stop.set()
     sampler.join()
-    samples.append((done[0], _rss_mb()))
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KB
+    samples.append((done[0], rss_mb()))
+    peak_mb = peak_rss_mb()
 
     def rss_at(fraction: float) -> float:
         target = fraction * total
@@ -142,7 +130,6 @@ def main() -> None:
         return
 
     import av
-    import numpy as np
 
     n = round(args.minutes * 60 * args.fps)
     with tempfile.TemporaryDirectory() as tmp:
@@ -152,7 +139,7 @@ def main() -> None:
         gen_s = generate(src, n, args.size, args.fps, 0) + generate(dst, n, args.size, args.fps, 60)
         sizes_mb = [p.stat().st_size / 2**20 for p in (src, dst)]
         print(f"generated in {gen_s:.0f} s ({sizes_mb[0]:.1f} + {sizes_mb[1]:.1f} MB)")
-        load_start = os.getloadavg()
+        load_start = load_average()
         child = subprocess.run(
             [
                 sys.executable,
@@ -182,20 +169,14 @@ def main() -> None:
         "generation_s": round(gen_s, 1),
         "input_videos_mb": [round(s, 1) for s in sizes_mb],
         "run": run,
-        "machine": {
-            "processor": platform.processor(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": None,  # torch is not involved: the runtime is torch-free
-            "load_average_at_start": load_start,
-            "load_average_at_end": os.getloadavg(),
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "av": av.__version__,
-            "ffmpeg": {k: ".".join(map(str, v)) for k, v in av.library_versions.items()},
-        },
+        "machine": machine_record(
+            load_start,
+            ("numpy", "av"),
+            torch_threads=None,  # torch is not involved: the runtime is torch-free
+            ffmpeg={k: ".".join(map(str, v)) for k, v in av.library_versions.items()},
+        ),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=1) + "\n")
+    write_result(RESULTS, result)
     print(
         f"{run['pairs']} pairs in {run['wall_s']} s ({run['pairs_per_s']} pairs/s); peak RSS "
         f"{run['peak_rss_mb']} MB (baseline {run['baseline_rss_mb']} MB); RSS at "

@@ -10,7 +10,7 @@ no ``--candidates``.
 Inputs (generated once and kept in ``--work``, default ``/tmp/omama_bench_video_rss``):
 
 - a source (exo, 252x140) and a destination (ego, 168x168) H.264 video of ``--minutes`` at
-  ``--fps`` (frames from :func:`benchmarks.bench_video_io._frame`, cropped to the view);
+  ``--fps`` (frames from :func:`benchmarks.common.moving_frame`, cropped to the view);
 - a query track at 1 fps like the Ego-Exo4D annotations (every ``--query-every``-th frame),
   ``--objects`` objects (moving boxes), as a JSON ``{object: {frame: RLE}}``;
 - candidates for those destination frames, ``--candidates-per-frame`` boxes and ellipses,
@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import threading
@@ -40,26 +39,31 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import (
+    RESULTS_DIR,
+    load_average,
+    machine_record,
+    moving_frame,
+    rss_reader,
+    write_result,
+)
+from benchmarks.common import log as _log
+from benchmarks.harness.inputs import ellipse_mask
+
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
-RESULTS = Path(__file__).resolve().parent / "results" / "bench_video_rss.json"
+RESULTS = RESULTS_DIR / "bench_video_rss.json"
 SRC_HW, DST_HW = (140, 252), (168, 168)  # the random-init export's exo / ego model sizes
 RECIPE_VERSION = 1
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------- inputs
 
 
 def _view_frame(i: int, size_hw: tuple[int, int], shift: int) -> np.ndarray:
-    """bench_video_io's moving pattern, cropped from its square to an (H, W) view."""
-    from benchmarks.bench_video_io import _frame
-
+    """The moving test pattern, cropped from its square to an (H, W) view."""
     h, w = size_hw
-    return np.ascontiguousarray(_frame(i, max(h, w), shift)[:h, :w])
+    return np.ascontiguousarray(moving_frame(i, max(h, w), shift)[:h, :w])
 
 
 def _write_video(path: Path, n: int, size_hw: tuple[int, int], fps: int, shift: int) -> None:
@@ -74,11 +78,6 @@ def _box(size_hw: tuple[int, int], y: int, x: int, h: int, w: int) -> np.ndarray
     mask = np.zeros(size_hw, np.uint8)
     mask[max(y, 0) : y + h, max(x, 0) : x + w] = 1
     return mask
-
-
-def _ellipse(size_hw: tuple[int, int], cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
-    yy, xx = np.ogrid[: size_hw[0], : size_hw[1]]
-    return (((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0).astype(np.uint8)
 
 
 def query_track(frames: list[int], objects: int) -> dict:
@@ -110,7 +109,7 @@ def candidate_masks(frames: list[int], per_frame: int, seed: int = 0) -> dict:
             cy, cx = rng.uniform(10, h - 10), rng.uniform(10, w - 10)
             ry, rx = rng.uniform(6, 40), rng.uniform(6, 40)
             if j % 2:
-                mask = _ellipse(DST_HW, cy, cx, ry, rx)
+                mask = ellipse_mask(DST_HW, cy, cx, ry, rx)
             else:
                 mask = _box(DST_HW, int(cy - ry), int(cx - rx), int(2 * ry), int(2 * rx))
             masks.append(rle.encode(mask))
@@ -165,42 +164,13 @@ def export_artifacts(work: Path, fastsam_imgsz: int) -> Path:
 # ----------------------------------------------------------------------------- measurement
 
 
-def _rss_reader(pid: int):
-    """A function returning the RSS of ``pid`` in MB (None once it has exited)."""
-    try:
-        import psutil
-
-        process = psutil.Process(pid)
-
-        def read() -> float | None:
-            try:
-                return process.memory_info().rss / 2**20
-            except psutil.Error:
-                return None
-
-        return read, f"psutil {psutil.__version__}"
-    except ImportError:
-
-        def read_proc() -> float | None:
-            try:
-                with open(f"/proc/{pid}/status") as fh:
-                    for line in fh:
-                        if line.startswith("VmRSS:"):
-                            return int(line.split()[1]) / 1024  # kB
-            except OSError:
-                return None
-            return None
-
-        return read_proc, "/proc/PID/status VmRSS"
-
-
 def run_measured(cmd: list[str], sample_s: float, log_path: Path) -> dict:
     """Run ``cmd``, sampling its RSS every ``sample_s``; (t_s, rss_mb) samples and timing."""
     samples: list[tuple[float, float]] = []
     with open(log_path, "w") as log:
         start = time.perf_counter()
         child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        read, how = _rss_reader(child.pid)
+        read, how = rss_reader(child.pid)
         stop = threading.Event()
 
         def sample() -> None:
@@ -240,7 +210,7 @@ def rss_profile(samples: list[tuple[float, float]], wall_s: float) -> dict:
     }
 
 
-def main() -> None:
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="length of the videos")
     parser.add_argument("--fps", type=int, default=30)
@@ -254,30 +224,70 @@ def main() -> None:
     parser.add_argument("--sample-s", type=float, default=0.5)
     parser.add_argument("--work", type=Path, default=Path("/tmp/omama_bench_video_rss"))
     parser.add_argument("--no-save", action="store_true", help="print only (smoke runs)")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
 
-    import av
-    import onnxruntime
 
-    from runtime.info import cpu_model
-
-    args.work.mkdir(parents=True, exist_ok=True)
-    inputs = prepare_inputs(args.work, args)
-    art = export_artifacts(args.work, args.fastsam_imgsz)
-    out = args.work / "run"
+def run_command(args: argparse.Namespace, inputs: dict[str, Path], art: Path) -> list[str]:
+    """The measured ``omama-run video`` command line."""
     cmd = [str(Path(sys.executable).parent / "omama-run"), "video", str(inputs["src"]),
-           str(inputs["dst"]), "--query", str(inputs["track"]), "--out", str(out),
+           str(inputs["dst"]), "--query", str(inputs["track"]), "--out", str(args.work / "run"),
            "--artifacts", str(art), "--overlay", "--backend", "onnxruntime", "--device", "cpu",
            "--threads", str(args.threads)]  # fmt: skip
     if not args.fastsam_imgsz:
         cmd += ["--candidates", str(inputs["candidates"])]
-    load_start = os.getloadavg()
+    return cmd
+
+
+def run_record(run: dict, summary: dict, frames_in_videos: int) -> dict:
+    """The result's ``run`` part: the RSS profile beside what the run's summary says."""
+    return {
+        **rss_profile(run["samples"], run["wall_s"]),
+        "peak_rss_mb_child_ru_maxrss": summary["peak_rss_mb"],
+        "frames_in_videos": frames_in_videos,
+        "frames_read": summary["frames"],
+        "frames_inferred": summary["frames_inferred_this_run"],
+        "predictions": summary["predictions"],
+        "candidate_frames": {k: v for k, v in summary["candidates"].items() if k != "source"},
+        "skipped_frames": summary["skipped_frames"]["count"],
+        "wall_s": round(run["wall_s"], 1),
+        "run_wall_s": summary["wall_s"],
+        "fps_end_to_end": summary["fps_end_to_end"],
+        "fps_inferred": summary["fps_inferred"],
+        "latency_total_p50_ms": summary["latency_ms"]["total"]["p50_ms"],
+        "overlay_mb": round(Path(summary["overlay"]).stat().st_size / 2**20, 1),
+    }
+
+
+def print_result(result: dict) -> None:
+    r, settings, machine = result["run"], result["settings"], result["machine"]
+    loads = (machine["load_average_at_start"][0], machine["load_average_at_end"][0])
+    rows = [
+        ("frames read / inferred", f"{r['frames_read']} / {r['frames_inferred']}"),
+        ("predictions", str(r["predictions"])),
+        ("wall time", f"{r['wall_s']:.1f} s ({r['fps_end_to_end']} frames/s end to end)"),
+        ("peak RSS (sampled)", f"{r['peak_rss_mb']:.1f} MB"),
+        ("peak RSS (child ru_maxrss)", f"{r['peak_rss_mb_child_ru_maxrss']:.1f} MB"),
+        *((f"RSS at {k} of the run", f"{v:.1f} MB") for k, v in r["rss_mb_at"].items()),
+        ("RSS growth after 20%", f"{r['rss_growth_mb_per_min_after_20%']:+.2f} MB/min"),
+        ("load average start / end", f"{loads[0]:.2f} / {loads[1]:.2f}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print(f"omama-run video, {settings['minutes']:g} min at {settings['fps']} fps "
+          f"({settings['candidates']}):")  # fmt: skip
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    inputs = prepare_inputs(args.work, args)
+    art = export_artifacts(args.work, args.fastsam_imgsz)
+    cmd = run_command(args, inputs, art)
+    load_start = load_average()
     _log(f"bench_video_rss: {' '.join(Path(c).name if '/' in c else c for c in cmd)}")
     run = run_measured(cmd, args.sample_s, args.work / "run.log")
-    load_end = os.getloadavg()
-    summary = json.loads((out / "summary.json").read_text())
-    profile = rss_profile(run["samples"], run["wall_s"])
-    n = round(args.minutes * 60 * args.fps)
+    summary = json.loads((args.work / "run" / "summary.json").read_text())
     result = {
         "benchmark": "bench_video_rss",
         "command": "omama-run " + " ".join(cmd[1:]).replace(str(args.work), "WORK"),
@@ -297,56 +307,17 @@ def main() -> None:
             "sample_s": args.sample_s,
             "rss_sampler": run["sampler"],
         },
-        "run": {
-            **profile,
-            "peak_rss_mb_child_ru_maxrss": summary["peak_rss_mb"],
-            "frames_in_videos": n,
-            "frames_read": summary["frames"],
-            "frames_inferred": summary["frames_inferred_this_run"],
-            "predictions": summary["predictions"],
-            "candidate_frames": {k: v for k, v in summary["candidates"].items() if k != "source"},
-            "skipped_frames": summary["skipped_frames"]["count"],
-            "wall_s": round(run["wall_s"], 1),
-            "run_wall_s": summary["wall_s"],
-            "fps_end_to_end": summary["fps_end_to_end"],
-            "fps_inferred": summary["fps_inferred"],
-            "latency_total_p50_ms": summary["latency_ms"]["total"]["p50_ms"],
-            "overlay_mb": round(Path(summary["overlay"]).stat().st_size / 2**20, 1),
-        },
-        "machine": {
-            "processor": platform.processor(),
-            "cpu_model": cpu_model(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": None,  # the runtime is torch-free
-            "threads_per_model": args.threads,
-            "load_average_at_start": [round(v, 2) for v in load_start],
-            "load_average_at_end": [round(v, 2) for v in load_end],
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "onnxruntime": onnxruntime.__version__,
-            "av": av.__version__,
-        },
+        "run": run_record(run, summary, round(args.minutes * 60 * args.fps)),
+        "machine": machine_record(
+            load_start,
+            ("numpy", "onnxruntime", "av"),
+            torch_threads=None,  # the runtime is torch-free
+            threads_per_model=args.threads,
+        ),
     }
-    r = result["run"]
-    rows = [
-        ("frames read / inferred", f"{r['frames_read']} / {r['frames_inferred']}"),
-        ("predictions", str(r["predictions"])),
-        ("wall time", f"{r['wall_s']:.1f} s ({r['fps_end_to_end']} frames/s end to end)"),
-        ("peak RSS (sampled)", f"{r['peak_rss_mb']:.1f} MB"),
-        ("peak RSS (child ru_maxrss)", f"{r['peak_rss_mb_child_ru_maxrss']:.1f} MB"),
-        *((f"RSS at {k} of the run", f"{v:.1f} MB") for k, v in r["rss_mb_at"].items()),
-        ("RSS growth after 20%", f"{r['rss_growth_mb_per_min_after_20%']:+.2f} MB/min"),
-        ("load average start / end", f"{load_start[0]:.2f} / {load_end[0]:.2f}"),
-    ]
-    width = max(len(k) for k, _ in rows)
-    print(f"omama-run video, {args.minutes:g} min at {args.fps} fps "
-          f"({result['settings']['candidates']}):")  # fmt: skip
-    for key, value in rows:
-        print(f"  {key:<{width}}  {value}")
+    print_result(result)
     if not args.no_save:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(result, indent=1) + "\n")
-        print(f"wrote {RESULTS}")
+        print(f"wrote {write_result(RESULTS, result)}")
 
 
 if __name__ == "__main__":
