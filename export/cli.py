@@ -1,5 +1,6 @@
 """``omama export``: the top-level command of the export layer (entry point ``export``).
 
+Flags -> :class:`export.config.ExportConfig` -> :func:`export.pipeline.export_artifacts`.
 Nothing heavy is imported here at module level: torch, ultralytics and onnx load inside the
 command, so ``omama --help`` stays fast.
 """
@@ -10,157 +11,104 @@ from pathlib import Path
 
 import typer
 
-from runtime.errors import OmamaError
-
-INT8_HELP = (
-    "Not supported: INT8 needs calibration data, which this export does not take (out of "
-    "scope); the command stops with an explanation. Use --fp16."
-)
+HELP = {
+    "direction": "exo2ego or ego2exo; default: the matcher checkpoint's (exo2ego with "
+    "--random-init).",
+    "backbone_weights": "Backbone checkpoint, e.g. dinov2_vitb14_reg4_pretrain.pth (DINOv2 "
+    "release).",
+    "matcher": "Matcher weights: the official O-MaMa .pt or an omama .safetensors.",
+    "fastsam": "FastSAM checkpoint, e.g. FastSAM-x.pt (Ultralytics).",
+    "backbone": "Backbone name (default: the matcher's, dinov2_vitb14_reg for official .pt).",
+    "random_init": "Export a small random-weight configuration (ViT-S/14 with a 1x1 projection "
+    "to 768, exo 140x252 / ego 168x168 px, YOLOv8n-seg FastSAM stand-in); the manifest marks "
+    "it as random.",
+    "fp16": "Also write fp16 ONNX variants (fp32 I/O) and, with TensorRT and a CUDA GPU, "
+    "TensorRT fp16 engines.",
+    "engines": "Build TensorRT engines with --fp16 when possible.",
+    "verify": "Check every file (ONNX checker, shape inference, parity with PyTorch).",
+    "include_fastsam": "Export FastSAM (without it the runtime needs candidate masks from "
+    "elsewhere).",
+    "matcher_input": "Matcher graph input: 'weights' (per-mask pooling weights at token "
+    "resolution), 'masks' (masks at image size + boxes), or 'auto' (the faster, measured at "
+    "export).",
+    "attention": "Cross-attention evaluation order in the matcher graph: folded or standard.",
+    "fastsam_nms": "Where FastSAM's NMS runs: 'graph' (ultralytics' NMS inside fastsam.onnx, "
+    "conf/iou/max_det baked in: the runtime may only raise conf; fails the export if its "
+    "parity with the runtime's NMS fails), 'runtime' (raw outputs; conf and iou stay "
+    "adjustable at run time), or 'auto' (the graph when that parity holds, else runtime, "
+    "saying why).",
+    "parity_sets": "Random candidate sets in the matcher parity check.",
+    "timing_cache": "TensorRT timing cache to reuse across exports (default: "
+    "OUT/trt_timing.cache).",
+}
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("export")
-    def export_command(
-        out: Path = typer.Option(Path("artifacts"), "--out", "-o", help="Artifacts folder."),
-        direction: str = typer.Option(
-            None,
-            "--direction",
-            help="exo2ego or ego2exo; default: the matcher checkpoint's (exo2ego with "
-            "--random-init).",
-        ),
-        backbone_weights: Path = typer.Option(
-            None,
-            "--backbone-weights",
-            help="Backbone checkpoint, e.g. dinov2_vitb14_reg4_pretrain.pth (DINOv2 release).",
-        ),
-        matcher: Path = typer.Option(
-            None,
-            "--matcher",
-            help="Matcher weights: the official O-MaMa .pt or an omama .safetensors.",
-        ),
-        fastsam: Path = typer.Option(
-            None, "--fastsam", help="FastSAM checkpoint, e.g. FastSAM-x.pt (Ultralytics)."
-        ),
-        backbone: str = typer.Option(
-            None,
-            "--backbone",
-            help="Backbone name (default: the matcher's, dinov2_vitb14_reg for official .pt).",
-        ),
-        random_init: bool = typer.Option(
-            False,
-            "--random-init",
-            help="Export a small random-weight configuration (ViT-S/14 with a 1x1 projection "
-            "to 768, exo 140x252 / ego 168x168 px, YOLOv8n-seg FastSAM stand-in); the "
-            "manifest marks it as random.",
-        ),
-        fp16: bool = typer.Option(
-            False,
-            "--fp16",
-            help="Also write fp16 ONNX variants (fp32 I/O) and, with TensorRT and a CUDA GPU, "
-            "TensorRT fp16 engines.",
-        ),
-        int8: bool = typer.Option(False, "--int8", help=INT8_HELP),
-        engines: bool = typer.Option(
-            True, "--engines/--no-engines", help="Build TensorRT engines with --fp16 when possible."
-        ),
-        verify: bool = typer.Option(
-            True,
-            "--verify/--no-verify",
-            help="Check every file (ONNX checker, shape inference, parity with PyTorch).",
-        ),
-        include_fastsam: bool = typer.Option(
-            True,
-            "--fastsam-export/--no-fastsam-export",
-            help="Export FastSAM (without it the runtime needs candidate masks from elsewhere).",
-        ),
-        matcher_input: str = typer.Option(
-            "auto",
-            "--matcher-input",
-            help="Matcher graph input: 'weights' (per-mask pooling weights at token "
-            "resolution), 'masks' (masks at image size + boxes), or 'auto' (the faster, "
-            "measured at export).",
-        ),
-        attention: str = typer.Option(
-            "folded",
-            "--attention",
-            help="Cross-attention evaluation order in the matcher graph: folded or standard.",
-        ),
-        fastsam_imgsz: int = typer.Option(1024, "--fastsam-imgsz", help="FastSAM input size."),
-        fastsam_nms: str = typer.Option(
-            "auto",
-            "--fastsam-nms",
-            help="Where FastSAM's NMS runs: 'graph' (ultralytics' NMS inside fastsam.onnx, "
-            "conf/iou/max_det baked in: the runtime may only raise conf; fails the export if "
-            "its parity with the runtime's NMS fails), 'runtime' (raw outputs; conf and iou "
-            "stay adjustable at run time), or 'auto' (the graph when that parity holds, else "
-            "runtime, saying why).",
-        ),
-        opset: int = typer.Option(17, "--opset", help="ONNX opset (17 or newer)."),
-        parity_sets: int = typer.Option(
-            200, "--parity-sets", help="Random candidate sets in the matcher parity check."
-        ),
-        timing_cache: Path = typer.Option(
-            None,
-            "--timing-cache",
-            help="TensorRT timing cache to reuse across exports (default: OUT/trt_timing.cache).",
-        ),
-        seed: int = typer.Option(0, "--seed", help="Seed of random weights and parity inputs."),
-    ) -> None:
-        """Export ONNX models (and TensorRT engines) into a verified artifacts folder.
+    app.command("export")(export_command)
 
-        Writes backbone_<view>.onnx per view, matcher.onnx (descriptor pooling + matcher,
-        dynamic objects B and candidates N), fastsam.onnx (ultralytics' exporter, NMS in the
-        graph unless --fastsam-nms says otherwise or its parity fails), with
-        --fp16 the *_fp16.onnx variants and, when TensorRT and a CUDA GPU are present,
-        *_fp16.engine files; golden/<model>.npz (golden inputs and the torch fp32 outputs,
-        for `omama-run verify` on the target machine); then manifest.json with hashes,
-        shapes, versions and the verification records. INT8 is out of scope (it needs
-        calibration data).
 
-        Example: omama export --fp16 --backbone-weights dinov2_vitb14_reg4_pretrain.pth
-        --matcher omama_exo2ego.pt --fastsam FastSAM-x.pt --out artifacts
+def export_command(
+    out: Path = typer.Option(Path("artifacts"), "--out", "-o", help="Artifacts folder."),
+    direction: str = typer.Option(None, "--direction", help=HELP["direction"]),
+    backbone_weights: Path = typer.Option(
+        None, "--backbone-weights", help=HELP["backbone_weights"]
+    ),
+    matcher: Path = typer.Option(None, "--matcher", help=HELP["matcher"]),
+    fastsam: Path = typer.Option(None, "--fastsam", help=HELP["fastsam"]),
+    backbone: str = typer.Option(None, "--backbone", help=HELP["backbone"]),
+    random_init: bool = typer.Option(False, "--random-init", help=HELP["random_init"]),
+    fp16: bool = typer.Option(False, "--fp16", help=HELP["fp16"]),
+    engines: bool = typer.Option(True, "--engines/--no-engines", help=HELP["engines"]),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help=HELP["verify"]),
+    include_fastsam: bool = typer.Option(
+        True, "--fastsam-export/--no-fastsam-export", help=HELP["include_fastsam"]
+    ),
+    matcher_input: str = typer.Option("auto", "--matcher-input", help=HELP["matcher_input"]),
+    attention: str = typer.Option("folded", "--attention", help=HELP["attention"]),
+    fastsam_imgsz: int = typer.Option(1024, "--fastsam-imgsz", help="FastSAM input size."),
+    fastsam_nms: str = typer.Option("auto", "--fastsam-nms", help=HELP["fastsam_nms"]),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset (17 or newer)."),
+    parity_sets: int = typer.Option(200, "--parity-sets", help=HELP["parity_sets"]),
+    timing_cache: Path = typer.Option(None, "--timing-cache", help=HELP["timing_cache"]),
+    seed: int = typer.Option(0, "--seed", help="Seed of random weights and parity inputs."),
+) -> None:
+    """Export ONNX models (and TensorRT engines) into a verified artifacts folder.
 
-        Example: omama export --fp16 --random-init --out artifacts_random
-        """
-        if int8:
-            raise OmamaError(
-                "--int8 is not supported: INT8 engines need calibration data (frames of the "
-                "target domain), which this export does not take; use --fp16"
-            )
-        from export.pipeline import ExportConfig, export_artifacts
+    Writes backbone_<kind>.onnx per view (kind: ego or exo), matcher.onnx (descriptor
+    pooling + matcher, dynamic objects B and candidates N), fastsam.onnx (ultralytics'
+    exporter, NMS in the graph unless --fastsam-nms says otherwise or its parity fails),
+    with --fp16 the *_fp16.onnx variants and, when TensorRT and a CUDA GPU are present,
+    *_fp16.engine files; golden/<model>.npz (golden inputs and the torch fp32 outputs,
+    for `omama-run verify` on the target machine); then manifest.json with hashes,
+    shapes, versions and the verification records.
 
-        config = ExportConfig(
-            out_dir=out,
-            direction=direction,
-            backbone=backbone,
-            backbone_weights=backbone_weights,
-            matcher_weights=matcher,
-            fastsam_weights=fastsam,
-            random_init=random_init,
-            fp16=fp16,
-            engines=engines,
-            verify=verify,
-            include_fastsam=include_fastsam,
-            opset=opset,
-            matcher_input=matcher_input,
-            attention=attention,
-            fastsam_imgsz=fastsam_imgsz,
-            fastsam_nms=fastsam_nms,
-            parity_sets=parity_sets,
-            seed=seed,
-            timing_cache=timing_cache,
-        )
-        result = export_artifacts(config, echo=typer.echo)
-        manifest = result.manifest
-        total_mb = sum(ref.size_bytes for f in manifest.files for ref in f.file_refs()) / 1e6
-        gated = sum(1 for record in result.records for check in record.checks if check.gated)
-        verified = (
-            f"verified ({gated} checks in {len(result.records)} records passed; "
-            f"`omama-run verify {out}` re-checks them on another machine)"
-            if verify
-            else "not verified (`omama-run verify` can check them)"
-        )
-        typer.echo(
-            f"artifacts: {out} ({len(manifest.files)} files, {total_mb:.1f} MB), {verified}; "
-            f"{result.engines_note}"
-        )
+    Example: omama export --fp16 --backbone-weights dinov2_vitb14_reg4_pretrain.pth
+    --matcher omama_exo2ego.pt --fastsam FastSAM-x.pt --out artifacts
+
+    Example: omama export --fp16 --random-init --out artifacts_random
+    """
+    from export.config import ExportConfig
+    from export.pipeline import export_artifacts
+
+    config = ExportConfig(
+        out_dir=out,
+        direction=direction,
+        backbone=backbone,
+        backbone_weights=backbone_weights,
+        matcher_weights=matcher,
+        fastsam_weights=fastsam,
+        random_init=random_init,
+        fp16=fp16,
+        engines=engines,
+        verify=verify,
+        include_fastsam=include_fastsam,
+        opset=opset,
+        matcher_input=matcher_input,
+        attention=attention,
+        fastsam_imgsz=fastsam_imgsz,
+        fastsam_nms=fastsam_nms,
+        parity_sets=parity_sets,
+        seed=seed,
+        timing_cache=timing_cache,
+    )
+    typer.echo(export_artifacts(config, echo=typer.echo).summary())

@@ -45,11 +45,8 @@ from omama_train.models.fastsam import (
     preserve_thread_settings,
 )
 from runtime.errors import OmamaError
-from runtime.manifest import NmsSettings
+from runtime.manifest import CheckRecord, NmsSettings, TensorSpec
 
-OUTPUT_NAMES = ("output0", "output1")
-MASK_COEFFICIENTS = 32
-MAX_DET = 300  # ultralytics' default, the reference's
 NETWORK_PREFIX = "/model/"  # ultralytics' NMS wrapper names the network's nodes /model/...
 
 
@@ -87,6 +84,17 @@ def load_fastsam_network(weights: str | os.PathLike) -> torch.nn.Module:
     with preserve_thread_settings():
         model = load_fastsam(weights)
     return model.model.eval()
+
+
+def raw_io_specs(imgsz: int) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Inputs and outputs of FastSAM's raw network (the torch reference of either form)."""
+    return (
+        [TensorSpec("images", (1, 3, imgsz, imgsz), "float32")],
+        [
+            TensorSpec("output0", (1, None, None), "float32"),
+            TensorSpec("output1", (1, None, imgsz // 4, imgsz // 4), "float32"),
+        ],
+    )
 
 
 def export_fastsam_onnx(
@@ -233,3 +241,19 @@ def nms_tail_nodes(path: str | os.PathLike) -> tuple[str, ...]:
         in_tail = not node.name.startswith(NETWORK_PREFIX) and not set(node.output) & outputs
         (tail if in_tail else converted).append(node.name)
     return tuple(n for n in tail if not any(other.startswith(n) for other in converted))
+
+
+def nms_choice(mode: str, checks: list[CheckRecord]) -> tuple[bool, str]:
+    """(NMS stays in the graph, why) for ``--fastsam-nms`` ``mode`` (``auto`` or ``graph``)
+    after the in-graph parity ``checks``: ``auto`` falls back to the runtime's NMS when a
+    check failed, ``graph`` keeps the file (the export then fails on those checks)."""
+    failed = [c for c in checks if not c.passed]
+    if failed and mode == "auto":
+        numbers = "; ".join(
+            f"{c.output}: {c.metric} {c.value:.3g} (tolerance {c.tolerance:g}) [{c.detail}]"
+            for c in failed
+        )
+        return False, f"in-graph NMS parity failed: {numbers}"
+    if mode == "auto":
+        return True, "in-graph NMS parity holds"
+    return True, "requested (--fastsam-nms graph)"

@@ -21,7 +21,9 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
-from export.verify import check_onnx, save_onnx
+from export.graphs import save_onnx
+from export.verify.graph import check_onnx
+from runtime.manifest import GraphRecord
 
 FP32_OPS: tuple[str, ...] = (
     "LayerNormalization",
@@ -82,6 +84,25 @@ def convert_fp16(
         "external_data": external,
         "size_bytes": Path(dst).stat().st_size,
     }
+
+
+def fp16_graph_record(report: dict, opset: int) -> GraphRecord:
+    """The manifest's graph record of an fp16 variant, from its :func:`convert_fp16` report."""
+    return GraphRecord(
+        opset=opset,
+        nodes_final=int(report["nodes"]),
+        converter=report["converter"],
+        fp32_ops=dict(report["fp32_ops"]),
+        fp32_nodes_by_prefix=int(report["fp32_nodes_by_prefix"]),
+    )
+
+
+def describe_kept(report: dict) -> str:
+    """What a :func:`convert_fp16` report kept in float32, on one line."""
+    parts = [f"{op} x{count}" for op, count in report["fp32_ops"].items()]
+    if report["fp32_nodes_by_prefix"]:
+        parts.append(f"{report['fp32_nodes_by_prefix']} nodes by name (pooling weights / NMS)")
+    return ", ".join(parts) or "none"
 
 
 def _unshare_initializers(model, block_ops: set[str], block_nodes: set[str]) -> int:

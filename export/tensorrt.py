@@ -28,6 +28,10 @@ from typing import Any
 import numpy as np
 
 from runtime.errors import OmamaError
+from runtime.manifest import EngineRecord, VerificationRecord
+from runtime.sessions import Session
+from runtime.verification.replay import session_record
+from runtime.verification.tolerances import TOLERANCES, check, max_abs_error, worst_error
 
 # Optimisation profiles (issue 5): candidates N min 1 / opt 64 / max 256; objects B
 # opt 1 / max 16. Backbone batches: one frame per view per call, a few for video.
@@ -119,7 +123,6 @@ def build_engine(
     ``fp32_layer_prefixes``: layer-name prefixes kept in fp32 besides the normalisation,
     softmax and reduction layers.
     """
-    import tensorrt as trt
     from polygraphy.backend.common import save_bytes
     from polygraphy.backend.trt import (
         CreateConfig,
@@ -135,20 +138,7 @@ def build_engine(
         builder, network, parser = network_from_onnx_path(str(onnx_path))
     except PolygraphyException as exc:
         raise OmamaError(f"TensorRT cannot parse {Path(onnx_path).name}: {_one_line(exc)}") from exc
-    pinned = 0
-    if fp16:
-        sensitive = {trt.LayerType.NORMALIZATION, trt.LayerType.SOFTMAX, trt.LayerType.REDUCE}
-        for index in range(network.num_layers):
-            layer = network.get_layer(index)
-            if layer.type in sensitive or (
-                fp32_layer_prefixes and layer.name.startswith(fp32_layer_prefixes)
-            ):
-                if any(layer.get_output(i).dtype != trt.float32 for i in range(layer.num_outputs)):
-                    continue  # integer / bool layers have no float precision to pin
-                layer.precision = trt.float32
-                for i in range(layer.num_outputs):
-                    layer.set_output_type(i, trt.float32)
-                pinned += 1
+    pinned = _pin_fp32_layers(network, fp32_layer_prefixes) if fp16 else 0
     profiles = []
     if profile:
         trt_profile = Profile()
@@ -192,6 +182,41 @@ def build_engine(
     }
 
 
+def _pin_fp32_layers(network, prefixes: tuple[str, ...]) -> int:
+    """Pin the normalisation, softmax and reduction layers, and those named with one of
+    ``prefixes``, to fp32 (precision and output types); returns how many were pinned."""
+    import tensorrt as trt
+
+    sensitive = {trt.LayerType.NORMALIZATION, trt.LayerType.SOFTMAX, trt.LayerType.REDUCE}
+    pinned = 0
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        if layer.type in sensitive or (prefixes and layer.name.startswith(prefixes)):
+            if any(layer.get_output(i).dtype != trt.float32 for i in range(layer.num_outputs)):
+                continue  # integer / bool layers have no float precision to pin
+            layer.precision = trt.float32
+            for i in range(layer.num_outputs):
+                layer.set_output_type(i, trt.float32)
+            pinned += 1
+    return pinned
+
+
+def engine_record(made: dict) -> EngineRecord:
+    """The manifest record of what :func:`build_engine` returned."""
+    return EngineRecord(
+        tensorrt_version=str(made["tensorrt_version"]),
+        gpu_name=str(made["gpu_name"]),
+        compute_capability=str(made.get("compute_capability", "")),
+        cuda_version=made.get("cuda_version"),
+        built_from=str(made.get("built_from", "")),
+        precision_flags=tuple(made.get("precision_flags", ())),
+        fp32_pinned_layers=int(made.get("fp32_pinned_layers", 0)),
+        profiles=tuple(made.get("profiles", ())),
+        timing_cache=made.get("timing_cache"),
+        build_s=float(made.get("build_s", 0.0)),
+    )
+
+
 def compare_sessions(
     engine_session: Any,
     onnx_session: Any,
@@ -211,8 +236,6 @@ def compare_sessions(
     output is broken: NaN values, or a shape other than the ONNX output's), ``allowed`` and
     ``passed`` (error within allowed, NaN fails).
     """
-    from runtime.verification.tolerances import max_abs_error, worst_error
-
     errors: dict[str, list[float]] = {name: [] for name in relative}
     peaks: dict[str, float] = dict.fromkeys(relative, 0.0)
     runs = 0
@@ -242,6 +265,39 @@ def compare_sessions(
             "passed": bool(error <= allowed),  # False for NaN
         }
     return report
+
+
+def comparison_tolerances(model: str, fastsam_nms_in_graph: bool = False) -> dict[str, float]:
+    """``relative`` of :func:`compare_sessions` for ``model``'s outputs (fp16 tolerances)."""
+    fp16 = TOLERANCES["fp16"]
+    if model == "matcher":
+        return {"similarities": fp16["similarities_max_abs"]}
+    if model == "fastsam" and fastsam_nms_in_graph:
+        # Detection rows come out in score order and tie-decided: compared element-wise
+        # they would differ on a swapped tie. The parity run matches them instead.
+        return {"output1": fp16["fastsam_rel"]}
+    if model == "fastsam":
+        return {"output0": fp16["fastsam_rel"], "output1": fp16["fastsam_rel"]}
+    return {"feats": fp16["feats_rel"]}
+
+
+def comparison_record(
+    engine_session: Session,
+    onnx_session: Session,
+    file: str,
+    model: str,
+    feeds: Iterable[Mapping[str, np.ndarray]],
+    relative: Mapping[str, float],
+) -> VerificationRecord:
+    """The verification record of :func:`compare_sessions` on ``feeds``: one check per
+    output, the engine's max abs error against its fp32 ONNX graph on ONNX Runtime."""
+    report = compare_sessions(engine_session, onnx_session, feeds, relative)
+    checks = [
+        check(output, "max abs err vs onnxruntime fp32", values["max_abs_err"], values["allowed"])
+        for output, values in report.items()
+    ]
+    return session_record(engine_session, file, model, "fp16", "onnxruntime fp32 outputs",
+                          TOLERANCES["fp16"], checks)  # fmt: skip
 
 
 def _one_line(exc: BaseException) -> str:

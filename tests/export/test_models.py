@@ -1,0 +1,217 @@
+"""The models of an export built from weights files: records of their hashes, a feature
+cache's backbone, the seeded projection."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from export.config import ExportConfig
+from export.models import view_kinds
+from export.pipeline import export_artifacts
+from runtime.errors import OmamaError
+from runtime.manifest import WeightsRecord, check_artifacts
+from tests.export.helpers import GRIDS, SMALL, ort
+
+
+def test_view_kinds_are_source_first():
+    assert view_kinds("exo2ego") == ("exo", "ego")
+    assert view_kinds("ego2exo") == ("ego", "exo")
+
+
+def test_weights_files_export_records_their_hashes(tmp_path):
+    """The real-weights path (checkpoint files instead of --random-init), small models: an
+    omama .safetensors matcher, a timm-layout backbone file with a square pretraining grid
+    (interpolated per view, as official DINOv2 files are) and a FastSAM checkpoint."""
+    from safetensors.torch import save_file
+
+    from export.fastsam import build_standin_fastsam
+    from omama_train.models.backbones import build_backbone
+    from omama_train.models.matcher import OMaMaMatcher, save_matcher
+    from runtime.manifest import sha256_file
+
+    torch.manual_seed(3)
+    matcher = OMaMaMatcher(
+        "ego2exo", src_grid=GRIDS["ego"], dst_grid=GRIDS["exo"], backbone="dinov2_vits14_reg"
+    )
+    matcher_path = save_matcher(matcher, tmp_path / "weights" / "matcher.safetensors")
+    pretrained = build_backbone(SMALL, (518, 518))  # 37 x 37 positional grid, like DINOv2's
+    backbone_path = tmp_path / "weights" / "vits14.safetensors"
+    save_file(
+        {k: v.contiguous() for k, v in pretrained.trunk.state_dict().items()}, str(backbone_path)
+    )
+    fastsam_path = build_standin_fastsam(tmp_path / "weights" / "FastSAM-n.pt", seed=4)
+    out = tmp_path / "artifacts"
+    config = ExportConfig(
+        out_dir=out,
+        backbone=SMALL,
+        backbone_weights=backbone_path,
+        matcher_weights=matcher_path,
+        fastsam_weights=fastsam_path,
+        fastsam_imgsz=64,
+        matcher_input="weights",
+        parity_sets=3,
+        parity_large_n=5,
+    )
+    export_artifacts(config, echo=lambda line: None, progress=False)
+    manifest = check_artifacts(out)
+    assert manifest.direction == "ego2exo" and manifest.random_init is False
+    assert manifest.views["src"] == manifest.views["src"].__class__("ego", (70, 70), (5, 5))
+    assert manifest.backbone.weights == WeightsRecord(
+        random=False, file="vits14.safetensors", sha256=sha256_file(backbone_path)
+    )
+    assert manifest.matcher.weights.sha256 == sha256_file(matcher_path)
+    assert manifest.fastsam.weights.file == "FastSAM-n.pt"
+    assert manifest.matcher.input_decision.rule.startswith("given")
+    # The torch backend rebuilt every fp32 file from the weights files (found beside them)
+    # and gave the exported numbers on the golden inputs.
+    torch_records = [r for r in manifest.verification.records if r.backend == "torch"]
+    assert len(torch_records) == 4 and all(r.passed for r in torch_records)
+    assert sorted(p.name for p in fastsam_path.parent.iterdir()) == [
+        "FastSAM-n.pt",
+        "matcher.safetensors",
+        "vits14.safetensors",
+    ]  # the weights folder is left as it was
+    with pytest.raises(OmamaError, match="is a ego2exo matcher, not exo2ego"):
+        export_artifacts(
+            dataclasses.replace(config, direction="exo2ego"),
+            echo=lambda line: None,
+            progress=False,
+        )
+    check_artifacts(out)  # a refused re-export leaves the previous folder intact
+
+
+def _cache_of_small_takes(base):
+    """Two synthetic takes (ego 224x224 -> 16x16 tokens, exo 126x224 -> 9x16) cached with a
+    seeded random 1-block ViT-S; returns (root, cache)."""
+    from omama_train.data.pairs import make_pairs
+    from omama_train.data.prepare import prepare
+    from omama_train.data.synth import synthesize
+    from omama_train.features.build import build_cache
+    from runtime.egoexo import ProcessedRoot, pairs_path, write_pairs
+
+    synthesize(base / "in", 2, small=True, seed=0, frames=3, annotate_every=3)
+    for relations in sorted((base / "in" / "annotations").glob("relations_*.json")):
+        prepare(relations, base / "in" / "takes", base / "root", progress=False)
+    index = ProcessedRoot(base / "root")
+    files = []
+    for split in index.splits():
+        files.append(pairs_path(base / "root", split, "exo2ego"))
+        write_pairs(files[-1], make_pairs(index, split, "exo2ego").pairs, base / "root")
+    cache = base / "cache"
+    build_cache(base / "root", cache, files, SMALL, random_init=True, device="cpu", progress=False)
+    return base / "root", cache
+
+
+def test_export_from_a_cache_reproduces_its_features(tmp_path):
+    """THE check that the deployed backbone sees what training saw: a random-init cache's
+    backbone.safetensors plus a matcher of the cache's grids, exported; the ONNX backbones
+    on ONNX Runtime give the cached features of an image of each view."""
+    from omama_train.features.meta import BACKBONE_FILE
+    from omama_train.features.reader import FeatureCache
+    from omama_train.imagekey import cam_kind
+    from omama_train.models.matcher import OMaMaMatcher, save_matcher
+    from runtime.egoexo import ProcessedRoot
+    from runtime.images import read_rgb
+    from runtime.manifest import sha256_file
+    from runtime.preprocess import preprocess_image
+
+    root, cache_dir = _cache_of_small_takes(tmp_path)
+    cache = FeatureCache(cache_dir)
+    grids = {view: cache.grid(view) for view in ("ego", "exo")}
+    assert grids == {"ego": (16, 16), "exo": (9, 16)}
+    torch.manual_seed(0)
+    matcher = OMaMaMatcher(
+        "exo2ego", src_grid=grids["exo"], dst_grid=grids["ego"], backbone=cache.backbone
+    )
+    matcher_path = save_matcher(matcher, tmp_path / "run" / "best.safetensors")
+    out = tmp_path / "artifacts"
+    config = ExportConfig(
+        out_dir=out,
+        backbone_weights=cache_dir / BACKBONE_FILE,
+        matcher_weights=matcher_path,
+        include_fastsam=False,
+        matcher_input="weights",
+        parity_sets=3,
+        parity_large_n=5,
+    )
+    lines: list[str] = []
+    export_artifacts(config, echo=lines.append, progress=False)
+    manifest = check_artifacts(out)
+    # The backbone comes from the matcher's metadata, its depth from the file's.
+    assert manifest.backbone.name == "dinov2_vits14_reg"
+    assert manifest.backbone.architecture_overrides == {"depth": 1}
+    assert manifest.backbone.projection == "from the weights file"
+    assert manifest.backbone.pos_resize == cache.meta["backbone"]["pos_resize"]
+    assert manifest.backbone.weights.sha256 == sha256_file(cache_dir / BACKBONE_FILE)
+    assert manifest.backbone.weights.sha256 == cache.meta["weights"]["saved_file"]["sha256"]
+    # A random-init cache's backbone stays marked random in the artifacts and at run time.
+    assert manifest.backbone.weights.from_random_init is True
+    assert manifest.backbone.weights.seed == cache.meta["weights"]["seed"]
+    from runtime.pipeline import Pipeline
+
+    with Pipeline(out, backend="onnxruntime", device="cpu", threads=1) as pipe:
+        assert pipe.describe()["random_weights"] is True
+    assert not [line for line in lines if line.startswith("warning")]
+    index = ProcessedRoot(root)
+    for view, role in (("exo", "src"), ("ego", "dst")):
+        assert manifest.views[role].image_size == cache.image_size(view)
+        take, cam, frame = next(k for k in cache if cam_kind(k.split("/")[1]) == view).split("/")
+        image = preprocess_image(
+            read_rgb(index.image_path(take, cam, frame)), cache.image_size(view)
+        )
+        with ort(out / f"backbone_{view}.onnx") as session:
+            (feats,) = session.infer({"image": image[None]}).values()
+        cached = cache.get_array(take, cam, int(frame)).astype(np.float32)
+        np.testing.assert_allclose(feats[0], cached, rtol=2e-3, atol=2e-3)
+        assert np.abs(cached).max() > 0.5
+
+
+def test_weights_without_projection_get_the_seeded_one_in_both_views(tmp_path):
+    from safetensors.torch import save_file
+
+    from export.models import build_models
+    from omama_train.features.weights import BackboneWeights
+    from omama_train.models.backbones import build_backbone, seeded_projection
+    from omama_train.models.matcher import OMaMaMatcher, save_matcher
+
+    torch.manual_seed(3)
+    matcher = OMaMaMatcher(
+        "exo2ego", src_grid=GRIDS["exo"], dst_grid=GRIDS["ego"], backbone="dinov2_vits14_reg"
+    )
+    matcher_path = save_matcher(matcher, tmp_path / "matcher.safetensors")
+    trunk = build_backbone(SMALL, (518, 518)).trunk.state_dict()
+    backbone_path = tmp_path / "vits14.safetensors"
+    save_file({k: v.contiguous() for k, v in trunk.items()}, str(backbone_path))
+    config = ExportConfig(
+        out_dir=tmp_path / "artifacts",
+        backbone=SMALL,
+        backbone_weights=backbone_path,
+        matcher_weights=matcher_path,
+        include_fastsam=False,
+        matcher_input="weights",
+        parity_sets=3,
+        parity_large_n=5,
+    )
+    for seed in (0, 5):
+        models = build_models(dataclasses.replace(config, seed=seed), tmp_path)
+        want = seeded_projection(SMALL, seed)
+        for backbone in models.backbones.values():
+            assert torch.equal(backbone.proj.weight, want["proj.weight"])
+            assert torch.equal(backbone.proj.bias, want["proj.bias"])
+        # What omama features --weights FILE --seed N computes its cache with.
+        features = BackboneWeights.resolve(SMALL, backbone_path, seed=seed).build((70, 70))
+        assert torch.equal(features.proj.weight, want["proj.weight"])
+        assert models.backbone_record.projection_seed == seed
+    lines: list[str] = []
+    export_artifacts(config, echo=lines.append, progress=False)
+    manifest = check_artifacts(config.out_dir)
+    assert manifest.backbone.projection == (
+        "seeded 1x1 Conv2d to 768 (seed 0; not in the weights file)"
+    )
+    warnings = [line for line in lines if line.startswith("warning")]
+    assert len(warnings) == 1 and "vits14.safetensors has no 1x1 projection" in warnings[0]
+    assert "--seed 0" in warnings[0]
