@@ -30,14 +30,13 @@ from runtime import __version__ as omama_version
 from runtime.atomic import write_json
 from runtime.errors import OmamaError
 from runtime.info import cpu_model, package_version
-from runtime.jsonrecords import from_json, to_json
+from runtime.jsonrecords import from_json, read_json_object, to_json
 from runtime.manifest import (
     MANIFEST_NAME,
     Manifest,
     NmsSettings,
     VerificationRecord,
     check_artifacts,
-    read_json_object,
     sha256_file,
 )
 from runtime.sessions import ArtifactPlan, Session, gpu_name, open_artifact, plan_artifacts

@@ -1,37 +1,12 @@
-"""The artifacts folder contract: ``manifest.json`` and the files it lists, as typed records.
+"""The typed records of ``manifest.json``: frozen dataclasses, :class:`Manifest` at the root.
 
-``omama export`` writes an artifacts folder; ``omama-run`` reads it with nothing else::
-
-    artifacts/
-      manifest.json                 this module's schema (``format: omama.artifacts``)
-      backbone_<kind>.onnx          one per view: image (B, 3, H, W) -> feats (B, 768, h, w)
-      matcher.onnx                  descriptor pooling + matcher -> similarities (B, N)
-      fastsam.onnx                  FastSAM (ultralytics export, NMS in the graph or not)
-      *_fp16.onnx, *_fp16.engine    fp16 variants and TensorRT engines
-      golden/<model>.npz            golden inputs and torch fp32 outputs (``omama-run verify``)
-      verify_<backend>_<precision>.json   what ``omama-run verify`` measured on a machine
-
-The manifest is a tree of frozen dataclasses (:class:`Manifest` at the root). Every field has
-a type, and :func:`load_manifest` checks each one while it reads the JSON
-(``runtime.jsonrecords``): a missing or ill-typed field is one :class:`OmamaError` naming
-the file and the field's path
-(``manifest.json: matcher.src_grid must be a list of 2 integers, got 'x'``). Code outside
-this module reads attributes, never the JSON dict.
-
-``schema_version`` 3 (this one) names the views ``src``/``dst`` and their camera kind
-``kind``; version 2 introduced these records in place of the free-form dicts of version 1.
-A folder of an older version is refused with the command that re-exports it.
-
-:func:`check_artifacts` refuses a folder whose files do not match the manifest (missing
-file, size or sha256 mismatch) or whose export verification failed, with one message that
-lists what differs.
+Every field has a type, checked while the JSON is read (``runtime.jsonrecords``); code
+outside this package reads attributes, never the JSON dict.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,9 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime.atomic import write_json
 from runtime.errors import OmamaError
-from runtime.jsonrecords import from_json, read_json_object, to_json
+from runtime.jsonrecords import from_json, to_json
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "omama.artifacts"
@@ -51,18 +25,8 @@ PRECISIONS = ("fp32", "fp16")
 MATCHER_INPUTS = ("weights", "masks")
 DIRECTIONS = ("exo2ego", "ego2exo")
 ROLES = ("src", "dst")
-_CHUNK_BYTES = 1 << 20
 
 Dim = int | str | None
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------- records
@@ -591,122 +555,3 @@ def format_value(value: float | None, percent: bool) -> str:
     if value is None or math.isnan(value):
         return "nan"
     return f"{100 * value:.2f}%" if percent else f"{value:.2e}"
-
-
-# ----------------------------------------------------------------------------- files
-
-
-def file_entry(
-    root: str | os.PathLike,
-    path: str,
-    model: str,
-    format: str,
-    precision: str,
-    inputs: typing.Sequence[TensorSpec],
-    outputs: typing.Sequence[TensorSpec],
-    external_data: typing.Sequence[str] = (),
-    graph: GraphRecord | None = None,
-    engine: EngineRecord | None = None,
-) -> ArtifactFile:
-    """An :class:`ArtifactFile` for ``root/path`` with its sha256 and size computed now.
-
-    ``external_data``: paths (relative to ``root``) of files the graph loads its weights from.
-    """
-    root = Path(root)
-    target = root / path
-    if not target.is_file():
-        raise OmamaError(f"cannot list {target} in the manifest: no such file")
-    return ArtifactFile(
-        path=path,
-        model=model,
-        format=format,
-        precision=precision,
-        sha256=sha256_file(target),
-        size_bytes=target.stat().st_size,
-        inputs=tuple(inputs),
-        outputs=tuple(outputs),
-        external_data=tuple(file_ref(root, p) for p in external_data),
-        graph=graph,
-        engine=engine,
-    )
-
-
-def file_ref(root: str | os.PathLike, path: str) -> FileRef:
-    """A :class:`FileRef` for ``root/path`` with its sha256 and size computed now."""
-    target = Path(root) / path
-    return FileRef(path, sha256_file(target), target.stat().st_size)
-
-
-def write_manifest(root: str | os.PathLike, manifest: Manifest) -> Path:
-    """Validate and write ``root/manifest.json`` atomically; returns its path."""
-    manifest.validate()
-    path = Path(root) / MANIFEST_NAME
-    write_json(path, manifest.to_dict(), indent=2)
-    return path
-
-
-def load_manifest(root: str | os.PathLike) -> Manifest:
-    """Parse ``root/manifest.json`` (no file checks; see :func:`check_artifacts`)."""
-    root = Path(root)
-    path = root / MANIFEST_NAME
-    if not root.is_dir():
-        raise OmamaError(f"artifacts folder not found: {root} (run `omama export` first)")
-    if not path.is_file():
-        raise OmamaError(f"{root} has no {MANIFEST_NAME}: not an omama artifacts folder")
-    manifest = Manifest.from_dict(read_json_object(path, MANIFEST_NAME), source=str(path))
-    manifest.root = root
-    return manifest
-
-
-def artifact_differences(manifest: Manifest, check_hashes: bool = True) -> list[str]:
-    """What differs between the manifest and the files of its folder (empty when all match).
-
-    Checks existence and size of every listed file (external data and golden files
-    included) and, with ``check_hashes``, their sha256.
-    """
-    root = manifest.root
-    if root is None:
-        raise OmamaError("artifact_differences needs a manifest loaded from a folder")
-    differences: list[str] = []
-    for ref in manifest.all_refs():
-        target = root / ref.path
-        if not target.is_file():
-            differences.append(f"{ref.path} is missing")
-            continue
-        size = target.stat().st_size
-        if size != ref.size_bytes:
-            differences.append(f"{ref.path} has {size} bytes, the manifest says {ref.size_bytes}")
-            continue
-        if check_hashes:
-            digest = sha256_file(target)
-            if digest != ref.sha256:
-                differences.append(
-                    f"{ref.path} sha256 {digest[:12]}... differs from the manifest's "
-                    f"{ref.sha256[:12]}..."
-                )
-    return differences
-
-
-def check_artifacts(root: str | os.PathLike, check_hashes: bool = True) -> Manifest:
-    """Load the manifest of ``root`` and refuse the folder unless its files match it.
-
-    Raises OmamaError listing every missing file and every size/sha256 mismatch, or
-    naming the failed checks when the export's own verification failed. A folder exported
-    with ``--no-verify`` is accepted (``manifest.verification.verified`` is False).
-    """
-    manifest = load_manifest(root)
-    differences = artifact_differences(manifest, check_hashes=check_hashes)
-    if differences:
-        raise OmamaError(
-            f"artifacts folder {manifest.root} does not match its manifest: "
-            + "; ".join(differences)
-            + " (re-export with `omama export`)"
-        )
-    verification = manifest.verification
-    if verification.verified and not verification.passed:
-        failed = ", ".join(verification.failures) or "see manifest.json"
-        raise OmamaError(
-            f"artifacts folder {manifest.root} failed its export verification ({failed}); "
-            "re-export, or fix the model"
-        )
-    return manifest
