@@ -6,9 +6,10 @@ candidate masks ``omama data masks`` writes.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import NamedTuple
 
-from runtime.egoexo import is_ego_cam
+from runtime.egoexo import Pair, check_direction, is_ego_cam
 
 
 class ImageKey(NamedTuple):
@@ -39,3 +40,7 @@ def key_text(key: ImageKey | tuple | str) -> str:
     return f"{take}/{cam}/{int(frame)}"
 
 
+def destination_frames(pairs: Iterable[Pair], direction: str) -> list[ImageKey]:
+    """Sorted unique destination frames of ``pairs`` for ``direction``."""
+    check_direction(direction)
+    return sorted({ImageKey(p.take, p.destination_cam(direction), int(p.frame)) for p in pairs})

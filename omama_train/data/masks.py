@@ -21,7 +21,7 @@ import platform
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -32,12 +32,11 @@ import numpy as np
 import typer
 
 from omama_train.devices import check_device, default_device
-from omama_train.imagekey import ImageKey
+from omama_train.imagekey import ImageKey, destination_frames
 from omama_train.shards import parse_shard, select_shard
 from runtime.atomic import write_json
 from runtime.candidates import Candidates, candidates_complete, write_candidates
 from runtime.egoexo import (
-    Pair,
     ProcessedRoot,
     candidate_paths,
     candidates_dir,
@@ -64,12 +63,6 @@ class FastSAMSettings:
     iou: float = 0.9
     retina_masks: bool = True
     device: str = "cpu"
-
-
-def destination_frames(pairs: Iterable[Pair], direction: str) -> list[ImageKey]:
-    """Sorted unique destination frames of ``pairs`` for ``direction``."""
-    check_direction(direction)
-    return sorted({ImageKey(p.take, p.destination_cam(direction), int(p.frame)) for p in pairs})
 
 
 def report_path(root: Path, split: str, direction: str, shard: tuple[int, int] = (0, 1)) -> Path:

@@ -23,7 +23,7 @@ from runtime.errors import OmamaError
 class RunData:
     """Pairs, geometry and feature source of a run (every rank builds the same)."""
 
-    geometry: Any  # omama_train.dataset.Geometry
+    geometry: Any  # omama_train.geometry.Geometry
     train_pairs: list
     val_pairs: list
     gap_pairs: list  # the fixed subset of train_pairs scored for the train/val gap
@@ -35,7 +35,7 @@ class RunData:
 
 def load_run_data(config: TrainConfig, ctx: Distributed) -> RunData:
     """Read pairs, check the cache, fix the geometry, build the prep files (by rank)."""
-    from omama_train.dataset import ensure_frame_preps
+    from omama_train.frameprep import ensure_frame_preps
 
     index = ProcessedRoot(config.root)
     train_pairs = _read_split_pairs(index, config, config.train_split, config.train_pairs)
@@ -87,7 +87,8 @@ def _read_split_pairs(index, config: TrainConfig, split: str, path: Path | None)
 
 def _image_source(config: TrainConfig, index: ProcessedRoot, train_pairs: list) -> tuple:
     """(backbone spec, geometry, images) for fine-tuning: sizes from the training images."""
-    from omama_train.dataset import Geometry, ImageFrames, view_image_sizes
+    from omama_train.dataset import ImageFrames, view_image_sizes
+    from omama_train.geometry import Geometry
     from omama_train.models.backbones import DEFAULT_BACKBONE, get_spec
     from runtime.preprocess import model_input_size
 
@@ -103,8 +104,9 @@ def _image_source(config: TrainConfig, index: ProcessedRoot, train_pairs: list) 
 def _cache_source(config: TrainConfig, train_pairs: list, val_pairs: list) -> tuple:
     """(backbone name, geometry, cached features) of ``--cache``, which must hold every
     image of the pairs, with the backbone ``--backbone`` names (if given)."""
-    from omama_train.dataset import CachedFeatures, Geometry
+    from omama_train.dataset import CachedFeatures
     from omama_train.features.reader import FeatureCache
+    from omama_train.geometry import Geometry
 
     cache = FeatureCache(config.cache)
     name = cache.meta["backbone"]["name"]

@@ -45,7 +45,8 @@ def build_train_model(geometry, matcher, backbones: dict | None = None, train_ba
     import torch
     from torch import nn
 
-    from omama_train.dataset import batch_descriptors, dst_kind, src_kind
+    from omama_train.dataset import batch_descriptors
+    from omama_train.geometry import dst_kind, src_kind
     from omama_train.models.preprocess import preprocess_image_torch
 
     class TrainModel(nn.Module):

@@ -25,22 +25,17 @@ from omama_train.data.pairs import make_pairs
 from omama_train.data.prepare import prepare
 from omama_train.data.synth import synthesize
 from omama_train.dataset import (
-    Geometry,
     ImageFrames,
     TrainingPairs,
     ValidationFrames,
     batch_descriptors,
     collate,
     data_hash,
-    ensure_frame_preps,
-    load_frame_prep,
-    masks_to_grid,
-    pack_masks,
-    prep_path,
-    unpack_masks,
     usable_pairs,
     view_image_sizes,
 )
+from omama_train.frameprep import ensure_frame_preps, load_frame_prep, prep_path
+from omama_train.geometry import Geometry, masks_to_grid, pack_masks, unpack_masks
 from omama_train.models.descriptors import object_descriptors
 from runtime import rle
 from runtime.candidates import load_frame_candidates

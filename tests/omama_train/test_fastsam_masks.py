@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from omama_train.data import masks as masks_module
-from omama_train.data.masks import destination_frames, report_path
-from omama_train.imagekey import ImageKey
+from omama_train.data.masks import report_path
+from omama_train.imagekey import ImageKey, destination_frames
 from omama_train.shards import parse_shard, select_shard
 from runtime.candidates import read_candidates
 from runtime.clikit import new_app, run_app

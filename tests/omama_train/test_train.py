@@ -288,7 +288,7 @@ def test_init_loads_a_matcher_and_refuses_other_grids(tmp_path):
 
 
 def test_backbones_share_weights_and_train_only_when_fine_tuning(data):
-    from omama_train.dataset import Geometry
+    from omama_train.geometry import Geometry
     from omama_train.models.backbones import build_backbone
 
     torch.manual_seed(0)
