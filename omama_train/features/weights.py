@@ -68,11 +68,11 @@ class BackboneWeights:
         seed: int = 0,
         pos_resize: str | None = None,
     ) -> BackboneWeights:
+        from omama_train.models.backbone_checkpoints import read_state_dict
         from omama_train.models.backbones import (
             POS_RESIZES,
             get_spec,
             random_backbone_state,
-            read_state_dict,
             seeded_projection,
         )
 
@@ -149,7 +149,8 @@ def write_backbone_file(out: Path, bw: BackboneWeights) -> dict:
     holds these weights and refused otherwise. Returns ``{"name", "sha256"}`` (sha256 of
     the file's bytes, as an export manifest records it).
     """
-    from omama_train.models.backbones import read_state_dict, save_backbone_weights
+    from omama_train.models.backbone_checkpoints import read_state_dict
+    from omama_train.models.backbones import save_backbone_weights
     from runtime.manifest import sha256_file
 
     if bw.state is None:

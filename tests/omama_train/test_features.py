@@ -422,7 +422,8 @@ def _first_of_view(cache: FeatureCache, view: str) -> tuple[str, str, int]:
 
 
 def test_random_init_cache_writes_the_weights_it_used(root, pairs_files, full_cache, tmp_path):
-    from omama_train.models.backbones import backbone_file_info, build_backbone, read_state_dict
+    from omama_train.models.backbone_checkpoints import read_state_dict
+    from omama_train.models.backbones import backbone_file_info, build_backbone
     from runtime.manifest import sha256_file
 
     path = full_cache / BACKBONE_FILE
