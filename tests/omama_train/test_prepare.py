@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from omama_train.cli import build_app
 from omama_train.data import prepare as prep
 from omama_train.data.pairs import make_pairs
+from omama_train.data.prepare_report import PrepareReport
 from omama_train.data.synth import synthesize
 from omama_train.data.synth_scene import build_take
 from runtime import rle
@@ -54,7 +55,7 @@ def relations_of(work: Path) -> dict[str, dict]:
     return json.loads((work / "annotations" / "relations_dev.json").read_text())["annotations"]
 
 
-def run_prepare(work: Path, out: Path, relations: dict | None = None, **kw) -> prep.PrepareReport:
+def run_prepare(work: Path, out: Path, relations: dict | None = None, **kw) -> PrepareReport:
     path = work / "annotations" / "relations_dev.json"
     if relations is not None:
         path.write_text(json.dumps({"annotations": relations}))
