@@ -48,22 +48,16 @@ def check_sample_by(sample_by: str) -> str:
 
 
 def all_pairs(index: ProcessedRoot, takes: Iterable[str], direction: str) -> list[Pair]:
-    """Every observation of ``takes`` for ``direction``, ordered by take, object, exo cam, frame."""
-    check_direction(direction)
+    """Every observation of ``takes`` for ``direction``, ordered by take, object, exo cam, frame
+    (:func:`runtime.runs.take.take_observations`, as pairs)."""
+    from runtime.runs.take import take_observations
+
     pairs: list[Pair] = []
     for take in takes:
         ego = index.ego_cam(take)
-        for obj in index.objects(take):
-            for exo in index.object_cams(take, obj):
-                if exo == ego:
-                    continue
-                src, dst = (exo, ego) if direction == "exo2ego" else (ego, exo)
-                dst_frames = set(index.frames(take, obj, dst))
-                pairs.extend(
-                    Pair(take, obj, ego, exo, frame)
-                    for frame in index.mask_frames(take, obj, src)
-                    if frame in dst_frames
-                )
+        for o in take_observations(index, take, direction):
+            exo = o.src_cam if o.dst_cam == ego else o.dst_cam
+            pairs.append(Pair(take, o.obj, ego, exo, o.frame))
     return pairs
 
 
