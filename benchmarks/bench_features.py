@@ -97,7 +97,7 @@ def measure_backbone(root: Path, pairs_file: Path, cache_dir: Path, name: str, a
     """Build one backbone's cache of ``root``: throughput per view, size, read latency."""
     import numpy as np
 
-    from omama_train.features import build_cache
+    from omama_train.features.build import build_cache
 
     start = time.perf_counter()
     report = build_cache(

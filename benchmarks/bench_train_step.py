@@ -83,7 +83,7 @@ def _trainer(mode: str, batch: dict, geometry, backbones: dict):
     import torch
 
     from omama_train.models.matcher import OMaMaMatcher
-    from omama_train.train import build_train_model, masked_loss
+    from omama_train.train.model import build_train_model, masked_loss
 
     matcher = OMaMaMatcher("exo2ego", src_grid=EXO_GRID, dst_grid=EGO_GRID)
     matcher.mlp_visible.requires_grad_(False)
@@ -149,7 +149,7 @@ def run(batch_size: int, num_candidates: int, threads: int, repeats: int, finetu
     from omama_train.geometry import Geometry
     from omama_train.models.backbones import build_backbone
     from omama_train.models.preprocess import preprocess_image_torch
-    from omama_train.train import tie_backbones
+    from omama_train.train.model import tie_backbones
 
     torch.manual_seed(0)
     torch.set_num_threads(threads)

@@ -1,6 +1,7 @@
 """What the standalone benchmark scripts (``python -m benchmarks.bench_*``) share: where
-results go, the machine record beside every number, a child process's resident memory,
-and the synthetic masks and video frames several scripts draw.
+results go, the machine record beside every number (its load average also goes into
+``omama bench``'s environment), a child process's resident memory, and the synthetic
+masks and video frames several scripts draw.
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def load_average() -> list[float]:
-    """The 1, 5 and 15 minute load averages: timings on a shared CPU depend on them."""
-    return list(os.getloadavg())
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (None where the OS has none): timings on a
+    shared CPU depend on them."""
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
 
 def machine_record(
-    load_at_start: Sequence[float], packages: Sequence[str] = (), **extra: Any
+    load_at_start: Sequence[float] | None, packages: Sequence[str] = (), **extra: Any
 ) -> dict[str, Any]:
     """The machine a script measured on: CPU, Python, the load average at start and now
     (other processes distort timings, most on a 2-core machine), the versions of
@@ -42,7 +44,7 @@ def machine_record(
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "load_average_at_start": list(load_at_start),
+        "load_average_at_start": list(load_at_start) if load_at_start else None,
         "load_average_at_end": load_average(),
         "versions": package_versions(list(packages)),
         **extra,

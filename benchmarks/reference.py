@@ -32,16 +32,6 @@ from runtime.preprocess import nearest_indices, preprocess_image, resize_mask_ne
 from runtime.sizing import working_image
 
 TOP_K = 5
-# The stages match_object clocks, in the order it runs them (the pipeline's stage names).
-CLOCKED_STAGES = (
-    "preprocess",
-    "fastsam",
-    "backbone_src",
-    "backbone_dst",
-    "descriptors",
-    "matcher",
-    "postprocess",
-)
 
 
 def loop_reference(feats, masks, boxes, image_size, context_px: int = 100, reduction: int = 4):
@@ -202,10 +192,11 @@ class ReferencePipeline:
         t6 = time.perf_counter()
         match = self._match(sims, cands, dst_rgb.shape[:2])
         t7 = time.perf_counter()
+        # The clocks bound the pipeline's stages in their order (runtime.pipeline.STAGES).
         clocks = (t0, t1, t2, t3, t4, t5, t6, t7)
         record = {
             stage: 1e3 * (end - start)
-            for stage, start, end in zip(CLOCKED_STAGES, clocks[:-1], clocks[1:], strict=True)
+            for stage, start, end in zip(STAGES, clocks[:-1], clocks[1:], strict=True)
         }
         return match, sims, record
 

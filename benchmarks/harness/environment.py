@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import load_average
 from runtime.info import cpu_model, package_versions
 
 VERSIONED_PACKAGES = (
@@ -30,11 +31,6 @@ VERSIONED_PACKAGES = (
     "pycocotools",
     "av",
 )
-
-
-def load_average() -> list[float] | None:
-    """The 1, 5 and 15 minute load averages (None where the OS has none)."""
-    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
 
 def gpu_details() -> dict[str, Any]:

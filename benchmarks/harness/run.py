@@ -15,7 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness.environment import environment, load_average
+from benchmarks.common import load_average
+from benchmarks.harness.environment import environment
 from benchmarks.harness.inputs import FIDELITY_CANDIDATES
 from benchmarks.harness.plan import (
     REFERENCE_ROW,
