@@ -344,21 +344,6 @@ def load_frame_candidates(
     return read_candidates(masks_path, boxes_path, image_size_hw)
 
 
-def save_frame_candidates(
-    root: Path,
-    split: str,
-    direction: str,
-    take: str,
-    cam: str,
-    frame: int | str,
-    candidates: Candidates,
-) -> tuple[Path, Path]:
-    """Write one destination frame's candidates under the root; returns (masks, boxes) paths."""
-    masks_path, boxes_path = candidate_paths(root, split, direction, take, cam, frame)
-    write_candidates(masks_path, boxes_path, candidates)
-    return masks_path, boxes_path
-
-
 # ----------------------------------------------------------------------------- videos
 
 _FRAME_MASKS = re.compile(r"^(\d+)_masks\.npz$")

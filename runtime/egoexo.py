@@ -17,7 +17,6 @@ one is ego, objects, annotated frames, masks, image paths) that every other modu
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import Literal
 
 from runtime.atomic import write_json
 from runtime.errors import OmamaError
+from runtime.jsonrecords import read_json_object
 
 Direction = Literal["exo2ego", "ego2exo"]
 DIRECTIONS: tuple[str, ...] = ("exo2ego", "ego2exo")
@@ -151,12 +151,7 @@ class Pair:
 def read_pairs(path: str | os.PathLike) -> list[Pair]:
     """Parse a pairs file (a JSON list of ``[ego_rgb, ego_mask, exo_rgb, exo_mask]``)."""
     path = Path(path)
-    try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise OmamaError(f"pairs file not found: {path}") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise OmamaError(f"pairs file {path} is not readable JSON: {exc}") from exc
+    entries = read_json_object(path, "pairs file")
     if not isinstance(entries, list):
         raise OmamaError(f"pairs file {path} must hold a JSON list of 4-tuples")
     return [Pair.from_tuple(entry) for entry in entries]
@@ -325,12 +320,7 @@ class ProcessedRoot:
 def read_split_json(path: str | os.PathLike) -> dict[str, list[str]]:
     """``split.json`` -> ``{split: [take, ...]}``; a clear error when missing or malformed."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise OmamaError(f"{path} not found: run `omama data prepare` first") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise OmamaError(f"{path} is not readable JSON: {exc}") from exc
+    data = read_json_object(path, "split.json", hint="run `omama data prepare` first")
     if not isinstance(data, dict) or not all(
         isinstance(v, list) and all(isinstance(t, str) for t in v) for v in data.values()
     ):
@@ -341,12 +331,7 @@ def read_split_json(path: str | os.PathLike) -> dict[str, list[str]]:
 def read_annotation(path: str | os.PathLike) -> dict:
     """A processed ``annotation.json``; checks the keys every consumer relies on."""
     path = Path(path)
-    try:
-        ann = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise OmamaError(f"{path} not found: the take was not prepared") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise OmamaError(f"{path} is not readable JSON: {exc}") from exc
+    ann = read_json_object(path, "annotation.json", hint="the take was not prepared")
     if not isinstance(ann, dict) or not isinstance(ann.get("masks"), dict):
         raise OmamaError(f"{path} has no 'masks' mapping: not a processed annotation.json")
     if not isinstance(ann.get("annotated_frames", {}), dict):

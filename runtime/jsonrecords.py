@@ -168,11 +168,12 @@ def _type_name(hint: Any) -> str:
     return str(hint)
 
 
-def read_json_object(path: Path, what: str) -> Any:
-    """The JSON in ``path``; OmamaError naming the file when it is missing or not JSON."""
+def read_json_object(path: Path, what: str, hint: str = "") -> Any:
+    """The JSON in ``path``; OmamaError naming the file when it is missing or not JSON
+    (``hint``: what to do when it is missing)."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise OmamaError(f"{what} not found: {path}") from exc
+        raise OmamaError(f"{what} not found: {path}" + (f" ({hint})" if hint else "")) from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise OmamaError(f"{path} is not readable JSON: {exc}") from exc

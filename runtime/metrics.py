@@ -305,11 +305,6 @@ def _location(
     return float(np.sqrt(np.int64(dx * dx + dy * dy)) / np.sqrt(h * h + w * w))
 
 
-def existence_accuracy(gt: np.ndarray, pred: np.ndarray) -> bool:
-    """True when both masks are empty or both are not."""
-    return (not as_bool(gt).any()) == (not as_bool(pred).any())
-
-
 def balanced_accuracy(gt_visible: Sequence[int], pred_visible: Sequence[int]) -> float:
     """Mean per-class recall over the classes present in ``gt_visible`` (scikit-learn's
     ``balanced_accuracy_score``); NaN for no observations."""

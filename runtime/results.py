@@ -213,8 +213,3 @@ def load_gt(path: str | os.PathLike) -> dict:
         if not isinstance(entry.get("annotated_frames"), dict):
             raise OmamaError(f"GT file {path}: take {take!r} has no 'annotated_frames' object")
     return annotations
-
-
-def gt_mask_rle(gt_annotations: dict, take: str, obj: str, cam: str, frame: str) -> dict | None:
-    """The GT RLE of ``obj`` in ``cam`` at ``frame``, or None when it is not visible there."""
-    return gt_annotations.get(take, {}).get("masks", {}).get(obj, {}).get(cam, {}).get(str(frame))

@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from runtime.errors import OmamaError
 from runtime.jsonrecords import from_json, to_json
 
@@ -40,10 +38,6 @@ class TensorSpec:
     name: str
     shape: tuple[Dim, ...]
     dtype: str
-
-    @property
-    def np_dtype(self) -> np.dtype:
-        return np.dtype(self.dtype)
 
     @property
     def dynamic(self) -> bool:

@@ -18,7 +18,7 @@ Records are dicts of numpy arrays (what a golden ``.npz`` holds):
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -422,66 +422,89 @@ def _compare_raw(pairs, settings, precision, tol, what) -> list[CheckRecord]:
     return checks
 
 
-def _compare_graph_nms(pairs, settings, precision, tol, what) -> list[CheckRecord]:
+@dataclass
+class _GraphNmsErrors:
+    """What :func:`_compare_graph_nms` gathers over the golden cases."""
+
+    proto_err: float = 0.0  # prototypes: max abs error, and relative to the peak
+    proto_rel: float = 0.0
+    box_err: float = 0.0  # detections kept by both: box (input px) and score max abs error
+    score_err: float = 0.0
+    ious: list[float] = field(default_factory=list)  # mask IoU of each detection kept by both
+    comparisons: list[KeptComparison] = field(default_factory=list)
+    masks: list[int] = field(default_factory=lambda: [0, 0])  # non-empty: reference, graph
+
+
+def _graph_nms_case(ref, got, settings, tol, errors: _GraphNmsErrors) -> None:
+    """Compare one golden case's graph detections with the reference NMS into ``errors``."""
     from runtime import fastsam_post as fp
 
-    proto_err = proto_rel = box_err = score_err = 0.0
-    ious: list[float] = []
-    comparisons: list[KeptComparison] = []
-    masks = [0, 0]
     conf, iou, max_det = settings.conf, settings.iou, settings.max_det
+    geom = geometry_of(ref["geometry"])
+    err = _protos_error(ref, got["output1"])
+    errors.proto_err = worst_error(errors.proto_err, err)
+    errors.proto_rel = worst_error(errors.proto_rel, err / max(float(ref["output1_peak"]), 1.0))
+    scores, boxes = _scores_boxes(ref)
+    ref_keep = ref["kept"]
+    rows = np.asarray(got["output0"], np.float32)
+    if rows.ndim != 3 or rows.shape[2] != 6 + ref["protos"].shape[0]:
+        raise OmamaError(
+            f"output 'output0' has shape {rows.shape}, expected detection rows "
+            f"(1, max_det, 6 + {ref['protos'].shape[0]})"
+        )
+    rows = rows[0]
+    rows = rows[rows[:, 4] > np.float32(conf)]  # as the runtime reads the graph's rows
+    row_ids, anchors, unmapped = map_rows(
+        rows, boxes, scores > conf - tol["score_tie"], 4 * tol["fastsam_box_px"]
+    )
+    errors.comparisons.append(
+        compare_kept(
+            ref_keep,
+            anchors,
+            boxes,
+            scores,
+            conf,
+            iou,
+            max_det,
+            tol["score_tie"],
+            tol["iou_tie"],
+            unmapped,
+        )  # fmt: skip
+    )
+    ref_pos = {int(a): k for k, a in enumerate(ref_keep)}
+    matched = [(ref_pos[a], j) for j, a in zip(row_ids, anchors, strict=True) if a in ref_pos]
+    ref_rows = np.asarray([m[0] for m in matched], np.int64)
+    got_rows = np.asarray([m[1] for m in matched], np.int64)
+    if len(matched):  # input pixels, before clipping to the image could hide a shift
+        ref_anchors = ref_keep[ref_rows]
+        errors.box_err = worst_error(
+            errors.box_err, max_abs_error(boxes[ref_anchors], rows[got_rows, :4])
+        )
+        errors.score_err = worst_error(
+            errors.score_err, max_abs_error(scores[ref_anchors], rows[got_rows, 4])
+        )
+    ref_crops = _ref_crops(ref)
+    protos = np.asarray(got["output1"], np.float32)[0]
+    image_boxes = fp.scale_boxes_to_image(rows[:, :4], geom)
+    got_crops = fp.box_masks(protos, rows[:, 6:], image_boxes, geom.image_hw)
+    got_ranges = fp.box_pixel_ranges(image_boxes, geom.image_hw)
+    errors.ious += [
+        crop_iou(ref_crops[a], ref["mask_ranges"][a], got_crops[b], got_ranges[b])
+        for a, b in zip(ref_rows, got_rows, strict=True)
+    ]
+    errors.masks[0] += sum(bool(c.any()) for c in ref_crops)
+    errors.masks[1] += sum(bool(c.any()) for c in got_crops)
+
+
+def _compare_graph_nms(pairs, settings, precision, tol, what) -> list[CheckRecord]:
+    errors = _GraphNmsErrors()
     for ref, got in pairs:
-        geom = geometry_of(ref["geometry"])
-        err = _protos_error(ref, got["output1"])
-        proto_err = worst_error(proto_err, err)
-        proto_rel = worst_error(proto_rel, err / max(float(ref["output1_peak"]), 1.0))
-        scores, boxes = _scores_boxes(ref)
-        ref_keep = ref["kept"]
-        rows = np.asarray(got["output0"], np.float32)
-        if rows.ndim != 3 or rows.shape[2] != 6 + ref["protos"].shape[0]:
-            raise OmamaError(
-                f"output 'output0' has shape {rows.shape}, expected detection rows "
-                f"(1, max_det, 6 + {ref['protos'].shape[0]})"
-            )
-        rows = rows[0]
-        rows = rows[rows[:, 4] > np.float32(conf)]  # as the runtime reads the graph's rows
-        row_ids, anchors, unmapped = map_rows(
-            rows, boxes, scores > conf - tol["score_tie"], 4 * tol["fastsam_box_px"]
-        )
-        comparisons.append(
-            compare_kept(
-                ref_keep,
-                anchors,
-                boxes,
-                scores,
-                conf,
-                iou,
-                max_det,
-                tol["score_tie"],
-                tol["iou_tie"],
-                unmapped,
-            )  # fmt: skip
-        )
-        ref_pos = {int(a): k for k, a in enumerate(ref_keep)}
-        matched = [(ref_pos[a], j) for j, a in zip(row_ids, anchors, strict=True) if a in ref_pos]
-        ref_rows = np.asarray([m[0] for m in matched], np.int64)
-        got_rows = np.asarray([m[1] for m in matched], np.int64)
-        if len(matched):  # input pixels, before clipping to the image could hide a shift
-            ref_anchors = ref_keep[ref_rows]
-            box_err = worst_error(box_err, max_abs_error(boxes[ref_anchors], rows[got_rows, :4]))
-            score_err = worst_error(score_err, max_abs_error(scores[ref_anchors],
-                                                             rows[got_rows, 4]))  # fmt: skip
-        ref_crops = _ref_crops(ref)
-        protos = np.asarray(got["output1"], np.float32)[0]
-        image_boxes = fp.scale_boxes_to_image(rows[:, :4], geom)
-        got_crops = fp.box_masks(protos, rows[:, 6:], image_boxes, geom.image_hw)
-        got_ranges = fp.box_pixel_ranges(image_boxes, geom.image_hw)
-        ious += [
-            crop_iou(ref_crops[a], ref["mask_ranges"][a], got_crops[b], got_ranges[b])
-            for a, b in zip(ref_rows, got_rows, strict=True)
-        ]
-        masks[0] += sum(bool(c.any()) for c in ref_crops)
-        masks[1] += sum(bool(c.any()) for c in got_crops)
+        _graph_nms_case(ref, got, settings, tol, errors)
+    conf, iou, max_det = settings.conf, settings.iou, settings.max_det
+    proto_err, proto_rel, box_err, score_err = (
+        errors.proto_err, errors.proto_rel, errors.box_err, errors.score_err
+    )  # fmt: skip
+    ious, comparisons, masks = errors.ious, errors.comparisons, errors.masks
     settings_text = f"conf {conf:g}, iou {iou:g}, max_det {max_det}, {what}"
     compared = f"{len(ious)} detections kept by both"
     checks = [

@@ -16,7 +16,6 @@ from runtime.candidates import (
     inspect_candidates,
     load_frame_candidates,
     read_candidates,
-    save_frame_candidates,
     scale_boxes,
     write_candidates,
 )
@@ -153,8 +152,8 @@ def test_reading_at_another_image_size_rescales_boxes_and_masks(tmp_path):
 
 def test_frame_helpers_use_the_omama_layout(tmp_path):
     cands = _random_candidates(2)
-    paths = save_frame_candidates(tmp_path, "test", "exo2ego", "take1", "aria01_214-1", 30, cands)
-    assert paths == candidate_paths(tmp_path, "test", "exo2ego", "take1", "aria01_214-1", 30)
+    paths = candidate_paths(tmp_path, "test", "exo2ego", "take1", "aria01_214-1", 30)
+    write_candidates(*paths, cands)
     assert str(paths[0]).endswith("Masks_TEST_EXO2EGO/take1/aria01_214-1/30_masks.npz")
     back = load_frame_candidates(tmp_path, "test", "exo2ego", "take1", "aria01_214-1", "30")
     np.testing.assert_array_equal(back.masks, cands.masks)

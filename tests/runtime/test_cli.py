@@ -19,9 +19,10 @@ torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
 
 from runtime import rle  # noqa: E402
-from runtime.candidates import Candidates, save_frame_candidates  # noqa: E402
+from runtime.candidates import Candidates, write_candidates  # noqa: E402
 from runtime.cli import app  # noqa: E402
 from runtime.clikit import run_app  # noqa: E402
+from runtime.egoexo import candidate_paths  # noqa: E402
 from runtime.pipeline import STAGES  # noqa: E402
 from tests.runtime.test_pipeline import EGO, EXO, build_assets  # noqa: E402
 
@@ -417,7 +418,7 @@ def test_take_uses_precomputed_candidates_and_prints_metrics(assets, tmp_path, c
     cands = Candidates.from_masks(
         np.stack([m[::2, ::2] for m in gt])  # the GT is at the video's 448x448
     )
-    save_frame_candidates(assets.root, "test", "exo2ego", assets.take, EGO, 0, cands)
+    write_candidates(*candidate_paths(assets.root, "test", "exo2ego", assets.take, EGO, 0), cands)
     out = tmp_path / "take"
     try:
         code, text, err = omama_run(capsys, "take", assets.take_dir, "--score", "--out", out,

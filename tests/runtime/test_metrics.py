@@ -34,7 +34,6 @@ from runtime.metrics import (
     confidence_value,
     disk,
     egoexo4d_size,
-    existence_accuracy,
     iou,
     is_visible,
     location_score,
@@ -114,7 +113,6 @@ def test_empty_mask_rules():
     assert location_score(empty, empty) == 0.0
     assert iou(empty, some) == 0.0
     assert boundary_f(empty, some) == 0.0 and boundary_f(some, empty) == 0.0
-    assert not existence_accuracy(empty, some) and existence_accuracy(empty, empty)
     # The empty mask's centre is (H // 2, W // 2) taken as (x, y): swapped on a 6x10 image.
     assert box_center(None, (6, 10)) == (3, 5)
     some_center = box_center(bbox(some), (6, 10))
