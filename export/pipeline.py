@@ -407,22 +407,13 @@ class _Export:
 
     def tensorrt(self) -> None:
         """Build and verify TensorRT fp16 engines when possible; fills ``self.engines``."""
-        if not self.config.fp16:
-            self.engines = EnginesRecord(
-                built=False, note="engines: not requested (--fp16 builds TensorRT fp16 engines)"
-            )
-            return
-        if not self.config.engines:
-            self.engines = EnginesRecord(built=False, note="engines: skipped (--no-engines)")
-            self.echo(self.engines.note)
-            return
-        from export.tensorrt import tensorrt_status
+        from export.tensorrt import skipped_engines
 
-        usable, reason = tensorrt_status()
-        if not usable:
-            note = f"engines: skipped, {reason}; the ONNX files are complete without them"
-            self.engines = EnginesRecord(built=False, note=note, reason=reason)
-            self.echo(note)
+        skipped = skipped_engines(self.config.fp16, self.config.engines)
+        if skipped is not None:
+            self.engines = skipped
+            if self.config.fp16:
+                self.echo(skipped.note)
             return
         cache = Path(self.config.timing_cache or self.out / "trt_timing.cache")
         backend = select_backend("tensorrt", "cuda")

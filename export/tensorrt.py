@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from runtime.errors import OmamaError
-from runtime.manifest import EngineRecord, VerificationRecord
+from runtime.manifest import EngineRecord, EnginesRecord, VerificationRecord
 from runtime.sessions import Session
 from runtime.verification.replay import session_record
 from runtime.verification.tolerances import TOLERANCES, check, max_abs_error, worst_error
@@ -65,6 +65,22 @@ def tensorrt_status() -> tuple[bool, str]:
     if not torch.cuda.is_available():
         return False, f"TensorRT {trt.__version__} is installed but no CUDA GPU is visible"
     return True, f"TensorRT {trt.__version__} on {torch.cuda.get_device_name(0)}"
+
+
+def skipped_engines(fp16: bool, engines: bool) -> EnginesRecord | None:
+    """The manifest's engines record when an export builds none (not requested without
+    ``fp16``, ``--no-engines``, or no TensorRT / CUDA GPU here); None when it builds them."""
+    if not fp16:
+        return EnginesRecord(
+            built=False, note="engines: not requested (--fp16 builds TensorRT fp16 engines)"
+        )
+    if not engines:
+        return EnginesRecord(built=False, note="engines: skipped (--no-engines)")
+    usable, reason = tensorrt_status()
+    if not usable:
+        note = f"engines: skipped, {reason}; the ONNX files are complete without them"
+        return EnginesRecord(built=False, note=note, reason=reason)
+    return None
 
 
 def gpu_record() -> dict:

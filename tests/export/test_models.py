@@ -121,7 +121,7 @@ def test_export_from_a_cache_reproduces_its_features(tmp_path):
 
     root, cache_dir = _cache_of_small_takes(tmp_path)
     cache = FeatureCache(cache_dir)
-    grids = {view: cache.grid(view) for view in ("ego", "exo")}
+    grids = {kind: cache.grid(kind) for kind in ("ego", "exo")}
     assert grids == {"ego": (16, 16), "exo": (9, 16)}
     torch.manual_seed(0)
     matcher = OMaMaMatcher(
@@ -157,13 +157,13 @@ def test_export_from_a_cache_reproduces_its_features(tmp_path):
         assert pipe.describe()["random_weights"] is True
     assert not [line for line in lines if line.startswith("warning")]
     index = ProcessedRoot(root)
-    for view, role in (("exo", "src"), ("ego", "dst")):
-        assert manifest.views[role].image_size == cache.image_size(view)
-        take, cam, frame = next(k for k in cache if cam_kind(k.split("/")[1]) == view).split("/")
+    for kind, role in (("exo", "src"), ("ego", "dst")):
+        assert manifest.views[role].image_size == cache.image_size(kind)
+        take, cam, frame = next(k for k in cache if cam_kind(k.split("/")[1]) == kind).split("/")
         image = preprocess_image(
-            read_rgb(index.image_path(take, cam, frame)), cache.image_size(view)
+            read_rgb(index.image_path(take, cam, frame)), cache.image_size(kind)
         )
-        with ort(out / f"backbone_{view}.onnx") as session:
+        with ort(out / f"backbone_{kind}.onnx") as session:
             (feats,) = session.infer({"image": image[None]}).values()
         cached = cache.get_array(take, cam, int(frame)).astype(np.float32)
         np.testing.assert_allclose(feats[0], cached, rtol=2e-3, atol=2e-3)

@@ -9,6 +9,7 @@ from export.tensorrt import (
     PROFILE_CANDIDATES,
     comparison_tolerances,
     dynamic_profile,
+    skipped_engines,
     tensorrt_status,
 )
 from export.verify.matcher import MatcherParity, ViewGeometry
@@ -42,6 +43,17 @@ def test_dynamic_profile_follows_the_issue_ranges():
     assert profile["image"].max[0] == 4
     with pytest.raises(OmamaError, match="no profile"):
         dynamic_profile([TensorSpec("x", ["T", 3], "float32")])
+
+
+def test_skipped_engines_say_why():
+    assert skipped_engines(fp16=False, engines=True).note.startswith("engines: not requested")
+    assert skipped_engines(fp16=True, engines=False).note == "engines: skipped (--no-engines)"
+    usable, reason = tensorrt_status()
+    if usable:
+        assert skipped_engines(fp16=True, engines=True) is None
+    else:
+        record = skipped_engines(fp16=True, engines=True)
+        assert record.built is False and record.reason == reason and reason in record.note
 
 
 def test_tensorrt_status_says_why_not():
@@ -87,7 +99,7 @@ def test_tensorrt_engines_build_and_match(exo2ego, tmp_path):
         with select_backend("tensorrt", "cuda").open(engine) as session:
             checks = parity.run(session, "fp16")
             assert all(c.passed for c in checks), [c for c in checks if not c.passed]
-            feeds = [parity.feeds(parity.case(i)) for i in range(3)]
+            feeds = parity.fixed_feeds()
             with ort(out / "matcher.onnx") as onnx_session:
                 report = compare_sessions(session, onnx_session, feeds, {"similarities": 5e-3})
     assert report["similarities"]["passed"]
