@@ -18,7 +18,7 @@ START=$(date +%s)
 step() { printf '\n== [%4ss] %s\n' "$(($(date +%s) - START))" "$*"; }
 
 step "1/10 synthetic takes (small videos, Ego-Exo4D layout)"
-omama data synth --out "$OUT/raw" --takes 12 --small --seed 0
+omama data synth --out "$OUT/raw" --num-takes 12 --small --seed 0
 
 step "2/10 prepare: decode masks, extract annotated frames"
 for split in train val test; do
@@ -39,7 +39,7 @@ omama features --root "$OUT/root" --direction "$DIR" --backbone "$BACKBONE" --ra
 
 step "5/10 train a small matcher on the cached features ($EPOCHS epochs, CPU)"
 omama train --root "$OUT/root" --cache "$OUT/features" --out "$OUT/run" --direction "$DIR" \
-  --epochs "$EPOCHS" --batch-size 8 --candidates 8 --lr 1e-4 --workers 0 --gap-pairs 32 \
+  --epochs "$EPOCHS" --batch-size 8 --num-candidates 8 --lr 1e-4 --workers 0 --gap-pairs 32 \
   --early-stop-patience 4 --eval-workers 1 --validate-first --no-progress
 
 step "6/10 export the trained matcher and the cache's backbone to ONNX (verified)"
@@ -63,19 +63,19 @@ CANDIDATES="$OUT/root/Masks_TEST_EXO2EGO/$TAKE/$DST_CAM"
 step "7/10 omama-run verify (golden inputs vs the export's torch outputs), then omama-run video on ONNX Runtime: $SRC_CAM -> $DST_CAM of take $TAKE_NAME"
 omama-run verify "$OUT/artifacts" --backend onnxruntime --device cpu --precision fp32
 omama-run video "$VIDEOS/$SRC_CAM.mp4" "$VIDEOS/$DST_CAM.mp4" --query "$ANNOTATION" \
-  --cam "$SRC_CAM" --candidates "$CANDIDATES" --artifacts "$OUT/artifacts" \
+  --src-cam "$SRC_CAM" --candidates "$CANDIDATES" --artifacts "$OUT/artifacts" \
   --backend onnxruntime --overlay --out "$OUT/video"
 
 step "8/10 official metrics of the video run (and the chance level, for scale)"
 omama data gt --root "$OUT/root" --split test --direction "$DIR" --take "$TAKE" \
   --cam "$SRC_CAM" --out "$OUT/gt_video.json"
 omama eval --gt "$OUT/gt_video.json" --pred "$OUT/video/results.json" --direction "$DIR" \
-  --json "$OUT/metrics_video.json" --gallery "$OUT/gallery" --root "$OUT/root"
+  --out "$OUT/metrics_video.json" --gallery "$OUT/gallery" --root "$OUT/root"
 omama data gt --root "$OUT/root" --split test --direction "$DIR" --out "$OUT/gt_test.json"
 omama data baseline --root "$OUT/root" --split test --direction "$DIR" --kind random \
   --out "$OUT/pred_random.json"
 omama eval --gt "$OUT/gt_test.json" --pred "$OUT/pred_random.json" --direction "$DIR" \
-  --json "$OUT/metrics_random.json" > "$OUT/metrics_random.txt"
+  --out "$OUT/metrics_random.json" > "$OUT/metrics_random.txt"
 python - "$OUT/metrics_video.json" "$OUT/metrics_random.json" <<'PY'
 import json, sys
 video, chance = (json.load(open(p)) for p in sys.argv[1:3])
@@ -86,8 +86,8 @@ PY
 
 step "9/10 omama bench: PyTorch vs ONNX Runtime (TensorRT: a row saying why not), and the O-MaMa reference shape"
 omama bench --artifacts "$OUT/artifacts" --backends torch,onnxruntime,tensorrt --precisions fp32 \
-  --device cpu --pairs 3 --objects-per-frame 4 --repeats 2 --warmup 1 \
-  --weights "$OUT/run" --weights "$OUT/features" --gt "$OUT/root" --gt-frames 6 \
+  --device cpu --num-pairs 3 --objects-per-frame 4 --repeats 2 --warmup 1 \
+  --weights-dir "$OUT/run" --weights-dir "$OUT/features" --score-root "$OUT/root" --score-frames 6 \
   --out "$OUT/bench"
 
 step "10/10 done in $(($(date +%s) - START)) s"
