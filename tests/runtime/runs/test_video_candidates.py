@@ -1,6 +1,6 @@
 """``omama-run video --candidates``: precomputed candidate masks of the destination video.
 
-On the synthetic take of :mod:`tests.runtime.test_pipeline` (exo 896x504 source, ego 448x448
+On the synthetic take of :mod:`tests.runtime.assets` (exo 896x504 source, ego 448x448
 destination, objects annotated on frames 0, 2 and 4) with the ``weights`` artifacts (FastSAM
 included) and a copy of them without FastSAM (what ``omama export --no-fastsam-export``
 writes: no FastSAM file, ``fastsam.included`` false). The candidates are the ego GT masks of
@@ -20,25 +20,17 @@ torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
 
 from runtime import rle  # noqa: E402
-from runtime.candidates import (  # noqa: E402
-    Candidates,
-    open_video_candidates,
-    write_candidates,
-)
-from runtime.cli import app  # noqa: E402
-from runtime.clikit import run_app  # noqa: E402
+from runtime.candidates import Candidates, open_video_candidates, write_candidates  # noqa: E402
 from runtime.errors import OmamaError  # noqa: E402
+from runtime.pipeline import Pipeline  # noqa: E402
 from runtime.preprocess import resize_mask_nearest  # noqa: E402
 from runtime.sizing import working_size  # noqa: E402
-from tests.runtime.test_pipeline import EGO, EXO, build_assets  # noqa: E402
+from runtime.tracks import load_tracks  # noqa: E402
+from tests.runtime.assets import EGO, EXO  # noqa: E402
+from tests.runtime.runs.cli import details, error_line, omama_run  # noqa: E402
 
 FRAMES = (0, 2, 4)  # the annotated frames of the synthetic take
 DST_HW = (448, 448)
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    return build_assets(tmp_path_factory.getbasetemp() / "pipeline_assets")
 
 
 @pytest.fixture(scope="module")
@@ -90,24 +82,10 @@ def _json(path: Path, per_frame: dict[int, np.ndarray]) -> Path:
 
 
 def _run(capsys, assets, out: Path, artifacts: Path, *extra) -> tuple[int, str, str]:
-    argv = ["video", assets.video(EXO), assets.video(EGO), "--query", assets.annotation,
-            "--src-cam", EXO, "--out", out, "--artifacts", artifacts, "--backend", "onnxruntime",
-            "--device", "cpu", "--threads", "1", *extra]  # fmt: skip
-    code = run_app(app, [str(a) for a in argv], prog_name="omama-run")
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def _error_line(err: str) -> str:
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    return lines[0]
-
-
-def _details(out: Path) -> dict[tuple[int, str], dict]:
-    lines = (out / "predictions.jsonl").read_text().splitlines()
-    return {(d["frame"], d["object"]): d for d in map(json.loads, lines)}
+    return omama_run(capsys, "video", assets.video(EXO), assets.video(EGO), "--query",
+                     assets.annotation, "--src-cam", EXO, "--out", out, "--artifacts", artifacts,
+                     "--backend", "onnxruntime", "--device", "cpu", "--threads", "1",
+                     *extra)  # fmt: skip
 
 
 def _pred_masks(out: Path) -> dict[tuple[int, str], np.ndarray]:
@@ -133,9 +111,6 @@ def _expected(masks: np.ndarray, weights_art: Path) -> np.ndarray:
 
 def _summary(out: Path) -> dict:
     return json.loads((out / "summary.json").read_text())
-
-
-# ------------------------------------------------------------------------------ sources
 
 
 def test_sources_read_folder_and_json_alike(gt_candidates, tmp_path):
@@ -176,9 +151,6 @@ def test_malformed_sources_are_one_clear_error(content, message, tmp_path):
     assert message in str(info.value)
 
 
-# ------------------------------------------------------------------------------ video runs
-
-
 def test_folder_and_json_candidates_give_the_gt_masks(assets, gt_candidates, tmp_path, capsys):
     folder = _folder(tmp_path / "cands", gt_candidates)
     as_json = _json(tmp_path / "cands.json", gt_candidates)
@@ -191,14 +163,14 @@ def test_folder_and_json_candidates_give_the_gt_masks(assets, gt_candidates, tmp
         summary = _summary(outs[name])
         assert summary["candidates"]["precomputed_frames"] == 3
         assert summary["candidates"]["source"].startswith(name)
-        details, preds = _details(outs[name]), _pred_masks(outs[name])
-        assert {f for f, _ in details} == set(FRAMES) and details.keys() == preds.keys()
-        for (frame, obj), d in details.items():
+        found, preds = details(outs[name]), _pred_masks(outs[name])
+        assert {f for f, _ in found} == set(FRAMES) and found.keys() == preds.keys()
+        for (frame, obj), d in found.items():
             n = len(gt_candidates[frame])
             assert d["candidates"] == n and 0 <= d["candidate"] < n, (frame, obj)
             expected = _expected(gt_candidates[frame], assets.weights)[d["candidate"]]
             np.testing.assert_array_equal(preds[(frame, obj)], expected)
-    assert _details(outs["folder"]) == _details(outs["json"])  # same masks, same answers
+    assert details(outs["folder"]) == details(outs["json"])  # same masks, same answers
 
 
 def test_frames_without_an_entry_use_fastsam_or_get_none(
@@ -209,22 +181,22 @@ def test_frames_without_an_entry_use_fastsam_or_get_none(
     code, text, err = _run(capsys, assets, out, assets.weights, "--candidates", folder)
     assert code == 0, err
     assert "candidates: 2 frames precomputed, 1 by FastSAM, 0 with none" in text
-    assert all(d["candidates"] > 0 for d in _details(out).values())
+    assert all(d["candidates"] > 0 for d in details(out).values())
 
     out = tmp_path / "without_fastsam"
     code, text, err = _run(capsys, assets, out, no_fastsam, "--candidates", folder)
     assert code == 0, err
     assert "candidates: 2 frames precomputed, 0 by FastSAM, 1 with none" in text
-    details, preds = _details(out), _pred_masks(out)
-    assert {f for f, _ in details} == set(FRAMES)
-    for (frame, obj), d in details.items():
+    found, preds = details(out), _pred_masks(out)
+    assert {f for f, _ in found} == set(FRAMES)
+    for (frame, obj), d in found.items():
         if frame == 2:  # no entry, no FastSAM: an empty mask with confidence 0
             assert (d["candidate"], d["candidates"], d["confidence"]) == (-1, 0, 0.0)
             assert preds[(frame, obj)].shape == DST_HW and not preds[(frame, obj)].any()
         else:
             assert d["candidates"] == len(gt_candidates[frame])
     summary = _summary(out)
-    assert summary["no_candidates"] == sum(1 for f, _ in details if f == 2) > 0
+    assert summary["no_candidates"] == sum(1 for f, _ in found if f == 2) > 0
     assert summary["candidates"]["no_candidate_frames"] == 1
     assert summary["frames_inferred_this_run"] == 2
 
@@ -240,18 +212,16 @@ def test_unreadable_candidates_skip_the_frame_with_a_report(
     assert "1 frames skipped for unreadable candidates" in text
     (skip,) = _summary(out)["candidates"]["unreadable_frames"]["listed"]
     assert skip["frame"] == 2 and "2_masks.npz" in skip["reason"]
-    assert {f for f, _ in _details(out)} == {0, 4}
+    assert {f for f, _ in details(out)} == {0, 4}
 
 
 def test_artifacts_without_fastsam_need_candidates(assets, no_fastsam, tmp_path, capsys):
-    from runtime.pipeline import Pipeline
     from runtime.runs.video import VideoRun, run_video
-    from runtime.tracks import load_tracks
 
     out = tmp_path / "out"
     code, _, err = _run(capsys, assets, out, no_fastsam)
     assert code == 1
-    assert "hold no FastSAM model" in _error_line(err) and "--candidates" in _error_line(err)
+    assert "hold no FastSAM model" in error_line(err) and "--candidates" in error_line(err)
     assert not out.exists()  # refused before any work
     tracks = load_tracks([assets.annotation], src_cam=EXO)
     run = VideoRun(assets.video(EXO), assets.video(EGO), tracks, out, "t", EXO, EGO)
@@ -269,14 +239,14 @@ def test_candidate_sizes_resize_or_refuse(assets, no_fastsam, gt_candidates, tmp
     code, text, err = _run(capsys, assets, out, no_fastsam, "--candidates",
                            _json(tmp_path / "half.json", half))  # fmt: skip
     assert code == 0, err
-    assert all(d["candidate"] >= 0 for d in _details(out).values())
+    assert all(d["candidate"] >= 0 for d in details(out).values())
     wide = {f: np.zeros((len(m), 100, 300), np.uint8) for f, m in gt_candidates.items()}
     for masks in wide.values():
         masks[:, 10:40, 20:90] = 1
     code, _, err = _run(capsys, assets, tmp_path / "wide", no_fastsam, "--candidates",
                         _json(tmp_path / "wide.json", wide))  # fmt: skip
     assert code == 1
-    line = _error_line(err)
+    line = error_line(err)
     assert "300x100 px, which does not fit the destination video 448x448" in line
 
 
@@ -290,13 +260,13 @@ def test_resume_refuses_another_candidate_source(
     assert code == 0 and "3 frames (2 inferred this run)" in text, err
     other = _json(tmp_path / "c.json", gt_candidates)  # the same masks from another source
     code, _, err = _run(capsys, assets, out, no_fastsam, "--resume", "--candidates", other)
-    assert code == 1 and "(candidates differ)" in _error_line(err)
+    assert code == 1 and "(candidates differ)" in error_line(err)
     code, _, err = _run(capsys, assets, out, assets.weights, "--resume")  # FastSAM instead
-    assert code == 1 and "candidates differ" in _error_line(err)
+    assert code == 1 and "candidates differ" in error_line(err)
     code, text, err = _run(capsys, assets, out, no_fastsam, "--candidates", folder, "--resume")
     assert code == 0, err
     assert "6 frames (1 inferred this run)" in text
     assert "candidates: 3 frames precomputed" in text
     full = tmp_path / "full"
     assert _run(capsys, assets, full, no_fastsam, "--candidates", folder)[0] == 0
-    assert _details(out) == _details(full) and _pred_masks(out).keys() == _pred_masks(full).keys()
+    assert details(out) == details(full) and _pred_masks(out).keys() == _pred_masks(full).keys()
