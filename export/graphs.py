@@ -237,7 +237,7 @@ def io_specs(path: str | os.PathLike) -> tuple[list[TensorSpec], list[TensorSpec
     return inputs, [spec(v) for v in model.graph.output]
 
 
-def onnxruntime_cpu(path: Path, name: str, threads: int | None = None) -> Session:
+def onnxruntime_cpu(path: Path, name: str | None = None, threads: int | None = None) -> Session:
     """An ONNX file on ONNX Runtime's CPU provider, opened as ``omama-run --backend
-    onnxruntime --device cpu`` opens it."""
+    onnxruntime --device cpu`` opens it (``name``: the model's, default the file's stem)."""
     return select_backend("onnxruntime", "cpu").open(path, name=name, threads=threads)

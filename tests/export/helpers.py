@@ -16,7 +16,6 @@ from export.verify.matcher import MatcherCase, MatcherParity, ViewGeometry
 from omama_train.models.backbones import BACKBONES
 from runtime.clikit import new_app, run_app
 from runtime.pooling import mask_boxes
-from runtime.sessions import Session, select_backend
 from runtime.verification.inputs import candidate_boxes, random_masks
 
 SMALL = dataclasses.replace(BACKBONES["dinov2_vits14_reg"], timm_overrides={"depth": 1})
@@ -46,11 +45,6 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
     code = run_app(app, args)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
-
-
-def ort(path) -> Session:
-    """An ONNX file on ONNX Runtime's CPU provider, opened as omama-run opens it."""
-    return select_backend("onnxruntime", "cpu").open(path, threads=1)
 
 
 def records(result_or_manifest, file: str, inputs: str = "export parity"):

@@ -7,6 +7,7 @@ import onnx
 import pytest
 
 from export.fastsam import nms_choice
+from export.graphs import onnxruntime_cpu
 from export.pipeline import export_artifacts
 from export.verify.fastsam import FastSAMParity
 from runtime.manifest import (
@@ -16,7 +17,7 @@ from runtime.manifest import (
     describe_check,
     load_manifest,
 )
-from tests.export.helpers import ort, records, small_config
+from tests.export.helpers import records, small_config
 
 
 def test_fastsam_nms_is_in_the_graph_by_default_and_verified(exo2ego):
@@ -50,7 +51,7 @@ def test_fastsam_nms_is_in_the_graph_by_default_and_verified(exo2ego):
     assert fp16.graph.fp32_ops["NonMaxSuppression"] == 1
     assert fp16.graph.fp32_nodes_by_prefix > 10
     assert any("NMS in the graph (conf 0.01, iou 0.9, max_det 300" in line for line in lines)
-    with ort(out / "fastsam.onnx") as session:
+    with onnxruntime_cpu(out / "fastsam.onnx", threads=1) as session:
         rows = session.infer({"images": np.zeros((1, 3, 128, 128), np.float32)})
     assert rows["output0"].shape == (1, 300, 38) and (rows["output0"][0, :, 4] > 0).sum() == 16
 
@@ -83,7 +84,7 @@ def test_fastsam_nms_runtime_keeps_raw_outputs(tmp_path):
     assert run.nms_decision.reason == "requested (--fastsam-nms runtime)"
     ops = {n.op_type for n in onnx.load(out / "fastsam.onnx").graph.node}
     assert "NonMaxSuppression" not in ops
-    with ort(out / "fastsam.onnx") as session:
+    with onnxruntime_cpu(out / "fastsam.onnx", threads=1) as session:
         got = session.infer({"images": np.zeros((1, 3, 128, 128), np.float32)})
     assert got["output0"].shape == (1, 37, 336)  # raw: xywh, score, 32 coefficients per anchor
     (record,) = run.records

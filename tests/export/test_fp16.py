@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from export.graphs import onnxruntime_cpu
 from runtime.manifest import load_manifest
 from runtime.verification.tolerances import TOLERANCES
 from tests.export.helpers import (
     matcher_parity,
-    ort,
     rebuilt_matcher,
     records,
     reference_case,
@@ -33,7 +33,7 @@ def test_fp16_variant_holds_fp16_weights_and_meets_fp16_tolerances(exo2ego):
     manifest = load_manifest(out)
     matcher = rebuilt_matcher(manifest)
     parity = matcher_parity(manifest, matcher)
-    with ort(out / "matcher_fp16.onnx") as session:
+    with onnxruntime_cpu(out / "matcher_fp16.onnx", threads=1) as session:
         for seed in range(5):
             case = reference_case(matcher, parity.src, parity.dst, 2, 16, seed=100 + seed)
             got = session.infer(parity.feeds(case))["similarities"]

@@ -8,13 +8,13 @@ import onnx
 import pytest
 import torch
 
+from export.graphs import onnxruntime_cpu
 from omama_train.models.artifact_modules import GraphDescriptorWeights
 from omama_train.models.descriptors import descriptor_weights as torch_descriptor_weights
 from runtime.manifest import TensorSpec, load_manifest
 from runtime.verification.inputs import candidate_boxes, random_images, random_masks
 from tests.export.helpers import (
     matcher_parity,
-    ort,
     rebuilt_matcher,
     reference_case,
     small_config,
@@ -71,7 +71,7 @@ def test_dynamic_candidates_and_objects(exo2ego, ego2exo, count, batch):
         matcher = rebuilt_matcher(manifest)
         parity = matcher_parity(manifest, matcher)
         case = reference_case(matcher, parity.src, parity.dst, batch, count, count + 10 * batch)
-        with ort(out / "matcher.onnx") as session:
+        with onnxruntime_cpu(out / "matcher.onnx", threads=1) as session:
             got = session.infer(parity.feeds(case))["similarities"]
         expected = training_similarities(matcher, parity, case)
         assert got.shape == (batch, count)
@@ -85,7 +85,7 @@ def test_backbone_runs_at_other_batch_sizes(exo2ego):
     config = small_config(out, direction="exo2ego", include_fastsam=False)
     backbone = build_models(config, out).backbones["ego"]
     images = random_images(np.random.default_rng(3), 3, backbone.image_size)
-    with ort(out / "backbone_ego.onnx") as session:
+    with onnxruntime_cpu(out / "backbone_ego.onnx", threads=1) as session:
         got = session.infer({"image": images})["feats"]
     with torch.no_grad():
         expected = backbone(torch.from_numpy(images)).numpy()

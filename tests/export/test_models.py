@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from export.config import ExportConfig
+from export.graphs import onnxruntime_cpu
 from export.models import view_kinds
 from export.pipeline import export_artifacts
 from runtime.errors import OmamaError
 from runtime.manifest import WeightsRecord, check_artifacts
-from tests.export.helpers import GRIDS, SMALL, ort
+from tests.export.helpers import GRIDS, SMALL
 
 
 def test_view_kinds_are_source_first():
@@ -163,7 +164,7 @@ def test_export_from_a_cache_reproduces_its_features(tmp_path):
         image = preprocess_image(
             read_rgb(index.image_path(take, cam, frame)), cache.image_size(kind)
         )
-        with ort(out / f"backbone_{kind}.onnx") as session:
+        with onnxruntime_cpu(out / f"backbone_{kind}.onnx", threads=1) as session:
             (feats,) = session.infer({"image": image[None]}).values()
         cached = cache.get_array(take, cam, int(frame)).astype(np.float32)
         np.testing.assert_allclose(feats[0], cached, rtol=2e-3, atol=2e-3)

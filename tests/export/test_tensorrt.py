@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from export.graphs import onnxruntime_cpu
 from export.tensorrt import (
     PROFILE_CANDIDATES,
     comparison_tolerances,
@@ -16,7 +17,6 @@ from export.verify.matcher import MatcherParity, ViewGeometry
 from runtime.errors import OmamaError
 from runtime.manifest import TensorSpec, load_manifest
 from runtime.sessions import select_backend
-from tests.export.helpers import ort
 
 
 def test_dynamic_profile_follows_the_issue_ranges():
@@ -100,7 +100,7 @@ def test_tensorrt_engines_build_and_match(exo2ego, tmp_path):
             checks = parity.run(session, "fp16")
             assert all(c.passed for c in checks), [c for c in checks if not c.passed]
             feeds = parity.fixed_feeds()
-            with ort(out / "matcher.onnx") as onnx_session:
+            with onnxruntime_cpu(out / "matcher.onnx", threads=1) as onnx_session:
                 report = compare_sessions(session, onnx_session, feeds, {"similarities": 5e-3})
     assert report["similarities"]["passed"]
     # A second build reuses the timing cache.
