@@ -35,22 +35,21 @@ The result (:class:`FastSAMResult`) keeps each mask as its box crop; ``masks()``
 dense (N, H, W) uint8 stack and ``sample(rows, cols)`` a nearest resize without it. Boxes
 are ``x1, y1, w, h`` float32 image pixels, the candidate file format
 (:mod:`runtime.candidates`). :func:`segment_everything` runs the whole thing on a session.
+The masks from prototypes are computed in :mod:`runtime.fastsam_masks`.
 Matches ultralytics 8.4 (its ``process_mask_native`` retina path) mask for mask; see
 ``tests/test_fastsam_post.py`` and ``benchmarks/bench_fastsam_post.py``.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import cv2
 import numpy as np
 
 from runtime.errors import OmamaError
-from runtime.pooling import bilinear_matrix
+from runtime.fastsam_masks import box_masks, box_pixel_ranges, paste_masks
 
 IMGSZ_PX = 1024
 CONF = 0.4
@@ -62,11 +61,9 @@ MAX_DET = 300
 RANDOM_WEIGHTS_CONF = 0.01
 MAX_NMS = 30000  # candidates entering NMS, as ultralytics
 PAD_VALUE = 114  # letterbox grey
-PROTO_STRIDE = 4  # prototypes are at 1/4 of the network input
 BORDER_SNAP_PX = 20
 FULL_BOX_IOU = 0.9
 _NMS_CHUNK = 256
-_BLOCK = 128  # output rows / columns resampled per matmul (keeps the band of weights dense)
 
 
 # ----------------------------------------------------------------------------- letterbox
@@ -254,175 +251,6 @@ def adjust_boxes_to_border(
     full = np.array([[0, 0, w, h]], np.float32)
     if len(out):
         out[box_iou(full, out)[0] > FULL_BOX_IOU] = full
-    return out
-
-
-# ----------------------------------------------------------------------------- masks
-
-
-@dataclass(frozen=True)
-class _AxisResampler:
-    """Prototype -> image resampling along one axis.
-
-    ``matrix_t`` (m, n) float32 is the transposed interpolation matrix (n image pixels
-    from m prototype cells); ``lo[i]..hi[i]`` are the prototype cells that image pixel i
-    reads (its band).
-    """
-
-    matrix: np.ndarray  # (n, m) float32
-    matrix_t: np.ndarray  # (m, n) float32
-    lo: np.ndarray  # (n,) int64
-    hi: np.ndarray  # (n,) int64, inclusive
-
-
-@lru_cache(maxsize=32)
-def _axis_resampler(
-    proto_len: int, factor: int, top: int, content_len: int, out_len: int
-) -> _AxisResampler:
-    # Ultralytics: optional bilinear upsample by `factor`, crop [top, top + content_len),
-    # bilinear resize to out_len. Both are linear maps, so they compose into one matrix.
-    up = bilinear_matrix(proto_len, factor * proto_len)[top : top + content_len]
-    matrix = bilinear_matrix(content_len, out_len) @ up  # (out_len, proto_len), float64
-    nonzero = matrix != 0
-    lo = np.argmax(nonzero, axis=1).astype(np.int64)
-    hi = (proto_len - 1 - np.argmax(nonzero[:, ::-1], axis=1)).astype(np.int64)
-    m32 = matrix.astype(np.float32)
-    for arr in (m32, lo, hi):
-        arr.setflags(write=False)
-    mt = np.ascontiguousarray(m32.T)
-    mt.setflags(write=False)
-    return _AxisResampler(m32, mt, lo, hi)
-
-
-def _resamplers(
-    proto_hw: tuple[int, int], image_hw: tuple[int, int]
-) -> tuple[_AxisResampler, _AxisResampler]:
-    """Row and column resamplers from (mh, mw) prototypes to an (H, W) image.
-
-    Same geometry as ultralytics' retina-mask path: the input is taken as 4x the
-    prototype grid, and the prototypes are first upsampled by 2 or 4 when the letterbox
-    padding would otherwise fall inside a prototype cell.
-    """
-    mh, mw = proto_hw
-    h, w = image_hw
-    in_h, in_w = PROTO_STRIDE * mh, PROTO_STRIDE * mw
-    gain = min(in_h / h, in_w / w)
-    pad = (in_h - max(round(h * gain), 1)) | (in_w - max(round(w * gain), 1))
-    factor = PROTO_STRIDE // math.gcd(PROTO_STRIDE, pad | pad // 2)
-    up_h, up_w = factor * mh, factor * mw
-    if (up_h, up_w) == (h, w):
-        return (_axis_resampler(mh, factor, 0, up_h, h), _axis_resampler(mw, factor, 0, up_w, w))
-    gain = min(up_h / h, up_w / w)
-    content_h, content_w = max(round(h * gain), 1), max(round(w * gain), 1)
-    top = round((up_h - content_h) / 2 - 0.1)
-    left = round((up_w - content_w) / 2 - 0.1)
-    return (
-        _axis_resampler(mh, factor, top, content_h, h),
-        _axis_resampler(mw, factor, left, content_w, w),
-    )
-
-
-def box_pixel_ranges(boxes_xyxy: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
-    """Pixel rows/columns inside each box: (N, 4) int64 ``r0, r1, c0, c1`` (ends exclusive).
-
-    A pixel (row r, column c) is inside when ``x1 <= c < x2`` and ``y1 <= r < y2`` (pixel
-    indices compared with the float box, as ultralytics' ``crop_mask``).
-    """
-    h, w = image_hw
-    boxes = np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4)
-    c0 = np.clip(np.ceil(boxes[:, 0]), 0, w)
-    r0 = np.clip(np.ceil(boxes[:, 1]), 0, h)
-    c1 = np.clip(np.ceil(boxes[:, 2]), 0, w)
-    r1 = np.clip(np.ceil(boxes[:, 3]), 0, h)
-    return np.stack([r0, np.maximum(r1, r0), c0, np.maximum(c1, c0)], axis=1).astype(np.int64)
-
-
-def assemble_masks(
-    protos: np.ndarray,
-    coeffs: np.ndarray,
-    boxes_xyxy: np.ndarray,
-    image_hw: tuple[int, int],
-) -> np.ndarray:
-    """Binary masks at the image size from prototypes, evaluated only inside each box.
-
-    Arguments:
-        protos: (C, mh, mw) prototypes (the network's ``output1[0]``, C = 32).
-        coeffs: (N, C) mask coefficients of the kept detections.
-        boxes_xyxy: (N, 4) corner boxes in image pixels (after :func:`scale_boxes_to_image`).
-        image_hw: (H, W) of the image.
-    Returns:
-        (N, H, W) uint8 0/1: ``coeffs . protos`` resampled bilinearly to the image, ``> 0``
-        (i.e. sigmoid > 0.5), zero outside the box.
-    """
-    h, w = image_hw
-    crops = box_masks(protos, coeffs, boxes_xyxy, image_hw)
-    return paste_masks(crops, box_pixel_ranges(boxes_xyxy, image_hw), (h, w))
-
-
-def box_masks(
-    protos: np.ndarray,
-    coeffs: np.ndarray,
-    boxes_xyxy: np.ndarray,
-    image_hw: tuple[int, int],
-) -> list[np.ndarray]:
-    """The part of each mask inside its box: N arrays (r1 - r0, c1 - c0) uint8 0/1, with
-    the pixel ranges of :func:`box_pixel_ranges` (arguments as :func:`assemble_masks`)."""
-    protos = np.asarray(protos, dtype=np.float32)
-    coeffs = np.asarray(coeffs, dtype=np.float32)
-    if protos.ndim != 3 or coeffs.ndim != 2 or coeffs.shape[1] != protos.shape[0]:
-        raise OmamaError(
-            f"mask prototypes (C, mh, mw) and coefficients (N, C) do not fit: "
-            f"{protos.shape} and {coeffs.shape}"
-        )
-    ranges = box_pixel_ranges(boxes_xyxy, image_hw)
-    if len(ranges) != len(coeffs):
-        raise OmamaError(f"{len(coeffs)} mask coefficients but {len(ranges)} boxes")
-    rows, cols = _resamplers(protos.shape[1:], image_hw)
-    # (mh, C, mw): a window of prototype rows and columns is a stack of BLAS-ready matrices.
-    protos_rcw = np.ascontiguousarray(protos.transpose(1, 0, 2))
-    return [
-        _box_mask(protos_rcw, coeff, rows, cols, *(int(v) for v in box))
-        for coeff, box in zip(coeffs, ranges, strict=True)
-    ]
-
-
-def paste_masks(
-    crops: list[np.ndarray], ranges: np.ndarray, image_hw: tuple[int, int]
-) -> np.ndarray:
-    """(N, H, W) uint8 masks with each crop placed at its ``r0, r1, c0, c1`` range.
-
-    The array is allocated zeroed and only the box regions are written, so pages outside
-    the boxes are never touched (an (N, H, W) stack costs memory only where masks are).
-    """
-    h, w = image_hw
-    masks = np.zeros((len(crops), h, w), np.uint8)
-    for mask, crop, (r0, r1, c0, c1) in zip(masks, crops, ranges, strict=True):
-        mask[r0:r1, c0:c1] = crop
-    return masks
-
-
-def _box_mask(protos_rcw, coeff, rows, cols, r0, r1, c0, c1) -> np.ndarray:
-    """``resampled logits > 0`` of one mask on its box region: (r1-r0, c1-c0) uint8."""
-    out = np.zeros((r1 - r0, c1 - c0), np.uint8)
-    if r1 <= r0 or c1 <= c0:
-        return out
-    p0, p1 = int(rows.lo[r0]), int(rows.hi[r1 - 1]) + 1
-    q0, q1 = int(cols.lo[c0]), int(cols.hi[c1 - 1]) + 1
-    logits = np.matmul(coeff[None, None, :], protos_rcw[p0:p1, :, q0:q1])[:, 0]  # (ph, pw)
-    # Row pass (box rows x prototype columns), in blocks so each block only multiplies the
-    # band of prototype rows its pixels read.
-    tmp = np.empty((r1 - r0, q1 - q0), np.float32)
-    out_bool = out.view(bool)  # same bytes: the comparison writes 0/1 without a cast loop
-    for a in range(r0, r1, _BLOCK):
-        b = min(a + _BLOCK, r1)
-        lo, hi = int(rows.lo[a]), int(rows.hi[b - 1]) + 1
-        np.matmul(rows.matrix[a:b, lo:hi], logits[lo - p0 : hi - p0], out=tmp[a - r0 : b - r0])
-    # Column pass, thresholded block by block straight into the uint8 mask.
-    for a in range(c0, c1, _BLOCK):
-        b = min(a + _BLOCK, c1)
-        lo, hi = int(cols.lo[a]), int(cols.hi[b - 1]) + 1
-        block = tmp[:, lo - q0 : hi - q0] @ cols.matrix_t[lo:hi, a:b]
-        np.greater(block, 0, out=out_bool[:, a - c0 : b - c0])
     return out
 
 

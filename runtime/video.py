@@ -237,6 +237,18 @@ class VideoReader:
         self.close()
 
 
+def stop_worker(thread: threading.Thread, work: queue.Queue, end: object) -> None:
+    """Hand ``end`` to the worker ``thread`` reading ``work`` and wait for it to finish;
+    a worker that died (and so never drains a full queue) is only joined."""
+    while thread.is_alive():
+        try:
+            work.put(end, timeout=0.1)
+            break
+        except queue.Full:
+            continue
+    thread.join()
+
+
 def _reason(exc: Exception) -> str:
     """An FFmpeg error without the errno noise."""
     text = getattr(exc, "strerror", None) or str(exc)
@@ -531,13 +543,7 @@ class VideoWriter:
         if self._closed:
             return self.frames_written
         self._closed = True
-        while self._thread.is_alive():
-            try:
-                self._queue.put(_END, timeout=0.1)
-                break
-            except queue.Full:
-                continue
-        self._thread.join()
+        stop_worker(self._thread, self._queue, _END)
         try:
             self._raise_if_failed()
             if self.frames_written == 0:

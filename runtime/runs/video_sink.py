@@ -18,6 +18,7 @@ from runtime.errors import OmamaError
 from runtime.results import add_prediction, write_results
 from runtime.runs.records import RESULTS_NAME
 from runtime.runs.video_resume import CANDIDATE_COUNTS, DETAILS_NAME, STATE_NAME
+from runtime.video import stop_worker
 
 if TYPE_CHECKING:
     from runtime.pipeline import Match
@@ -137,13 +138,7 @@ class VideoSink:
 
     def close(self) -> None:
         """Drain the queue and stop; re-raise a failure of the writer thread."""
-        while self._thread.is_alive():
-            try:
-                self._queue.put(None, timeout=0.1)
-                break
-            except queue.Full:
-                continue
-        self._thread.join()
+        stop_worker(self._thread, self._queue, None)
         if self.error is not None:
             raise OmamaError(f"writing outputs failed: {self.error}") from self.error
 

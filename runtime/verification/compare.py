@@ -24,10 +24,9 @@ import numpy as np
 
 from runtime import rle
 from runtime.errors import OmamaError
+from runtime.fastsam_masks import box_masks, box_pixel_ranges
 from runtime.fastsam_post import (
     Letterbox,
-    box_masks,
-    box_pixel_ranges,
     kept_anchors,
     nms,
     scale_boxes_to_image,
@@ -437,8 +436,6 @@ class _GraphNmsErrors:
 
 def _graph_nms_case(ref, got, settings, tol, errors: _GraphNmsErrors) -> None:
     """Compare one golden case's graph detections with the reference NMS into ``errors``."""
-    from runtime import fastsam_post as fp
-
     conf, iou, max_det = settings.conf, settings.iou, settings.max_det
     geom = geometry_of(ref["geometry"])
     err = _protos_error(ref, got["output1"])
@@ -485,9 +482,9 @@ def _graph_nms_case(ref, got, settings, tol, errors: _GraphNmsErrors) -> None:
         )
     ref_crops = _ref_crops(ref)
     protos = np.asarray(got["output1"], np.float32)[0]
-    image_boxes = fp.scale_boxes_to_image(rows[:, :4], geom)
-    got_crops = fp.box_masks(protos, rows[:, 6:], image_boxes, geom.image_hw)
-    got_ranges = fp.box_pixel_ranges(image_boxes, geom.image_hw)
+    image_boxes = scale_boxes_to_image(rows[:, :4], geom)
+    got_crops = box_masks(protos, rows[:, 6:], image_boxes, geom.image_hw)
+    got_ranges = box_pixel_ranges(image_boxes, geom.image_hw)
     errors.ious += [
         crop_iou(ref_crops[a], ref["mask_ranges"][a], got_crops[b], got_ranges[b])
         for a, b in zip(ref_rows, got_rows, strict=True)

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
+from runtime import fastsam_masks
 from runtime import fastsam_post as fp
 from runtime.errors import OmamaError
 
@@ -229,7 +230,7 @@ def test_result_views_agree(fastsam):
 
 def test_box_pixel_ranges_rule():
     boxes = np.array([[0.0, 0.0, 10.0, 5.0], [2.5, 1.2, 7.5, 3.0], [3.0, 3.0, 3.0, 9.0]])
-    ranges = fp.box_pixel_ranges(boxes, (8, 12))
+    ranges = fastsam_masks.box_pixel_ranges(boxes, (8, 12))
     # pixel c is inside when x1 <= c < x2; clipped to the image; empty boxes stay empty
     np.testing.assert_array_equal(ranges, [[0, 5, 0, 10], [2, 3, 3, 8], [3, 8, 3, 3]])
 
