@@ -5,11 +5,9 @@ refused with one line), opens one session per model on the chosen backend
 (:func:`runtime.sessions.select_backend`), and per frame pair:
 
 1. ``preprocess``: each image is brought to its view's model size the way the reference
-   gets there (OMAMA_REFERENCE section 3): first an area downscale by the largest integer
-   factor that keeps it at least the model size (what ``omama data prepare`` does to
-   Ego-Exo4D frames: 1408 -> 704 ego, 3840x2160 -> 960x540 exo; factor 1 for processed
-   frames), giving the *working image*; then a nearest resize (OpenCV rule) to the model
-   size (704 -> 700, 540x960 -> 532x952) and ImageNet normalisation. Query masks, at the
+   gets there (OMAMA_REFERENCE section 3): the area downscale to the *working image*
+   (:mod:`runtime.sizing`), then a nearest resize (OpenCV rule) to the model size
+   (704 -> 700, 540x960 -> 532x952) and ImageNet normalisation. Query masks, at the
    source image's size or any size of the same aspect ratio (e.g. the annotation's full
    resolution), are resized nearest (OpenCV rule) to the model size;
 2. ``fastsam``: FastSAM "everything" on the destination working image, once per frame
@@ -18,8 +16,7 @@ refused with one line), opens one session per model on the chosen backend
 4. ``descriptors``: the matcher's descriptor inputs, in the form the manifest names
    (``weights``: pooling weights at token resolution, :func:`runtime.pooling.
    descriptor_weights`; ``masks``: masks at the model size and boxes); candidates are
-   resized with the torch rule as O-MaMa resizes FastSAM masks, sampled straight from
-   the FastSAM box crops;
+   resized with the torch rule as O-MaMa resizes FastSAM masks, from the box crops;
 5. ``matcher``: ONE call for all query objects of the frame (B objects x N candidates);
 6. ``postprocess``: per object the best candidate, its confidence ``sigmoid(best
    similarity)`` (visible when > 0.5) and the top 5; zero candidates give an empty mask
@@ -33,8 +30,7 @@ by default. ``omama eval`` (``omama`` protocol) resizes the GT to the prediction
 so both score; ``model`` reproduces the published numbers exactly.
 
 Every call records its per-stage latency (:attr:`Pipeline.last_latency_ms`, accumulated in
-:attr:`Pipeline.latency`). The loops behind ``omama-run pair | video | take`` are in
-:mod:`runtime.runs`.
+:attr:`Pipeline.latency`). The runs of ``omama-run`` are in :mod:`runtime.runs`.
 """
 
 from __future__ import annotations
@@ -165,6 +161,11 @@ class DestinationFrame(ViewFrame):
 
 
 # ----------------------------------------------------------------------------- pipeline
+
+
+def _index_maps(size_in: tuple[int, int], size_out: tuple[int, int], rule: str) -> tuple:
+    """(rows, cols): the nearest index maps from an (H, W) grid to another (``rule``)."""
+    return tuple(nearest_indices(a, b, rule) for a, b in zip(size_in, size_out, strict=True))
 
 
 class Pipeline:
@@ -416,24 +417,19 @@ class Pipeline:
         )
 
     # -- descriptor inputs --------------------------------------------------------------
-    def _resize_index(self, size_in: tuple[int, int], size_out: tuple[int, int], rule: str):
-        return nearest_indices(size_in[0], size_out[0], rule), nearest_indices(
-            size_in[1], size_out[1], rule
-        )
-
     def _candidate_inputs(self, cands: CandidateSet) -> dict[str, np.ndarray]:
         view = self.views["dst"]
         if len(cands) == 0:
             return {}
         boxes = scale_boxes(cands.boxes, cands.size_hw, view.image_size)
-        rows, cols = self._resize_index(cands.size_hw, view.image_size, "torch")
+        rows, cols = _index_maps(cands.size_hw, view.image_size, "torch")
         if self.matcher_input == "masks":
             masks = cands.sample(rows, cols)  # (N, H, W) at the model size
             return {"dst_masks": masks[None], "dst_boxes": boxes[None]}
         # Weights: resample straight onto the pooling grid; composing the two nearest
         # index maps (working -> model size -> grid) equals resizing twice, as O-MaMa does.
         grid = pooling_grid(view.image_size, self.reduction)
-        grid_rows, grid_cols = self._resize_index(view.image_size, grid, "torch")
+        grid_rows, grid_cols = _index_maps(view.image_size, grid, "torch")
         small = cands.sample(rows[grid_rows], cols[grid_cols])
         weights = descriptor_weights(
             small, boxes, view.image_size, view.feat_grid, self.context_px, self.reduction
@@ -503,7 +499,7 @@ class Pipeline:
         box = cands.boxes[index]
         if self.mask_size == "model":
             size = self.views["dst"].image_size
-            rows, cols = self._resize_index(cands.size_hw, size, "torch")
+            rows, cols = _index_maps(cands.size_hw, size, "torch")
             mask = cands.mask(index)[np.ix_(rows, cols)]
         else:
             size = dst.image_hw
