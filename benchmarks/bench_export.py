@@ -113,19 +113,12 @@ def run_export(out: Path, small: bool) -> dict:
     }
 
 
-def _ort_cpu(path: Path, threads: int):
-    """An ONNX file on ONNX Runtime's CPU provider, opened as ``omama-run`` opens it."""
-    from runtime.sessions import select_backend
-
-    return select_backend("onnxruntime", "cpu").open(path, threads=threads)
-
-
 def run_attention(workdir: Path, small: bool, threads: int) -> list[dict]:
     import numpy as np
     import torch
 
     from export.config import RANDOM_GRIDS
-    from export.graphs import export_matcher, finalize_onnx
+    from export.graphs import export_matcher, finalize_onnx, onnxruntime_cpu
     from omama_train.models.matcher import OMaMaMatcher
     from runtime.manifest import ViewSpec
     from runtime.timing import median_ms
@@ -142,7 +135,7 @@ def run_attention(workdir: Path, small: bool, threads: int) -> list[dict]:
         export_matcher(matcher, src, dst, "weights", raw, 17)
         graph = finalize_onnx(raw, final).record
         export_s = time.perf_counter() - start
-        runner = _ort_cpu(final, threads)
+        runner = onnxruntime_cpu(final, threads=threads)
         rng = np.random.default_rng(0)
         hs, ws = src.feat_grid
         hd, wd = dst.feat_grid
@@ -180,6 +173,7 @@ def run_fastsam_nms(workdir: Path, small: bool, threads: int) -> dict:
     import numpy as np
 
     from export.fastsam import build_standin_fastsam, export_fastsam_onnx, quiet_ultralytics
+    from export.graphs import onnxruntime_cpu
     from omama_train.models.fastsam import _import_ultralytics, build_random_fastsam
     from runtime.fastsam_post import kept_anchors
     from runtime.timing import median_ms
@@ -191,7 +185,7 @@ def run_fastsam_nms(workdir: Path, small: bool, threads: int) -> dict:
         else build_random_fastsam(workdir / "fs-x.pt", "x")
     )
     raw_path, _ = export_fastsam_onnx(weights, workdir / "raw", imgsz)
-    raw_runner = _ort_cpu(raw_path, threads)
+    raw_runner = onnxruntime_cpu(raw_path, threads=threads)
     x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
     raw = raw_runner.infer({"images": x})
     scores = raw["output0"][0, 4]
@@ -206,7 +200,7 @@ def run_fastsam_nms(workdir: Path, small: bool, threads: int) -> dict:
             format="onnx", imgsz=imgsz, dynamic=False, simplify=True, nms=True, conf=conf,
             iou=iou, opset=17, device="cpu", verbose=False,
         )  # fmt: skip
-    nms_runner = _ort_cpu(Path(nms_path), threads)
+    nms_runner = onnxruntime_cpu(Path(nms_path), threads=threads)
     in_graph = nms_runner.infer({"images": x})["output0"][0]  # (300, 4 + 1 + 1 + 32) xyxy
     kept_graph = in_graph[in_graph[:, 4] > 0]
     keep = kept_anchors(raw["output0"][0], 32, conf, iou, max_det=300)  # ultralytics' max_det

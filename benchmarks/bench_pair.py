@@ -191,7 +191,7 @@ def bench_images(work: Path):
 def measure_pipeline(art: Path, backend: str, src, dst, queries, ks, repeats, threads, weights):
     """Per K, the stages of ``match_frame(src, dst, K queries)``.
 
-    ``match_frame`` is ``encode_source`` + ``encode_destination`` (nothing there depends on
+    ``match_frame`` is ``encode_src`` + ``encode_dst`` (nothing there depends on
     K) + ``match`` (the K-dependent part): each repeat encodes the pair once and matches
     every K against it, so a K's record is exactly what its ``match_frame`` call does.
     """
@@ -207,7 +207,7 @@ def measure_pipeline(art: Path, backend: str, src, dst, queries, ks, repeats, th
         pipe.match_frame(src, dst, queries[:1])  # warm-up (allocations, first-run kernels)
         for _ in range(repeats):
             torch.set_num_threads(threads)
-            src_frame, dst_frame = pipe.encode_source(src), pipe.encode_destination(dst)
+            src_frame, dst_frame = pipe.encode_src(src), pipe.encode_dst(dst)
             encoded = {**src_frame.take_latency()}
             for stage, value in dst_frame.take_latency().items():
                 encoded[stage] = encoded.get(stage, 0.0) + value

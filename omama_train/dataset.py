@@ -45,7 +45,7 @@ from runtime.preprocess import resize_nearest_hw
 
 def usable_pairs(index: ProcessedRoot, pairs: Sequence[Pair], direction: str) -> list[Pair]:
     """Pairs whose query mask exists (a pair without one cannot be asked)."""
-    return [p for p in pairs if index.mask_rle(p.take, p.obj, p.source_cam(direction), p.frame)]
+    return [p for p in pairs if index.mask_rle(p.take, p.obj, p.src_cam(direction), p.frame)]
 
 
 # ----------------------------------------------------------------------------- sources
@@ -142,7 +142,7 @@ class TrainingPairs(torch.utils.data.Dataset):
         self.epoch = int(epoch)
 
     def prep(self, pair: Pair) -> FramePrep:
-        dst = pair.destination_cam(self.direction)
+        dst = pair.dst_cam(self.direction)
         path = prep_path(
             self.root, self.split, self.direction, pair.take, dst, pair.frame, self.geometry
         )
@@ -150,7 +150,7 @@ class TrainingPairs(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         pair = self.pairs[i]
-        src_cam, dst_cam = pair.source_cam(self.direction), pair.destination_cam(self.direction)
+        src_cam, dst_cam = pair.src_cam(self.direction), pair.dst_cam(self.direction)
         prep = self.prep(pair)
         if (src_cam, pair.obj) not in prep.queries:
             raise OmamaError(
@@ -260,8 +260,8 @@ class ValidationFrames(torch.utils.data.Dataset):
         self.source = source
         grouped: dict[tuple[str, str, int], dict[str, list[str]]] = {}
         for p in pairs:
-            key = (p.take, p.destination_cam(direction), int(p.frame))
-            grouped.setdefault(key, {}).setdefault(p.source_cam(direction), []).append(p.obj)
+            key = (p.take, p.dst_cam(direction), int(p.frame))
+            grouped.setdefault(key, {}).setdefault(p.src_cam(direction), []).append(p.obj)
         self.frames = sorted(grouped)
         self.queries = grouped
         self.n_pairs = len(pairs)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from omama_train.geometry import Geometry, gt_mask_at, masks_to_grid, pack_masks, src_kind
-from omama_train.imagekey import destination_frames
+from omama_train.imagekey import dst_frames
 from omama_train.sampling import (
     Adjacency,
     best_overlap,
@@ -233,7 +233,7 @@ def ensure_frame_preps(
     from tqdm import tqdm
 
     index = ProcessedRoot(root)
-    frames = select_shard(destination_frames(pairs, direction), *shard)
+    frames = select_shard(dst_frames(pairs, direction), *shard)
 
     def one(frame: tuple[str, str, int]) -> bool:
         take, cam, number = frame

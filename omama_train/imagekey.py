@@ -40,7 +40,7 @@ def key_text(key: ImageKey | tuple | str) -> str:
     return f"{take}/{cam}/{int(frame)}"
 
 
-def destination_frames(pairs: Iterable[Pair], direction: str) -> list[ImageKey]:
+def dst_frames(pairs: Iterable[Pair], direction: str) -> list[ImageKey]:
     """Sorted unique destination frames of ``pairs`` for ``direction``."""
     check_direction(direction)
-    return sorted({ImageKey(p.take, p.destination_cam(direction), int(p.frame)) for p in pairs})
+    return sorted({ImageKey(p.take, p.dst_cam(direction), int(p.frame)) for p in pairs})

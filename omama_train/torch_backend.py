@@ -208,7 +208,7 @@ def find_weights(record: Any, what: str, dirs: Sequence[Path]) -> Path:
     detail = f"; {', '.join(wrong)} has another sha256" if wrong else ""
     raise OmamaError(
         f"the torch backend rebuilds the {what} from its original weights, {name} "
-        f"(sha256 {str(digest)[:12]}...), not found in {where}{detail}: pass --weights DIR or "
+        f"(sha256 {str(digest)[:12]}...), not found in {where}{detail}: pass --weights-dir DIR or "
         "set OMAMA_WEIGHTS"
     )
 

@@ -122,10 +122,10 @@ class Pair:
     exo_cam: str
     frame: int
 
-    def source_cam(self, direction: str) -> str:
+    def src_cam(self, direction: str) -> str:
         return self.exo_cam if check_direction(direction) == "exo2ego" else self.ego_cam
 
-    def destination_cam(self, direction: str) -> str:
+    def dst_cam(self, direction: str) -> str:
         return self.ego_cam if check_direction(direction) == "exo2ego" else self.exo_cam
 
     def to_tuple(self, root: str) -> list[str]:

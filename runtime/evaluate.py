@@ -197,7 +197,7 @@ def temporal_consistency(evaluations: Sequence[TakeEvaluation]) -> dict | None:
 
 
 def build_report(evaluations: Sequence[TakeEvaluation], direction: str, protocol: str) -> dict:
-    """The report dict that ``--json`` writes (see the module docstring of the fields).
+    """The report dict that ``omama eval --out`` writes (see the module docstring of the fields).
 
     ``aggregated_metrics`` and the ``per_observation`` lists use the seed's field names, so
     old and new result files compare directly; ``per_observation`` adds
@@ -257,8 +257,8 @@ def build_report(evaluations: Sequence[TakeEvaluation], direction: str, protocol
         "counts": counts,
         "breakdowns": {
             "gt_size": size_breakdown(visible),
-            "destination_camera": camera_breakdown(observations, "dst_cam"),
-            "source_camera": camera_breakdown(observations, "src_cam"),
+            "dst_cam": camera_breakdown(observations, "dst_cam"),
+            "src_cam": camera_breakdown(observations, "src_cam"),
         },
         "temporal_consistency": temporal_consistency(evaluations),
         "iou_histogram": {"bin_edges": edges.tolist(), "counts": hist_counts.tolist()},
@@ -348,7 +348,7 @@ def format_summary(report: dict) -> str:
         }
         lines += ["", "By GT object size (terciles of area / image area):"]
         lines += [_group_row(f"{n} ({bounds[n]})", s) for n, s in sizes["bins"].items()]
-    for key, title in (("destination_camera", "destination"), ("source_camera", "source")):
+    for key, title in (("dst_cam", "destination"), ("src_cam", "source")):
         lines += ["", f"By {title} camera:"]
         lines += [_group_row(cam, s) for cam, s in report["breakdowns"][key].items()]
     temporal = report["temporal_consistency"]

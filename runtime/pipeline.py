@@ -325,7 +325,7 @@ class Pipeline:
         out = session.infer({name: tensor})
         return next(iter(out.values())) if len(out) == 1 else out[session.outputs[0].name]
 
-    def encode_source(self, src_rgb: np.ndarray) -> ViewFrame:
+    def encode_src(self, src_rgb: np.ndarray) -> ViewFrame:
         """Preprocess and run the source backbone once (reusable for many objects)."""
         t0 = time.perf_counter()
         work, tensor = self._prepare(src_rgb, "src", "source image")
@@ -373,7 +373,7 @@ class Pipeline:
         )
         return CandidateSet(result)
 
-    def encode_destination(
+    def encode_dst(
         self, dst_rgb: np.ndarray, candidates: Candidates | None = None
     ) -> DestinationFrame:
         """Preprocess, candidates (FastSAM unless given), backbone and the candidates'
@@ -594,6 +594,6 @@ class Pipeline:
         """
         if not queries:
             raise OmamaError("match_frame needs at least one query mask")
-        src = self.encode_source(src_rgb)
-        dst = self.encode_destination(dst_rgb, candidates)
+        src = self.encode_src(src_rgb)
+        dst = self.encode_dst(dst_rgb, candidates)
         return self.match(src, dst, queries)

@@ -58,7 +58,7 @@ def predict_baseline(
     results = new_results(direction)
     counts = {"pairs": len(pairs), "no_candidates": 0, "predicted_visible": 0}
     for pair in pairs:
-        src, dst = pair.source_cam(direction), pair.destination_cam(direction)
+        src, dst = pair.src_cam(direction), pair.dst_cam(direction)
         try:
             cands = load_frame_candidates(root, split, direction, pair.take, dst, pair.frame)
         except OmamaError as exc:

@@ -38,7 +38,7 @@ def build_gt(index: ProcessedRoot, pairs: Iterable[Pair], direction: str) -> tup
     gt = new_gt()
     no_query = 0
     for pair in pairs:
-        src, dst = pair.source_cam(direction), pair.destination_cam(direction)
+        src, dst = pair.src_cam(direction), pair.dst_cam(direction)
         query = index.mask_rle(pair.take, pair.obj, src, pair.frame)
         if query is None:
             no_query += 1

@@ -32,7 +32,7 @@ import numpy as np
 import typer
 
 from omama_train.devices import check_device, default_device
-from omama_train.imagekey import ImageKey, destination_frames
+from omama_train.imagekey import ImageKey, dst_frames
 from omama_train.shards import parse_shard, select_shard
 from runtime.atomic import write_json
 from runtime.candidates import Candidates, candidates_complete, write_candidates
@@ -208,7 +208,7 @@ def extract_candidates(
     root = Path(root)
     check_direction(direction)
     pairs_file = Path(pairs_file) if pairs_file is not None else pairs_path(root, split, direction)
-    frames_all = destination_frames(read_pairs(pairs_file), direction)
+    frames_all = dst_frames(read_pairs(pairs_file), direction)
     frames = select_shard(frames_all, *shard)
     todo, skipped, redone = _plan(root, split, direction, frames)
 

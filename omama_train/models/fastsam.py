@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 WEIGHTS_SOURCE = (
     "download FastSAM-x.pt from the Ultralytics assets releases "
     "(https://github.com/ultralytics/assets/releases) or the FastSAM authors' page, "
-    "and pass --weights PATH"
+    "and pass its path with --fastsam"
 )
 # "n" is no FastSAM release: the smallest YOLOv8-seg, a stand-in for random-init exports.
 VARIANT_YAML = {"n": "yolov8n-seg.yaml", "s": "yolov8s-seg.yaml", "x": "yolov8x-seg.yaml"}

@@ -82,7 +82,7 @@ class _FrameViews:
         self._forget_unless(frame)
         if ("src", cam) not in self._cache:
             rgb = read_rgb(self.index.image_path(self.take, cam, frame))
-            self._cache[("src", cam)] = self.pipeline.encode_source(rgb)
+            self._cache[("src", cam)] = self.pipeline.encode_src(rgb)
         return self._cache[("src", cam)]
 
     def dst(self, cam: str, frame: int) -> DestinationFrame:
@@ -97,7 +97,7 @@ class _FrameViews:
                 if masks_path.is_file() and boxes_path.is_file():
                     work_hw = working_size(rgb.shape[:2], self.pipeline.views["dst"].image_size)
                     candidates = read_candidates(masks_path, boxes_path, work_hw)
-            self._cache[("dst", cam)] = self.pipeline.encode_destination(rgb, candidates)
+            self._cache[("dst", cam)] = self.pipeline.encode_dst(rgb, candidates)
             self.counts["precomputed_frames" if candidates is not None else "fastsam_frames"] += 1
         return self._cache[("dst", cam)]
 

@@ -153,7 +153,7 @@ def _check_queries(run: VideoRun, src_hw: tuple[int, int]) -> None:
 
 def _candidate_misfit(cands_hw: tuple[int, int], dst_hw: tuple[int, int]) -> str | None:
     """Why candidates of ``cands_hw`` cannot serve a destination image of ``dst_hw`` (the
-    rule of :meth:`Pipeline.encode_destination`: same aspect ratio, then resized), or None."""
+    rule of :meth:`Pipeline.encode_dst`: same aspect ratio, then resized), or None."""
     if aspect_mismatch(cands_hw, dst_hw) <= ASPECT_TOLERANCE:
         return None
     return (

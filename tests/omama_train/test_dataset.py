@@ -152,7 +152,7 @@ def test_prep_content_gives_the_reference_descriptors(root, direction):
     feats_source = RandomFeatures()
     checked_visible = 0
     for pair in pairs[:6]:
-        src, dst = pair.source_cam(direction), pair.destination_cam(direction)
+        src, dst = pair.src_cam(direction), pair.dst_cam(direction)
         prep = load_frame_prep(prep_path(root, "train", direction, pair.take, dst, pair.frame, g))
         src_feats = feats_source.get(pair.take, src, pair.frame).float()[None]
         dst_feats = feats_source.get(pair.take, dst, pair.frame).float()[None]

@@ -13,7 +13,7 @@ import torch
 
 from omama_train.data import masks as masks_module
 from omama_train.data.masks import report_path
-from omama_train.imagekey import ImageKey, destination_frames
+from omama_train.imagekey import ImageKey, dst_frames
 from omama_train.shards import parse_shard, select_shard
 from runtime.candidates import read_candidates
 from runtime.clikit import new_app, run_app
@@ -424,12 +424,12 @@ def test_destination_frames_are_unique_and_follow_the_direction():
     pairs = [
         Pair("t", o, EGO, c, f) for o in ("a", "b") for c in ("cam01", "cam02") for f in (3, 1)
     ]
-    assert destination_frames(pairs, "exo2ego") == [
+    assert dst_frames(pairs, "exo2ego") == [
         ImageKey("t", EGO, 1),
         ImageKey("t", EGO, 3),
     ]
-    assert len(destination_frames(pairs, "ego2exo")) == 4
-    assert destination_frames(pairs, "ego2exo")[0] == ImageKey("t", "cam01", 1)
+    assert len(dst_frames(pairs, "ego2exo")) == 4
+    assert dst_frames(pairs, "ego2exo")[0] == ImageKey("t", "cam01", 1)
 
 
 def test_shard_selection_partitions():

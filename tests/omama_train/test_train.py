@@ -85,7 +85,7 @@ def chance_iou(root: Path, split: str, direction: str, size_hw: tuple[int, int])
     index = ProcessedRoot(root)
     values = []
     for pair in read_pairs(index.pairs_path(split, direction)):
-        dst = pair.destination_cam(direction)
+        dst = pair.dst_cam(direction)
         gt_rle = index.mask_rle(pair.take, pair.obj, dst, pair.frame)
         if gt_rle is None:
             continue

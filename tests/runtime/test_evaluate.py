@@ -151,7 +151,7 @@ def test_cli_writes_the_json_report(eval_fixture_dir, tmp_path, capsys):
     ]
     sizes = report["breakdowns"]["gt_size"]["bins"]
     assert sum(b["gt_visible"] for b in sizes.values()) == 32
-    assert list(report["breakdowns"]["destination_camera"]) == ["aria02_214-1"]
+    assert list(report["breakdowns"]["dst_cam"]) == ["aria02_214-1"]
     assert sum(report["iou_histogram"]["counts"]) == 32
 
 
@@ -220,7 +220,7 @@ def test_synthetic_matches_reference_port(direction):
     assert counts["observations"] == 44
     assert counts["gt_not_visible"] == 4
     assert counts["gt_visible"] + counts["gt_not_visible"] == counts["observations"]
-    dst = ours["breakdowns"]["destination_camera"]
+    dst = ours["breakdowns"]["dst_cam"]
     assert list(dst) == ([EGO] if direction == "exo2ego" else list(EXOS))
 
 

@@ -50,7 +50,7 @@ def test_candidate_descriptors_equal_resizing_twice(ort_pipe, frames):
     """Sampling FastSAM crops through the composed index maps equals O-MaMa's two resizes
     (working size -> model size -> pooling grid) of the dense candidate stack."""
     _, dst_rgb, _, _ = frames
-    dst = ort_pipe.encode_destination(dst_rgb)
+    dst = ort_pipe.encode_dst(dst_rgb)
     cands = dst.candidates
     view = ort_pipe.views["dst"]
     dense = np.stack([cands.mask(i) for i in range(len(cands))])
@@ -68,7 +68,7 @@ def test_output_mask_sizes(assets, frames, ort_pipe):
     with Pipeline(assets.weights, backend="onnxruntime", device="cpu", threads=1,
                   mask_size="model") as pipe:  # fmt: skip
         at_model = pipe.match_frame(src_rgb, dst_rgb, masks)
-        dst = pipe.encode_destination(dst_rgb)
+        dst = pipe.encode_dst(dst_rgb)
     assert dst.work_hw == (74, 74) and dst.candidates.size_hw == (74, 74)
     for match, big in zip(at_model, at_image, strict=True):
         work = dst.candidates.mask(match.candidate)  # the chosen candidate at the working size
