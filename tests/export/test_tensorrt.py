@@ -1,8 +1,9 @@
-"""TensorRT: optimisation profiles, why engines are skipped, and (with TensorRT and a CUDA
-GPU) engines built and compared with their ONNX graphs."""
+"""TensorRT: optimisation profiles, why engines are skipped, the per-output comparison of two
+sessions, and (with TensorRT and a CUDA GPU) engines built and compared with their ONNX graphs."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from export.graphs import onnxruntime_cpu
@@ -16,7 +17,8 @@ from export.tensorrt import (
 from export.verify.matcher import MatcherParity, ViewGeometry
 from runtime.errors import OmamaError
 from runtime.manifest import TensorSpec, load_manifest
-from runtime.sessions import select_backend
+from runtime.sessions import OrtSession, select_backend
+from tests.tiny_model import reference
 
 
 def test_dynamic_profile_follows_the_issue_ranges():
@@ -120,3 +122,32 @@ def test_comparison_tolerances_leave_out_tie_ordered_detection_rows():
     assert set(comparison_tolerances("fastsam")) == {"output0", "output1"}
     assert comparison_tolerances("matcher") == {"similarities": 5e-3}
     assert list(comparison_tolerances("backbone_ego")) == ["feats"]
+
+
+def test_compare_sessions_reports_each_output(tiny_onnx):
+    from export.tensorrt import compare_sessions
+
+    class Shifted:
+        """Another backend's results: ``y`` off by ``shift``, ``total`` exact."""
+
+        def __init__(self, session, shift):
+            self.session, self.shift = session, shift
+
+        def infer(self, feeds):
+            out = self.session.infer(feeds)
+            return {**out, "y": out["y"] + self.shift}
+
+    rng = np.random.default_rng(3)
+    feeds = [{"x": rng.standard_normal((n, 3)).astype(np.float32)} for n in (1, 4)]
+    with OrtSession(tiny_onnx) as ort_session:
+        peak = max(float(np.abs(reference(f["x"])["y"]).max()) for f in feeds)
+        same = compare_sessions(ort_session, ort_session, feeds, {"y": 1e-6, "total": 1e-6})
+        assert same["y"]["max_abs_err"] == 0.0 and same["y"]["passed"]
+        assert same["y"]["allowed"] == pytest.approx(1e-6 * max(1.0, peak), rel=1e-5)
+        assert same["total"]["passed"]
+        off = compare_sessions(Shifted(ort_session, 0.5), ort_session, feeds, {"y": 1e-3})
+        assert set(off) == {"y"} and not off["y"]["passed"]
+        assert off["y"]["max_abs_err"] == pytest.approx(0.5)
+        assert off["y"]["allowed"] == pytest.approx(1e-3 * max(1.0, peak), rel=1e-5)
+        broken = compare_sessions(Shifted(ort_session, np.nan), ort_session, feeds, {"y": 1.0})
+        assert np.isnan(broken["y"]["max_abs_err"]) and not broken["y"]["passed"]

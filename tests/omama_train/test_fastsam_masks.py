@@ -239,15 +239,13 @@ def test_bad_weights_file_is_one_clear_error(tmp_path):
 # --- omama data masks ----------------------------------------------------------------------
 
 
+def _fastsam_args(root, weights) -> list[str]:
+    """``omama data masks`` arguments for FastSAM candidates of the exo2ego test split."""
+    return ["--root", str(root), "--direction", "exo2ego", "--fastsam", str(weights)]
+
+
 def test_cli_fastsam_writes_resumes_and_reports(processed_root, random_weights, capsys):
-    args = [
-        "--root",
-        str(processed_root),
-        "--direction",
-        "exo2ego",
-        "--fastsam",
-        str(random_weights),
-    ]
+    args = _fastsam_args(processed_root, random_weights)
     args += ["--conf", "0.001", *FAST]
     code, out, err = _run_cli(args, capsys)
     assert code == 0, err
@@ -286,14 +284,7 @@ def test_cli_fastsam_writes_resumes_and_reports(processed_root, random_weights, 
 
 
 def test_cli_zero_detections_are_written_as_empty(processed_root, random_weights, capsys):
-    args = [
-        "--root",
-        str(processed_root),
-        "--direction",
-        "exo2ego",
-        "--fastsam",
-        str(random_weights),
-    ]
+    args = _fastsam_args(processed_root, random_weights)
     code, _, err = _run_cli([*args, "--conf", "0.5", "--no-retina", *FAST], capsys)
     assert code == 0, err
     report = _report(processed_root)
@@ -405,14 +396,7 @@ def test_option_errors(processed_root, random_weights, capsys):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
 def test_cuda_without_gpu_is_a_clear_error(processed_root, random_weights, capsys):
-    args = [
-        "--root",
-        str(processed_root),
-        "--direction",
-        "exo2ego",
-        "--fastsam",
-        str(random_weights),
-    ]
+    args = _fastsam_args(processed_root, random_weights)
     code, _, err = _run_cli([*args, "--device", "cuda"], capsys)
     assert code == 1 and "no CUDA GPU" in err
 

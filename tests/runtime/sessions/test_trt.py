@@ -14,7 +14,7 @@ from runtime.errors import OmamaError
 from runtime.manifest import TensorSpec
 from runtime.sessions import OrtSession, TrtSession, check_engine_compat, gpu_name
 from runtime.sessions import trt as trt_backend
-from tests.runtime.sessions.tiny_model import reference
+from tests.tiny_model import reference
 
 
 def test_engine_compat_rule():

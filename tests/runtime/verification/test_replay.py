@@ -45,7 +45,7 @@ from runtime.verification.replay import (  # noqa: E402
     verify_folder,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SMALL = dataclasses.replace(BACKBONES["dinov2_vits14_reg"], timm_overrides={"depth": 1})
 GRIDS = {"exo": (4, 6), "ego": (5, 5)}
 
