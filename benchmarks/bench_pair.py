@@ -173,7 +173,7 @@ def bench_images(work: Path):
         dst_rgb = cv2.resize(dst.read(0), EGO_HW[::-1], interpolation=cv2.INTER_LINEAR)
     relations = json.loads((synth / "annotations" / "relations_test.json").read_text())
     (take,) = relations["annotations"].values()
-    from omama_train.data.prepare import decode_encoded_mask
+    from omama_train.data.encoded_masks import decode_encoded_mask
 
     queries = []
     for per_cam in take["object_masks"].values():

@@ -27,8 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import RESULTS_DIR, load_average, machine_record, write_result
+from omama_train.data.encoded_masks import decode_encoded_mask, rle_runs
+from omama_train.data.frames import extract_frames
 from omama_train.data.lzstring import compress_to_encoded_uri_component
-from omama_train.data.prepare import decode_encoded_mask, extract_frames, prepare, rle_runs
+from omama_train.data.prepare import prepare
 from omama_train.data.synth import synthesize, write_video
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -27,13 +27,14 @@ import re
 import sys
 import traceback
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import typer
 
+from omama_train.data.encoded_masks import decode_encoded_mask
+from omama_train.data.frames import extract_frames, find_video
 from omama_train.data.prepare_report import (
     FRAME_BEYOND_VIDEO,
     MISSING_VIDEO,
@@ -85,141 +86,7 @@ class TakeJob:
 
 
 # --------------------------------------------------------------------------------------------
-# RLE checks (pure)
-
-
-def rle_runs(counts: str) -> np.ndarray:
-    """Run lengths (int64, alternating background/foreground) of a COCO compressed RLE string.
-
-    Raises ValueError on characters outside the format, truncated values or negative runs.
-    Their sum is the pixel count the RLE covers: prepare checks it against ``height * width``
-    without decoding the mask (an exo mask is 3840x2160).
-    """
-    codes = np.frombuffer(counts.encode("ascii", errors="replace"), dtype=np.uint8).astype(np.int64)
-    codes -= 48
-    if codes.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    if codes.min() < 0 or codes.max() > 63:
-        raise ValueError("characters outside the COCO RLE alphabet")
-    more = (codes & 0x20) != 0
-    if more[-1]:
-        raise ValueError("truncated run value")
-    ends = np.flatnonzero(~more)
-    starts = np.concatenate([[0], ends[:-1] + 1])
-    lengths = ends - starts + 1
-    if lengths.max() > 7:  # 7 groups of 5 bits already exceed any image size
-        raise ValueError("run value too large")
-    value_index = np.repeat(np.arange(ends.size), lengths)
-    position = np.arange(codes.size) - np.repeat(starts, lengths)
-    values = np.zeros(ends.size, dtype=np.int64)
-    np.add.at(values, value_index, (codes & 0x1F) << (5 * position))
-    negative = (codes[ends] & 0x10) != 0
-    values[negative] -= np.int64(1) << (5 * lengths[negative])
-    # From the fourth value on, each run is stored as a difference to the run two before.
-    runs = values.copy()
-    runs[3::2] = np.cumsum(values[1::2])[1:]
-    runs[4::2] = np.cumsum(values[2::2])[1:]
-    if (runs < 0).any():
-        raise ValueError("negative run length")
-    return runs
-
-
-def decode_encoded_mask(annotation: dict) -> dict:
-    """Relations ``{width, height, encodedMask}`` -> RLE ``{"size": [H, W], "counts": str}``.
-
-    Raises ValueError (or OmamaError from the codec) when the entry cannot be a mask of
-    that size.
-    """
-    from omama_train.data.lzstring import decompress_from_encoded_uri_component
-
-    try:
-        height, width = int(annotation["height"]), int(annotation["width"])
-        encoded = annotation["encodedMask"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"entry lacks width/height/encodedMask: {exc}") from exc
-    if height <= 0 or width <= 0:
-        raise ValueError(f"size {width}x{height} is empty")
-    counts = decompress_from_encoded_uri_component(encoded)
-    if not counts.isascii():
-        raise ValueError("decoded text is not an ASCII RLE")
-    total = int(rle_runs(counts).sum())
-    if total != height * width:
-        raise ValueError(f"RLE covers {total} pixels, width x height = {width}x{height}")
-    return {"size": [height, width], "counts": counts}
-
-
-# --------------------------------------------------------------------------------------------
-# Frames
-
-
-@dataclass
-class ExtractResult:
-    written: list[int]
-    video_size_px: tuple[int, int] | None  # (H, W) of the decoded frames
-    frames_decoded: int  # all of the video's frames unless it stopped after the last wanted
-    error: str | None = None
-
-
-def extract_frames(
-    video: Path,
-    frames: Iterable[int],
-    write_frame: Callable[[int, bytes], None],
-    scale: int,
-    jpeg_quality: int,
-) -> ExtractResult:
-    """Decode ``video`` once, sequentially, and write the frames whose index is in ``frames``.
-
-    ``write_frame(index, jpeg_bytes)`` stores one frame. Frames are counted in presentation
-    order from 0, so the index is exact whatever the timestamps. Each frame (H, W) is
-    resized to (H // scale, W // scale) with area interpolation. A decoding error stops the
-    video; what was written before it is kept and the error is returned.
-    """
-    import av
-    import cv2
-
-    wanted = {f for f in frames if f >= 0}
-    result = ExtractResult([], None, 0)
-    if not wanted:
-        return result
-    last = max(wanted)
-    try:
-        with av.open(str(video)) as container:
-            if not container.streams.video:
-                result.error = "the file has no video stream"
-                return result
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"  # frame threads: output order stays presentation order
-            for index, frame in enumerate(container.decode(stream)):
-                result.frames_decoded = index + 1
-                if result.video_size_px is None:
-                    result.video_size_px = (frame.height, frame.width)
-                if index in wanted:
-                    image = frame.to_ndarray(format="bgr24")
-                    size = (frame.width // scale, frame.height // scale)
-                    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-                    ok, jpeg = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
-                    if not ok:
-                        raise OmamaError(f"JPEG encoding failed for frame {index} of {video}")
-                    write_frame(index, jpeg.tobytes())
-                    result.written.append(index)
-                if index >= last:
-                    break
-    except (av.error.FFmpegError, ValueError) as exc:
-        result.error = f"{type(exc).__name__}: {exc}"
-    return result
-
-
-# --------------------------------------------------------------------------------------------
 # One take
-
-
-def find_video(takes_dir: Path, take_name: str, take: str, cam: str) -> Path | None:
-    """``<takes>/<take_name>/frame_aligned_videos/<cam>.mp4`` (or under the take uid)."""
-    for folder in dict.fromkeys((take_name, take)):
-        path = takes_dir / folder / "frame_aligned_videos" / f"{cam}.mp4"
-        if path.is_file():
-            return path
-    return None
 
 
 def _input_hash(entry: dict, videos: dict[str, Path | None], settings: PrepareSettings) -> str:

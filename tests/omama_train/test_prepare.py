@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from omama_train.cli import build_app
+from omama_train.data import encoded_masks
 from omama_train.data import prepare as prep
 from omama_train.data.pairs import make_pairs
 from omama_train.data.prepare_report import PrepareReport
@@ -91,9 +92,9 @@ def test_encoded_masks_of_real_data_decode_to_their_rle(eval_fixture_dir):
             "height": h,
             "encodedMask": LZ.compressToEncodedURIComponent(r["counts"]),
         }
-        out = prep.decode_encoded_mask(entry)
+        out = encoded_masks.decode_encoded_mask(entry)
         assert out == {"size": [h, w], "counts": r["counts"]}
-        assert prep.rle_runs(out["counts"])[1::2].sum() == rle.area(r)
+        assert encoded_masks.rle_runs(out["counts"])[1::2].sum() == rle.area(r)
     # A real mask announced with another size is refused instead of decoded out of bounds.
     r = rles[0]
     wrong = {
@@ -102,14 +103,14 @@ def test_encoded_masks_of_real_data_decode_to_their_rle(eval_fixture_dir):
         "encodedMask": LZ.compressToEncodedURIComponent(r["counts"]),
     }
     with pytest.raises(ValueError, match="RLE covers"):
-        prep.decode_encoded_mask(wrong)
+        encoded_masks.decode_encoded_mask(wrong)
 
 
 @settings(max_examples=30, deadline=None)
 @given(st.integers(1, 40), st.integers(1, 40), st.integers(0, 2**32 - 1))
 def test_rle_runs_match_pycocotools(h, w, seed):
     mask = (np.random.default_rng(seed).random((h, w)) < 0.3).astype(np.uint8)
-    runs = prep.rle_runs(rle.encode(mask)["counts"])
+    runs = encoded_masks.rle_runs(rle.encode(mask)["counts"])
     flat = mask.flatten(order="F")  # COCO runs go down the columns
     expected, value, n = [], 0, 0
     for pixel in flat:
@@ -125,7 +126,7 @@ def test_rle_runs_match_pycocotools(h, w, seed):
 @pytest.mark.parametrize("counts", ["\x7f", "0o", "a"])
 def test_rle_runs_refuse_foreign_or_truncated_text(counts):
     with pytest.raises(ValueError):
-        prep.rle_runs(counts)
+        encoded_masks.rle_runs(counts)
 
 
 # Prepare ------------------------------------------------------------------------------------
