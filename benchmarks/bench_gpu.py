@@ -10,7 +10,7 @@ What it measures (official sizes, exo2ego: exo 532x952 -> ego 700x700):
   reference batch (24 pairs, N = 32 masks) through ``omama_train.train.model.build_train_model``,
   with cached fp16 features vs features computed on the fly by the frozen backbone, under
   AMP, timed with CUDA synchronisation; plus the share of the cached step spent on
-  descriptors (the seed: 166 of 242 ms).
+  descriptors (the reference study: 166 of 242 ms).
 
 Usage: ``python -m benchmarks.bench_gpu [--batch-images 8] [--batch 24] [--repeats 10]``.
 Writes ``benchmarks/results/bench_gpu.json``; needs a CUDA device.

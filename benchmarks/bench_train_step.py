@@ -13,7 +13,7 @@ Each step is forward + loss + backward + AdamW step, through the training module
 
 * ``cached``: features come with the batch (what ``omama train --cache`` does);
 * ``on_the_fly``: the same matcher-only training, but the backbone (frozen, no grad) encodes
-  both views of every pair in the step, as the seed's on-the-fly training did;
+  both views of every pair in the step, as the reference study's on-the-fly training did;
 * ``finetune`` (``--finetune``): the backbone is trained too (forward and backward), the
   ``--finetune-backbone`` setting.
 
@@ -39,7 +39,7 @@ RESULTS = RESULTS_DIR / "bench_train_step.json"
 EGO_IMAGE, EXO_IMAGE = (700, 700), (532, 952)
 EGO_GRID, EXO_GRID = (50, 50), (38, 68)
 BACKBONE = "dinov2_vits14_reg"
-# The seed project's GPU profile of one iteration (OMAMA_REFERENCE.md section 9).
+# The reference study's GPU profile of one iteration (docs/reference.md, section 8).
 SEED_MS = {"on_the_fly": 2467.0, "cached": 242.0, "cached_descriptors": 166.0}
 
 

@@ -3,7 +3,7 @@
 O-MaMa answers one object at a time. For every query object it preprocesses both images,
 gets the destination's FastSAM candidates, runs the backbone on both views, computes each
 candidate's descriptor with a Python loop over the masks on the bilinearly upsampled
-feature map (:func:`loop_reference`, section 5 of OMAMA_REFERENCE word for word), and calls
+feature map (:func:`loop_reference`, docs/reference.md, section 4 word for word), and calls
 the matcher with one object (B = 1) in the standard attention order. Nothing is shared
 between the objects of a frame.
 

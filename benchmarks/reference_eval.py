@@ -1,6 +1,6 @@
 """A straightforward port of the reference correspondence evaluator (``omama`` protocol).
 
-Written from the specification (OMAMA_REFERENCE.md, section 8, and the DAVIS metric
+Written from the specification (docs/reference.md, section 7, and the DAVIS metric
 definitions) to do the work the way the reference scripts do it: one observation at a
 time, whole-image boundary maps and disk dilations, and a mask box found with ``np.where``
 over a copy padded by the image height on every side. It is the baseline that

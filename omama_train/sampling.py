@@ -1,6 +1,6 @@
 """Hard-negative adjacent mining: which destination masks a training sample shows the matcher.
 
-OMAMA_REFERENCE.md section 7, as pure functions (numpy + scipy, no torch):
+docs/reference.md, section 6, as pure functions (numpy + scipy, no torch):
 
 - Every candidate mask of a destination frame gets a centroid; the Delaunay triangulation of
   the centroids gives each candidate its neighbours, and order 2 adds the neighbours of the

@@ -1,6 +1,6 @@
 """The official Ego-Exo4D correspondence metrics of ``omama eval``, in parallel, with breakdowns.
 
-The evaluation reproduces the reference evaluators (OMAMA_REFERENCE.md, section 8) to the
+The evaluation reproduces the reference evaluators (docs/reference.md, section 7) to the
 bit: per-take work runs in a process pool (:func:`evaluate`), the aggregation
 (:func:`build_report`) averages the per-observation lists in the reference order. On top of
 the four official figures the report holds counts, IoU broken down by GT object size (area
@@ -199,7 +199,7 @@ def temporal_consistency(evaluations: Sequence[TakeEvaluation]) -> dict | None:
 def build_report(evaluations: Sequence[TakeEvaluation], direction: str, protocol: str) -> dict:
     """The report dict that ``omama eval --out`` writes (see the module docstring of the fields).
 
-    ``aggregated_metrics`` and the ``per_observation`` lists use the seed's field names, so
+    ``aggregated_metrics`` and the ``per_observation`` lists use the reference study's field names, so
     old and new result files compare directly; ``per_observation`` adds
     ``observation_per_obs`` (``[take, object, src_cam, dst_cam, frame]``) and
     ``confidence_per_obs``, aligned with ``iou_per_obs``.

@@ -1,4 +1,4 @@
-"""Official Ego-Exo4D correspondence metrics, vectorised (OMAMA_REFERENCE.md, section 8).
+"""Official Ego-Exo4D correspondence metrics, vectorised (docs/reference.md, section 7).
 
 Every function here reproduces the reference evaluators (the DAVIS metrics they embed and the
 Ego-Exo4D / O-MaMa evaluation loop) bit for bit on the same inputs, but does less work:
@@ -453,7 +453,7 @@ def track_order(
     Objects, then exo cams in GT file order (objects without an ego cam are skipped, as the
     reference does), then the frames of the source view's GT masks that are annotated in the
     destination view. ``sort_keys`` sorts objects and frames as strings (frame "12" before
-    "4"), as the O-MaMa copy of the evaluator does: that is the order of the seed's
+    "4"), as the O-MaMa copy of the evaluator does: that is the order of the reference study's
     per-observation lists. The challenge's own evaluator keeps file order.
     """
     check_direction(direction)

@@ -5,7 +5,7 @@ refused with one line), opens one session per model on the chosen backend
 (:func:`runtime.sessions.select_backend`), and per frame pair:
 
 1. ``preprocess``: each image is brought to its view's model size the way the reference
-   gets there (OMAMA_REFERENCE section 3): the area downscale to the *working image*
+   gets there (docs/reference.md, section 2): the area downscale to the *working image*
    (:mod:`runtime.sizing`), then a nearest resize (OpenCV rule) to the model size
    (704 -> 700, 540x960 -> 532x952) and ImageNet normalisation. Query masks, at the
    source image's size or any size of the same aspect ratio (e.g. the annotation's full

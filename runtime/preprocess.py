@@ -1,4 +1,4 @@
-"""Image and mask preprocessing for the backbones (OMAMA_REFERENCE section 3), torch-free.
+"""Image and mask preprocessing for the backbones (docs/reference.md, section 2), torch-free.
 
 - Images are RGB uint8, scaled to [0, 1] (``ToTensor``) and normalised with the ImageNet
   mean/std, giving float32 (3, H, W).

@@ -1,6 +1,6 @@
 """Results JSON (Ego-Exo4D submission format) and correspondence GT JSON: read, build, validate.
 
-Results (OMAMA_REFERENCE.md, section 8)::
+Results (docs/reference.md, section 7)::
 
     {"exo-ego": {"results": {take: {"masks": {obj: {"<srccam>_<dstcam>": {frame:
         {"pred_mask": RLE, "confidence": float}}}}, "subsample_idx": [frame, ...]}}}}

@@ -1,6 +1,6 @@
 """``omama data gt``: the evaluation ground truth of a split, from a processed root.
 
-Format (OMAMA_REFERENCE §8)::
+Format (docs/reference.md, section 7)::
 
     {"annotations": {take: {"masks": {obj: {cam: {frame: RLE}}},
                             "annotated_frames": {obj: {cam: [ints]}}}}}

@@ -7,7 +7,7 @@ visibility.
 
 Sampling (deterministic for a seed, and independent of the other takes):
 
-- ``frame`` (as the seed project did): each (take, camera) keeps a fraction of its frames;
+- ``frame`` (as the reference study did): each (take, camera) keeps a fraction of its frames;
   a pair is kept when its frame was kept in both its ego and its exo camera. Camera
   samples are drawn independently, so about ratio^2 of the pairs remain.
 - ``object``: each take keeps a fraction of its objects, with all their frames, so the
@@ -199,7 +199,7 @@ def add_commands(data_app: typer.Typer) -> None:
             help="Pick the ratio that gives about this many pairs per split.",
         ),
         sample_by: str = typer.Option(
-            "frame", "--sample-by", help="frame (as the seed) or object."
+            "frame", "--sample-by", help="frame (as the reference study) or object."
         ),
         seed: int = typer.Option(42, "--seed", help="Sampling seed."),
     ) -> None:

@@ -1,6 +1,6 @@
 """The images a cache holds: one per ``(take, cam, frame)`` of the pairs files.
 
-Landscape rule (OMAMA_REFERENCE.md section 7): a view's model input size comes from the
+Landscape rule (docs/reference.md, section 6): a view's model input size comes from the
 landscape size of its images; a portrait frame of that view is resized (nearest, not
 rotated) straight to it, as the training dataset does. Frames whose landscape size is not
 the view's are refused.

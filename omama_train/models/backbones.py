@@ -4,7 +4,7 @@
 normalised image (B, 3, H, W) to patch features (B, 768, H/p, W/p): the final-norm patch
 tokens (``x_norm_patchtokens``, CLS and registers dropped) of a ViT, or the last stage of
 the ResNet, followed by a trainable 1x1 Conv2d to 768 channels when the width is not 768
-(as in the seed project).
+(as in the reference study).
 
 Positional embeddings. DINOv2 was pretrained on a 37x37 grid (518x518 px); the official code
 interpolates that table bicubically to the actual grid on every forward. The input size is

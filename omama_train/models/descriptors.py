@@ -177,7 +177,7 @@ def object_descriptors(
     context_px: int = CONTEXT_PX,
     reduction: int = REDUCTION,
 ) -> torch.Tensor:
-    """O-MaMa object descriptors (section 5 of OMAMA_REFERENCE.md).
+    """O-MaMa object descriptors (docs/reference.md, section 4).
 
     Args:
         feats: (B, C, h, w) features at token resolution.

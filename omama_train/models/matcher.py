@@ -1,4 +1,4 @@
-"""The O-MaMa matcher (section 6 of OMAMA_REFERENCE.md), loadable from the official weights.
+"""The O-MaMa matcher (docs/reference.md, section 5), loadable from the official weights.
 
 Submodule and parameter names follow the official state_dict, so
 ``load_state_dict(official, strict=True)`` works: ``pos_embed_T`` (destination tokens),

@@ -3,7 +3,7 @@
 Per pair, the source object and ``n`` destination masks chosen by hard-negative adjacent
 mining (:mod:`omama_train.sampling`, :mod:`omama_train.dataset`); descriptors by separable
 pooling on the training device; loss = cross-entropy of cosine / temperature against the
-positive, times visibility, averaged (OMAMA_REFERENCE.md sections 6 and 7). Padding slots
+positive, times visibility, averaged (docs/reference.md, sections 5 and 6). Padding slots
 (frames with fewer than ``n`` candidates) are masked out of the softmax.
 """
 

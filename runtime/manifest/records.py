@@ -166,7 +166,7 @@ class ViewSpec:
 
 @dataclass(frozen=True)
 class PreprocessSpec:
-    """How an image becomes a backbone input (OMAMA_REFERENCE section 3)."""
+    """How an image becomes a backbone input (docs/reference.md, section 2)."""
 
     patch_size: int
     mean: tuple[float, float, float]

@@ -1,4 +1,4 @@
-"""Hard-negative adjacent mining (OMAMA_REFERENCE section 7) as pure functions."""
+"""Hard-negative adjacent mining (docs/reference.md, section 6) as pure functions."""
 
 from __future__ import annotations
 

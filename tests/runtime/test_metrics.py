@@ -2,7 +2,7 @@
 
 The fast implementations are checked bit for bit against the straightforward port of the
 reference evaluator in benchmarks/reference_eval.py (whole-image boundary maps, np.where
-over a padded copy), and against the rules OMAMA_REFERENCE.md section 8 states.
+over a padded copy), and against the rules docs/reference.md, section 7 states.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Image/mask preprocessing (OMAMA_REFERENCE section 3): numpy version and its torch twin."""
+"""Image/mask preprocessing (docs/reference.md, section 2): numpy version and its torch twin."""
 
 from __future__ import annotations
 
