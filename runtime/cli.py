@@ -386,8 +386,8 @@ def register_eval(omama_app: typer.Typer) -> None:
         protocol: str = typer.Option(
             "omama",
             "--protocol",
-            help="omama (GT resized to the prediction size, as the reference study's published figures) "
-            "or egoexo4d (the challenge evaluator's 480 px working size).",
+            help="omama (GT resized to the prediction size, as in the reference study's "
+            "published figures) or egoexo4d (the challenge evaluator's 480 px working size).",
         ),
         out: Path | None = typer.Option(None, "--out", help="Write the full report (JSON) here."),
         per_observation: bool = typer.Option(

@@ -199,8 +199,8 @@ def temporal_consistency(evaluations: Sequence[TakeEvaluation]) -> dict | None:
 def build_report(evaluations: Sequence[TakeEvaluation], direction: str, protocol: str) -> dict:
     """The report dict that ``omama eval --out`` writes (see the module docstring of the fields).
 
-    ``aggregated_metrics`` and the ``per_observation`` lists use the reference study's field names, so
-    old and new result files compare directly; ``per_observation`` adds
+    ``aggregated_metrics`` and the ``per_observation`` lists use the reference study's field
+    names, so old and new result files compare directly; ``per_observation`` adds
     ``observation_per_obs`` (``[take, object, src_cam, dst_cam, frame]``) and
     ``confidence_per_obs``, aligned with ``iou_per_obs``.
     """
