@@ -1,4 +1,4 @@
-"""Peak memory of a full ``omama-run video`` run on a long synthetic pair (issue 6, section 1).
+"""Peak memory of a full ``omama-run video`` run on a long synthetic pair.
 
 ``bench_video_io`` measured video I/O alone; this runs the REAL command end to end, as a
 subprocess: ``omama-run video SRC DST --query TRACK --candidates CANDS --overlay --backend

@@ -33,7 +33,7 @@ from runtime.sessions import Session
 from runtime.verification.replay import session_record
 from runtime.verification.tolerances import TOLERANCES, check, max_abs_error, worst_error
 
-# Optimisation profiles (issue 5): candidates N min 1 / opt 64 / max 256; objects B
+# Optimisation profiles: candidates N min 1 / opt 64 / max 256; objects B
 # opt 1 / max 16. Backbone batches: one frame per view per call, a few for video.
 PROFILE_CANDIDATES = (1, 64, 256)
 PROFILE_OBJECTS = (1, 1, 16)

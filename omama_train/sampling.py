@@ -293,7 +293,7 @@ def sample_slots(
     visible: bool,
     n: int = NUM_CANDIDATES,
 ) -> SlotPlan:
-    """Plan the ``n`` destination slots of one sample (section 7, decisions above).
+    """Plan the ``n`` destination slots of one sample (docs/reference.md, section 6).
 
     Visible: the ground-truth mask at a random valid position, up to ``n - 1`` negatives
     from :func:`select_negatives` around ``anchor``. Not visible: up to ``n`` random distinct

@@ -135,7 +135,7 @@ def compare_backbone(
 class MatcherResult:
     """One matcher call: the reference and the backend's similarities (B, N).
 
-    ``agreement``: the call counts for fp16's argmax agreement (issue 5 defines it over
+    ``agreement``: the call counts for fp16's argmax agreement (it is defined over
     random candidate sets; the fixed edge cases count for fp32 only). ``dst_masks``:
     (N, H, W) candidates, when known, for the final-mask IoU of differing picks.
     """

@@ -1,8 +1,8 @@
 """Tolerances per precision and the error measures every comparison uses.
 
-Default tolerances (issue 5): fp32 1e-4 abs on backbone features, 1e-5 on similarities,
-argmax agreement 100%; fp16 similarities within 5e-3 and argmax agreement >= 99%. Where
-no issue names a number, the choice is written next to it.
+Default tolerances (docs/export.md, "How an export checks itself"): fp32 1e-4 abs on
+backbone features, 1e-5 on similarities, argmax agreement 100%; fp16 similarities within
+5e-3 and argmax agreement >= 99%. The other choices are explained next to their numbers.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from runtime.manifest import CheckRecord, VerificationRecord, format_value
 
 TOLERANCES: dict[str, dict[str, float]] = {
     "fp32": {
-        "feats_max_abs": 1e-4,  # issue 5
-        "similarities_max_abs": 1e-5,  # issue 5
-        "argmax_agreement": 1.0,  # issue 5
+        "feats_max_abs": 1e-4,
+        "similarities_max_abs": 1e-5,
+        "argmax_agreement": 1.0,
         # FastSAM's output0 holds box coordinates in pixels (up to imgsz): its error is
         # measured relative to the output's peak magnitude.
         "fastsam_rel": 1e-4,
         "detection_agreement": 1.0,
-        # In-graph NMS vs the runtime's (issue 5): boxes within 1 px, mask IoU > 0.99.
+        # In-graph NMS vs the runtime's: boxes within 1 px, mask IoU > 0.99.
         "fastsam_box_px": 1.0,
         "fastsam_mask_iou_min": 0.99,
         # Decisions on tied values may go either way (see nms_agreement): scores within 1e-6
@@ -32,15 +32,15 @@ TOLERANCES: dict[str, dict[str, float]] = {
         "iou_tie": 1e-5,
     },
     "fp16": {
-        # Features: no number in the issue; 2% of the peak magnitude, and the matcher
+        # Features: 2% of the peak magnitude, and the matcher
         # checks are what decide the answer.
         "feats_rel": 2e-2,
-        "similarities_max_abs": 5e-3,  # issue 5
-        "argmax_agreement": 0.99,  # issue 5
+        "similarities_max_abs": 5e-3,
+        "argmax_agreement": 0.99,
         "fastsam_rel": 2e-2,
         # NMS on slightly different scores may keep a different box now and then.
         "detection_agreement": 0.95,
-        # No number in the issue: fp16 boxes at 1024 px carry ~0.5 px of rounding per
+        # fp16 boxes at 1024 px carry ~0.5 px of rounding per
         # coordinate; scores tie within ~2 fp16 steps at 0.5. Masks: the mean IoU is gated,
         # as a few tiny masks of a random-weight network lose a third of their pixels in fp16
         # (min 0.90 / 0.65, mean 0.992 / 0.987 on a BatchNorm-calibrated random YOLOv8n-seg

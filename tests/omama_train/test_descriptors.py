@@ -1,4 +1,5 @@
-"""Separable descriptor pooling (torch and numpy twin) against a plain loop over section 5."""
+"""Separable descriptor pooling (torch and numpy twin) against a plain loop over the masks
+(docs/reference.md, section 4)."""
 
 from __future__ import annotations
 

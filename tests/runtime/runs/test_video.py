@@ -1,9 +1,9 @@
-"""``omama-run video`` end to end on a synthetic take (issue 6, sections 2-4).
+"""``omama-run video`` end to end on a synthetic take.
 
-The proof of section 4: ``omama-run video`` on the synthetic take's exo and ego videos with
+``omama-run video`` on the synthetic take's exo and ego videos with
 ONNX Runtime and with the torch backend gives the same chosen candidate for every frame and
 object, equal masks and confidences within 1e-4, and its results JSON passes ``omama eval``
-with the GT of that take. Bad inputs of section 3 that exist on a CPU machine each give one
+with the GT of that take. Bad inputs that exist on a CPU machine each give one
 line and exit 1, or a reported skip; an interrupted video run resumes.
 """
 
