@@ -41,6 +41,7 @@ import numpy as np
 
 from benchmarks.common import (
     RESULTS_DIR,
+    ellipse_mask,
     load_average,
     machine_record,
     moving_frame,
@@ -48,7 +49,6 @@ from benchmarks.common import (
     write_result,
 )
 from benchmarks.common import log as _log
-from benchmarks.harness.inputs import ellipse_mask
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 

@@ -92,12 +92,19 @@ def blob_masks(rng: np.random.Generator, count: int, size: tuple[int, int]) -> n
     candidates."""
     height, width = size
     masks = np.zeros((count, height, width), dtype=np.uint8)
-    ys, xs = np.ogrid[:height, :width]
     for n in range(count):
         cy, cx = rng.uniform(0, height), rng.uniform(0, width)
         ry, rx = rng.uniform(4, 250, size=2)
-        masks[n] = ((ys - cy) / ry) ** 2 + ((xs - cx) / rx) ** 2 <= 1.0
+        masks[n] = ellipse_mask(size, cy, cx, ry, rx)
     return masks
+
+
+def ellipse_mask(
+    size_hw: tuple[int, int], cy: float, cx: float, ry: float, rx: float
+) -> np.ndarray:
+    """(H, W) uint8 0/1 filled ellipse of centre (cy, cx) and radii (ry, rx), in pixels."""
+    ys, xs = np.ogrid[: size_hw[0], : size_hw[1]]
+    return (((ys - cy) / ry) ** 2 + ((xs - cx) / rx) ** 2 <= 1.0).astype(np.uint8)
 
 
 def moving_frame(i: int, size: int, shift: int) -> np.ndarray:

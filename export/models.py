@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from export.config import RANDOM_BACKBONE, ExportConfig
-from runtime.egoexo import check_direction
+from runtime.egoexo import check_direction, view_kinds
 from runtime.errors import OmamaError
 from runtime.manifest import BackboneRecord, TensorSpec, ViewSpec, WeightsRecord, sha256_file
 from runtime.sessions import Session
@@ -50,11 +50,6 @@ class ExportModels:
             f"({dst.feat_grid[0]}x{dst.feat_grid[1]} tokens)"
             + (", random weights" if random_init else "")
         )
-
-
-def view_kinds(direction: str) -> tuple[str, str]:
-    """(source view kind, destination view kind) of a direction: ("exo", "ego") for exo2ego."""
-    return ("exo", "ego") if direction == "exo2ego" else ("ego", "exo")
 
 
 def _weights_record(path: Path | None, seed: int) -> WeightsRecord:

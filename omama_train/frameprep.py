@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from omama_train.geometry import Geometry, gt_mask_at, masks_to_grid, pack_masks, src_kind
+from omama_train.geometry import Geometry, gt_mask_at, masks_to_grid, pack_masks
 from omama_train.imagekey import dst_frames
 from omama_train.sampling import (
     Adjacency,
@@ -40,6 +40,7 @@ from runtime.egoexo import (
     annotation_path,
     candidate_paths,
     is_ego_cam,
+    view_kinds,
 )
 from runtime.errors import OmamaError
 
@@ -143,7 +144,7 @@ def build_frame_prep(
         gt_boxes.append(box)
         gt_anchor.append(best_overlap(box, cand_boxes))
 
-    src_is_ego = src_kind(direction) == "ego"
+    src_is_ego = view_kinds(direction)[0] == "ego"
     src_cams = [c for c in index.cams(take) if is_ego_cam(c) == src_is_ego]
     q_keys, q_bits, q_boxes = [], [], []
     for cam in src_cams:

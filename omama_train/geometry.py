@@ -16,20 +16,10 @@ import torch
 
 from runtime import rle
 from runtime.egoexo import (
-    check_direction,
+    view_kinds,
 )
 from runtime.pooling import REDUCTION, mask_boxes, pooling_grid
 from runtime.preprocess import nearest_indices, resize_nearest_hw
-
-
-def src_kind(direction: str) -> str:
-    """Camera kind of the source view: ``"exo"`` for exo2ego, ``"ego"`` for ego2exo."""
-    return "exo" if check_direction(direction) == "exo2ego" else "ego"
-
-
-def dst_kind(direction: str) -> str:
-    """Camera kind of the destination view: ``"ego"`` for exo2ego, ``"exo"`` for ego2exo."""
-    return "ego" if check_direction(direction) == "exo2ego" else "exo"
 
 
 @dataclass(frozen=True)
@@ -53,7 +43,7 @@ class Geometry:
         reduction: int = REDUCTION,
     ) -> Geometry:
         """From per-view sizes ``{"ego": (H, W), "exo": (H, W)}`` and grids alike."""
-        src, dst = src_kind(direction), dst_kind(direction)
+        src, dst = view_kinds(direction)
 
         def hw(value: Sequence[int]) -> tuple[int, int]:
             return int(value[0]), int(value[1])

@@ -15,7 +15,8 @@ docs/reference.md, section 6, as pure functions (numpy + scipy, no torch):
   visibility 0 (no loss).
 - Landscape rule: portrait images are resized to the landscape size (:func:`landscape_size`).
 
-Decisions where the reference is silent (documented here, tested in tests/test_sampling.py):
+Decisions where the reference is silent (documented here, tested in
+tests/omama_train/test_sampling.py):
 
 - The anchor is never a negative. It is the candidate that best matches the ground truth (the
   ground-truth mask itself when the candidates are the annotation stand-ins), so showing it as

@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from omama_train.devices import check_device as check_torch_device
+from omama_train.devices import default_device
 from runtime.errors import OmamaError
 from runtime.manifest import TensorSpec
 from runtime.sessions import Session, check_device, register_backend
@@ -56,13 +58,9 @@ def _as_spec(spec: TensorLike) -> TensorSpec:
 
 
 def resolve_torch_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; others unchanged."""
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; CUDA refused without a GPU."""
     device = check_device(device)
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return check_torch_device(default_device() if device == "auto" else device)
 
 
 def _flatten(value: Any) -> list:
@@ -99,8 +97,6 @@ class TorchSession(Session):
         import torch
 
         self.device = resolve_torch_device(device)
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise OmamaError("the torch backend was asked for cuda but torch sees no GPU")
         if threads:
             torch.set_num_threads(int(threads))
         if not isinstance(module, torch.nn.Module):
@@ -159,7 +155,7 @@ def _open(
 
     ``model``: an ``nn.Module``, a loader returning one, or a model reference of an
     artifacts folder (an object with ``manifest``, ``entry`` and ``weights_dirs``, i.e.
-    :class:`runtime.pipeline.ModelRef`), whose tensors default to the manifest entry's.
+    :class:`runtime.sessions.ModelRef`), whose tensors default to the manifest entry's.
     """
     if _is_model_ref(model):
         ref = model

@@ -34,15 +34,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from runtime.atomic import atomic_path
 from runtime.egoexo import candidate_paths, frame_candidate_files
 from runtime.errors import OmamaError
-from runtime.fastsam_post import FastSAMResult
 from runtime.pooling import index_slice, mask_boxes
 from runtime.preprocess import resize_mask_nearest
+
+if TYPE_CHECKING:  # FastSAM post-processing loads OpenCV: not for every reader of candidates
+    from runtime.fastsam_post import FastSAMResult
 
 MASKS_KEY = "arr_0"
 NPZ_LEVEL = 1  # zlib level of the masks npz (see write_candidates)
@@ -103,10 +106,10 @@ class CandidateSet:
 
     def __init__(self, source: FastSAMResult | Candidates) -> None:
         self._source = source
-        if isinstance(source, FastSAMResult):
-            self.size_hw = tuple(int(v) for v in source.image_hw)
-        else:
+        if isinstance(source, Candidates):
             self.size_hw = source.size_hw
+        else:
+            self.size_hw = tuple(int(v) for v in source.image_hw)
         self.boxes = np.asarray(source.boxes, np.float32).reshape(-1, 4)
 
     def __len__(self) -> int:
@@ -114,13 +117,13 @@ class CandidateSet:
 
     def mask(self, i: int) -> np.ndarray:
         """Candidate ``i`` as (H, W) uint8 0/1 at the working size."""
-        if isinstance(self._source, FastSAMResult):
-            return self._source.mask(i)
-        return self._source.masks[i]
+        if isinstance(self._source, Candidates):
+            return self._source.masks[i]
+        return self._source.mask(i)
 
     def sample(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """All candidates at the pixels ``rows`` x ``cols``: (N, len(rows), len(cols)) uint8."""
-        if isinstance(self._source, FastSAMResult):
+        if not isinstance(self._source, Candidates):
             return self._source.sample(rows, cols)
         r, c = index_slice(np.asarray(rows)), index_slice(np.asarray(cols))
         return np.ascontiguousarray(self._source.masks[:, r][:, :, c])

@@ -39,6 +39,11 @@ def check_direction(direction: str) -> str:
     return direction
 
 
+def view_kinds(direction: str) -> tuple[str, str]:
+    """(source, destination) camera kinds of a direction: ("exo", "ego") for exo2ego."""
+    return ("exo", "ego") if check_direction(direction) == "exo2ego" else ("ego", "exo")
+
+
 def is_ego_cam(cam: str) -> bool:
     """Aria head cameras carry 'aria' in their name (e.g. ``aria01_214-1``)."""
     return "aria" in cam.lower()
@@ -337,3 +342,34 @@ def read_annotation(path: str | os.PathLike) -> dict:
     if not isinstance(ann.get("annotated_frames", {}), dict):
         raise OmamaError(f"{path}: 'annotated_frames' must map objects to cameras to frames")
     return ann
+
+
+@dataclass(frozen=True)
+class TakeObservation:
+    """One (object, source cam, destination cam, frame) of a processed take."""
+
+    obj: str
+    src_cam: str
+    dst_cam: str
+    frame: int
+
+
+def take_observations(index: ProcessedRoot, take: str, direction: str) -> list[TakeObservation]:
+    """Every observation of a processed take, as ``omama data pairs`` lists them: per object
+    and exo camera, the frames where the source view has a mask and the destination view is
+    annotated."""
+    check_direction(direction)
+    ego = index.ego_cam(take)
+    observations = []
+    for obj in index.objects(take):
+        for exo in index.object_cams(take, obj):
+            if exo == ego:
+                continue
+            src, dst = (exo, ego) if direction == "exo2ego" else (ego, exo)
+            dst_frames = set(index.frames(take, obj, dst))
+            observations.extend(
+                TakeObservation(obj, src, dst, frame)
+                for frame in index.mask_frames(take, obj, src)
+                if frame in dst_frames
+            )
+    return observations

@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 
 SIZE_BINS: tuple[str, ...] = ("small", "medium", "large")
 IOU_HISTOGRAM_BINS = 10
-AGGREGATED_KEYS: tuple[str, ...] = ("iou", "iou_std", "shape_acc", "location_score", "balanced_acc")
 
 
 def default_workers() -> int:

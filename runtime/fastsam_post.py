@@ -37,7 +37,7 @@ are ``x1, y1, w, h`` float32 image pixels, the candidate file format
 (:mod:`runtime.candidates`). :func:`segment_everything` runs the whole thing on a session.
 The masks from prototypes are computed in :mod:`runtime.fastsam_masks`.
 Matches ultralytics 8.4 (its ``process_mask_native`` retina path) mask for mask; see
-``tests/test_fastsam_post.py`` and ``benchmarks/bench_fastsam_post.py``.
+``tests/runtime/test_fastsam_post.py`` and ``benchmarks/bench_fastsam_post.py``.
 """
 
 from __future__ import annotations
@@ -388,9 +388,6 @@ def detections(
     boxes = xywh_to_xyxy(pred[:4, keep].T)
     scores = pred[4 : 4 + n_classes, keep].max(axis=0)
     return boxes, scores, np.ascontiguousarray(pred[4 + n_classes :, keep].T)
-
-
-_detections = detections  # the name tests/test_fastsam_post.py knows
 
 
 def postprocess(

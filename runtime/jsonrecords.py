@@ -176,4 +176,4 @@ def read_json_object(path: Path, what: str, hint: str = "") -> Any:
     except FileNotFoundError as exc:
         raise OmamaError(f"{what} not found: {path}" + (f" ({hint})" if hint else "")) from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise OmamaError(f"{path} is not readable JSON: {exc}") from exc
+        raise OmamaError(f"{what} {path} is not readable JSON: {exc}") from exc

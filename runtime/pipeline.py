@@ -306,7 +306,7 @@ class Pipeline:
                 what,
                 image_hw[1],
                 image_hw[0],
-                role,
+                "source" if role == "src" else "destination",
                 view.image_size[1],
                 view.image_size[0],
             )

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from benchmarks.common import ellipse_mask
 from runtime.candidates import Candidates
 from runtime.errors import OmamaError
 
@@ -36,14 +37,6 @@ class BenchPair:
     targets: np.ndarray
     candidates: Candidates
     target_index: np.ndarray
-
-
-def ellipse_mask(
-    size_hw: tuple[int, int], cy: float, cx: float, ry: float, rx: float
-) -> np.ndarray:
-    """(H, W) uint8 0/1 filled ellipse of centre (cy, cx) and radii (ry, rx), in pixels."""
-    ys, xs = np.ogrid[: size_hw[0], : size_hw[1]]
-    return (((ys - cy) / ry) ** 2 + ((xs - cx) / rx) ** 2 <= 1.0).astype(np.uint8)
 
 
 def _background(rng: np.random.Generator, size_hw: tuple[int, int]) -> np.ndarray:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from runtime.errors import OmamaError
-from runtime.metrics import iou
+from runtime.verification.compare import mask_iou
 
 END_TO_END = "end_to_end"  # the clock around a whole pair, beside the pipeline's stages
 LATENCY_KEYS = ("mean_ms", "std_ms", "min_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms")
@@ -60,8 +60,9 @@ def fidelity(
         masks, ref_masks: (P, K, H, W) final masks of the end-to-end runs.
 
     Returns ``argmax_agreement_pct``, ``max_abs_similarity_error``, ``mean_mask_iou`` and
-    ``min_mask_iou`` (the official IoU, :func:`runtime.metrics.iou`: two empty masks count
-    as 1) and the number of ``objects`` compared.
+    ``min_mask_iou`` (the exact IoU export verification uses,
+    :func:`runtime.verification.compare.mask_iou`: two empty masks count as 1) and the
+    number of ``objects`` compared.
     """
     choice, ref_choice = np.asarray(choice), np.asarray(ref_choice)
     sims, ref_sims = np.asarray(sims, np.float64), np.asarray(ref_sims, np.float64)
@@ -74,7 +75,7 @@ def fidelity(
     if masks.shape != ref_masks.shape:
         raise OmamaError(f"final masks differ in shape: {masks.shape} vs {ref_masks.shape}")
     flat, ref_flat = masks.reshape(-1, *masks.shape[-2:]), ref_masks.reshape(-1, *masks.shape[-2:])
-    ious = [iou(m, r) for m, r in zip(flat, ref_flat, strict=True)]
+    ious = [mask_iou(m, r) for m, r in zip(flat, ref_flat, strict=True)]
     return {
         "objects": int(choice.size),
         "argmax_agreement_pct": float(100.0 * np.mean(choice == ref_choice))

@@ -23,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -56,13 +56,14 @@ SOURCE_FILE = "candidates_source.json"
 
 @dataclass(frozen=True)
 class FastSAMSettings:
-    """FastSAM "everything" parameters (O-MaMa's: 1024, 0.4, 0.9, retina masks)."""
+    """FastSAM "everything" parameters (O-MaMa's: 1024, 0.4, 0.9, retina masks); ``device``
+    None: CUDA when torch sees a GPU, else the CPU (decided when FastSAM loads)."""
 
     imgsz: int = 1024
     conf: float = 0.4
     iou: float = 0.9
     retina_masks: bool = True
-    device: str = "cpu"
+    device: str | None = None
 
 
 def report_path(root: Path, split: str, direction: str, shard: tuple[int, int] = (0, 1)) -> Path:
@@ -152,7 +153,7 @@ def fastsam_source(
     """A candidate maker running FastSAM on the frame's image (weights loaded once)."""
     from omama_train.models.fastsam import load_fastsam, segment_everything
 
-    check_device(settings.device)
+    device = check_device(settings.device or default_device())
     model = load_fastsam(fastsam)
 
     def make(frame: ImageKey, image_rgb: np.ndarray) -> Candidates:
@@ -163,7 +164,7 @@ def fastsam_source(
             conf=settings.conf,
             iou=settings.iou,
             retina_masks=settings.retina_masks,
-            device=settings.device,
+            device=device,
         )
         return Candidates(masks, boxes)
 
@@ -361,6 +362,7 @@ def candidate_maker(
         extra = {"mode": "annotations", "weights": None, "fastsam": None}
         return annotation_source(root), source, extra
     t0 = time.perf_counter()
+    settings = replace(settings, device=settings.device or default_device())
     make = fastsam_source(fastsam, settings)
     source = candidates_source(fastsam, settings)
     check_source(candidates_dir(root, split, direction), source)
@@ -454,7 +456,7 @@ def masks_command(
     """  # noqa: E501
     check_direction(direction)
     shard_tuple = parse_shard(shard)
-    settings = FastSAMSettings(imgsz, conf, iou, retina, device or default_device())
+    settings = FastSAMSettings(imgsz, conf, iou, retina, device)
     make, source, extra = candidate_maker(
         root, split, direction, fastsam, from_annotations, settings
     )

@@ -34,6 +34,7 @@ from runtime.egoexo import (
     ProcessedRoot,
     check_direction,
     pairs_path,
+    take_observations,
     write_pairs,
 )
 from runtime.errors import OmamaError
@@ -49,8 +50,7 @@ def check_sample_by(sample_by: str) -> str:
 
 def all_pairs(index: ProcessedRoot, takes: Iterable[str], direction: str) -> list[Pair]:
     """Every observation of ``takes`` for ``direction``, ordered by take, object, exo cam, frame
-    (:func:`runtime.runs.take.take_observations`, as pairs)."""
-    from runtime.runs.take import take_observations
+    (:func:`runtime.egoexo.take_observations`, as pairs)."""
 
     pairs: list[Pair] = []
     for take in takes:

@@ -31,6 +31,7 @@ from torch import nn
 from omama_train.models.backbones import Backbone
 from omama_train.models.matcher import OMaMaMatcher
 from runtime.errors import OmamaError
+from runtime.manifest import MATCHER_INPUTS
 from runtime.pooling import (
     CONTEXT_PX,
     REDUCTION,
@@ -40,8 +41,6 @@ from runtime.pooling import (
     pooling_grid,
 )
 from runtime.preprocess import nearest_indices
-
-MATCHER_INPUTS = ("weights", "masks")
 
 
 class BackboneOnnx(nn.Module):

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.errors import OmamaError
+from omama_train.devices import check_device, default_device
 
 
 @dataclass
@@ -35,13 +35,12 @@ class Distributed:
 
 
 def pick_device(device: str | None, local_rank: int = 0):
+    """The torch device of this rank: ``--device`` (or the default one) checked, and plain
+    ``cuda`` made ``cuda:<local rank>`` so that each process of a torchrun has its GPU."""
     import torch
 
-    if device in (None, "auto"):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = check_device(default_device() if device in (None, "auto") else device)
     if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise OmamaError(f"--device {device} asked for, but torch sees no CUDA GPU")
         if device == "cuda":
             device = f"cuda:{local_rank}"
         torch.cuda.set_device(torch.device(device))

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from runtime.egoexo import view_kinds
 from runtime.errors import OmamaError
 
 if TYPE_CHECKING:
@@ -46,7 +47,6 @@ def build_train_model(geometry, matcher, backbones: dict | None = None, train_ba
     from torch import nn
 
     from omama_train.dataset import batch_descriptors
-    from omama_train.geometry import dst_kind, src_kind
     from omama_train.models.preprocess import preprocess_image_torch
 
     class TrainModel(nn.Module):
@@ -62,7 +62,7 @@ def build_train_model(geometry, matcher, backbones: dict | None = None, train_ba
             self.matcher = matcher
             self.backbones = nn.ModuleDict(backbones) if backbones else None
             self.train_backbone = train_backbone
-            self.kinds = {"src": src_kind(geometry.direction), "dst": dst_kind(geometry.direction)}
+            self.kinds = dict(zip(("src", "dst"), view_kinds(geometry.direction), strict=True))
 
         def features(self, inputs: torch.Tensor, side: str) -> torch.Tensor:
             device = next(self.matcher.parameters()).device

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +19,13 @@ import numpy as np
 from runtime import rle
 from runtime.atomic import write_json
 from runtime.candidates import read_candidates
-from runtime.egoexo import ProcessedRoot, check_direction, frame_candidate_files
-from runtime.errors import OmamaError
+from runtime.egoexo import (
+    ProcessedRoot,
+    TakeObservation,
+    frame_candidate_files,
+    take_observations,
+)
+from runtime.errors import OmamaError, no_fastsam_error
 from runtime.images import read_rgb
 from runtime.info import peak_rss_mb
 from runtime.latency import format_latency
@@ -29,37 +33,6 @@ from runtime.pipeline import DestinationFrame, Match, Pipeline, ViewFrame
 from runtime.results import add_gt_annotation, add_prediction, new_gt, new_results, write_results
 from runtime.runs.records import RESULTS_NAME, SUMMARY_NAME, Skips
 from runtime.sizing import working_size
-
-
-@dataclass(frozen=True)
-class Observation:
-    """One (object, source cam, destination cam, frame) of a processed take."""
-
-    obj: str
-    src_cam: str
-    dst_cam: str
-    frame: int
-
-
-def take_observations(index: ProcessedRoot, take: str, direction: str) -> list[Observation]:
-    """Every observation of a processed take, as ``omama data pairs`` lists them: per object
-    and exo camera, the frames where the source view has a mask and the destination view is
-    annotated."""
-    check_direction(direction)
-    ego = index.ego_cam(take)
-    observations = []
-    for obj in index.objects(take):
-        for exo in index.object_cams(take, obj):
-            if exo == ego:
-                continue
-            src, dst = (exo, ego) if direction == "exo2ego" else (ego, exo)
-            dst_frames = set(index.frames(take, obj, dst))
-            observations.extend(
-                Observation(obj, src, dst, frame)
-                for frame in index.mask_frames(take, obj, src)
-                if frame in dst_frames
-            )
-    return observations
 
 
 class _FrameViews:
@@ -103,7 +76,7 @@ class _FrameViews:
 
 
 def _usable_queries(pipeline: Pipeline, index: ProcessedRoot, take: str, src: ViewFrame,
-                    group: list[Observation], skips: Skips) -> tuple[list, list]:  # fmt: skip
+                    group: list[TakeObservation], skips: Skips) -> tuple[list, list]:  # fmt: skip
     """(observations, query masks) of ``group`` whose source mask can be a query."""
     usable, queries = [], []
     for obs in group:
@@ -120,7 +93,7 @@ def _usable_queries(pipeline: Pipeline, index: ProcessedRoot, take: str, src: Vi
 
 
 def _select(index: ProcessedRoot, take: str, direction: str,
-            max_frames: int | None) -> tuple[list[Observation], list[int]]:  # fmt: skip
+            max_frames: int | None) -> tuple[list[TakeObservation], list[int]]:  # fmt: skip
     """The observations of the first ``max_frames`` annotated frames, and those frames."""
     observations = take_observations(index, take, direction)
     if not observations:
@@ -140,7 +113,9 @@ class _TakeOutputs:
         self.results, self.gt = new_results(direction), new_gt()
         self.counts = {"observations": 0, "visible": 0, "no_candidates": 0}
 
-    def add(self, index: ProcessedRoot, obs: Observation, query: np.ndarray, match: Match) -> None:
+    def add(
+        self, index: ProcessedRoot, obs: TakeObservation, query: np.ndarray, match: Match
+    ) -> None:
         add_prediction(self.results, self.take, obs.obj, obs.src_cam, obs.dst_cam, obs.frame,
                        match.mask, match.confidence)  # fmt: skip
         self.counts["observations"] += 1
@@ -199,9 +174,11 @@ def run_take(
             f"{take_dir} is not a processed take (no annotation.json): give "
             "ROOT/processed/<take> as written by `omama data prepare`"
         )
+    if candidates is None and not pipeline.has_fastsam:
+        raise no_fastsam_error(pipeline.manifest.root)
     direction = pipeline.direction
     observations, frames = _select(index, take, direction, max_frames)
-    groups: dict[tuple[int, str, str], list[Observation]] = {}
+    groups: dict[tuple[int, str, str], list[TakeObservation]] = {}
     for obs in observations:
         groups.setdefault((obs.frame, obs.src_cam, obs.dst_cam), []).append(obs)
     views = _FrameViews(pipeline, index, take, Path(candidates) if candidates else None)

@@ -442,6 +442,3 @@ def format_video_summary(summary: dict) -> str:
     if summary.get("overlay"):
         lines.append(f"  overlay: {summary['overlay']}")
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- takes

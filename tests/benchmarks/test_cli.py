@@ -43,7 +43,7 @@ def test_bad_flags_are_one_line(tmp_path, artifacts):
     line = _one_error_line(*run_cli([*art, "--num-pairs", "0"])[::2])
     assert "--num-pairs must be at least 1" in line
     line = _one_error_line(*run_cli([*art, "--score-root", str(missing)])[::2])
-    assert "--score-root" in line or str(missing) in line
+    assert "--score-root" in line and str(missing) in line
     line = _one_error_line(*run_cli([*art, "--compare", str(missing), str(missing)])[::2])
     assert "takes no --artifacts" in line
 

@@ -11,8 +11,8 @@ import torch
 
 from export.config import ExportConfig
 from export.graphs import onnxruntime_cpu
-from export.models import view_kinds
 from export.pipeline import export_artifacts
+from runtime.egoexo import view_kinds
 from runtime.errors import OmamaError
 from runtime.manifest import WeightsRecord, check_artifacts
 from tests.export.helpers import GRIDS, SMALL
@@ -203,7 +203,7 @@ def test_weights_without_projection_get_the_seeded_one_in_both_views(tmp_path):
         for backbone in models.backbones.values():
             assert torch.equal(backbone.proj.weight, want["proj.weight"])
             assert torch.equal(backbone.proj.bias, want["proj.bias"])
-        # What omama features --weights FILE --seed N computes its cache with.
+        # What omama features --backbone-weights FILE --seed N computes its cache with.
         features = BackboneWeights.resolve(SMALL, backbone_path, seed=seed).build((70, 70))
         assert torch.equal(features.proj.weight, want["proj.weight"])
         assert models.backbone_record.projection_seed == seed

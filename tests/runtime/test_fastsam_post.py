@@ -193,7 +193,7 @@ def test_nms_in_graph_output_gives_the_same_candidates(fastsam):
         (out0, out1), _ = fastsam.model(torch.from_numpy(x))
     out0, out1 = out0.numpy(), out1.numpy()
     raw = fp.postprocess(out0, out1, geom, CONF, IOU, max_det=100)
-    boxes, scores, coeffs = fp._detections(out0[0], 32, CONF, IOU, 100, fp.MAX_NMS)
+    boxes, scores, coeffs = fp.detections(out0[0], 32, CONF, IOU, 100, fp.MAX_NMS)
     rows = np.concatenate([boxes, scores[:, None], np.zeros((len(scores), 1)), coeffs], axis=1)
     below = rows[-1:].copy()
     below[:, 4] = CONF / 2  # a padded row under the threshold: dropped

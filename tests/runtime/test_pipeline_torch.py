@@ -108,7 +108,7 @@ def test_torch_backend_says_where_the_weights_are_missing(assets, tmp_path, monk
     manifest = load_manifest(assets.weights)
     entry = manifest.select("matcher")
     with pytest.raises(
-        OmamaError, match=r"matcher.safetensors \(sha256 .*not found in .*--weights"
+        OmamaError, match=r"matcher.safetensors \(sha256 .*not found in .*--weights-dir DIR"
     ):
         build_artifact_module(manifest, entry, [tmp_path])
     fake = tmp_path / "matcher.safetensors"

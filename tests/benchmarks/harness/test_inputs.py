@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.harness.inputs import ellipse_mask, synthetic_pairs
+from benchmarks.common import ellipse_mask
+from benchmarks.harness.inputs import synthetic_pairs
 from runtime.errors import OmamaError
 
 

@@ -30,11 +30,13 @@ def test_fidelity():
     sims = np.linspace(-1, 1, 2 * 2 * 3).reshape(2, 2, 3)
     masks = np.stack([np.stack([a, b])] * 2)
     same = fidelity(choice, choice, sims, sims, masks, masks)
-    assert same["objects"] == 4 and same["argmax_agreement_pct"] == 100.0
-    assert same["max_abs_similarity_error"] == 0.0
-    assert same["mean_mask_iou"] == pytest.approx(1.0) and same["min_mask_iou"] == pytest.approx(
-        1.0
-    )
+    assert same == {
+        "objects": 4,
+        "argmax_agreement_pct": 100.0,
+        "max_abs_similarity_error": 0.0,
+        "mean_mask_iou": 1.0,
+        "min_mask_iou": 1.0,
+    }
     other = choice.copy()
     other[1, 0] = 0
     moved = masks.copy()

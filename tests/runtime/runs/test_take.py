@@ -13,8 +13,7 @@ torch.set_num_threads(1)
 
 from runtime import rle  # noqa: E402
 from runtime.candidates import Candidates, write_candidates  # noqa: E402
-from runtime.egoexo import candidate_paths  # noqa: E402
-from runtime.runs.take import take_observations  # noqa: E402
+from runtime.egoexo import candidate_paths, take_observations  # noqa: E402
 from tests.runtime.assets import EGO  # noqa: E402
 from tests.runtime.runs.cli import error_line, omama_run  # noqa: E402
 
@@ -33,7 +32,6 @@ def test_take_observations_follow_the_pairs_rule(assets):
 def test_take_uses_precomputed_candidates_and_prints_metrics(assets, tmp_path, capsys):
     from runtime.egoexo import ProcessedRoot
     from runtime.results import load_gt, validate_results
-    from runtime.runs.take import take_observations
 
     index = ProcessedRoot(assets.root)
     gt = [rle.decode(index.mask_rle(assets.take, o, EGO, 0)) for o in index.objects(assets.take)
@@ -90,3 +88,16 @@ def test_take_refuses_a_folder_that_is_not_a_processed_take(assets, tmp_path, ca
     code, _, err = omama_run(capsys, "take", tmp_path, "--artifacts", assets.weights,
                              "--backend", "onnxruntime")  # fmt: skip
     assert code == 1 and "is not a processed take" in error_line(err)
+
+
+def test_take_without_fastsam_or_candidates_fails_before_any_frame(assets, tmp_path):
+    from types import SimpleNamespace
+
+    from runtime.errors import OmamaError
+    from runtime.runs.take import run_take
+
+    # Artifacts exported with --no-fastsam-export: only their FastSAM flag and root matter here.
+    no_fastsam = SimpleNamespace(has_fastsam=False, manifest=SimpleNamespace(root=tmp_path))
+    with pytest.raises(OmamaError, match="hold no FastSAM model.*--candidates"):
+        run_take(no_fastsam, assets.take_dir, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
