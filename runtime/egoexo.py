@@ -25,7 +25,7 @@ from typing import Literal
 
 from runtime.atomic import write_json
 from runtime.errors import OmamaError
-from runtime.jsonrecords import read_json_object
+from runtime.jsonrecords import read_json, read_json_object
 
 Direction = Literal["exo2ego", "ego2exo"]
 DIRECTIONS: tuple[str, ...] = ("exo2ego", "ego2exo")
@@ -156,7 +156,7 @@ class Pair:
 def read_pairs(path: str | os.PathLike) -> list[Pair]:
     """Parse a pairs file (a JSON list of ``[ego_rgb, ego_mask, exo_rgb, exo_mask]``)."""
     path = Path(path)
-    entries = read_json_object(path, "pairs file")
+    entries = read_json(path, "pairs file")
     if not isinstance(entries, list):
         raise OmamaError(f"pairs file {path} must hold a JSON list of 4-tuples")
     return [Pair.from_tuple(entry) for entry in entries]

@@ -6,7 +6,8 @@ strings, booleans, ``X | None``, ``list[X]``, ``tuple[X, ...]``, fixed-length tu
 its path (``matcher.src_grid must be a list of 2 integers, got "38x68"``), prefixed with the
 file it came from. :func:`to_json` writes a record back (tuples as lists, NaN as null).
 ``runtime.manifest`` reads ``manifest.json`` with it, ``runtime.verification.replay`` the
-``verify_*.json`` files. :func:`read_json_object` is the one reader of a JSON file that
+``verify_*.json`` files. :func:`read_json` (any value) and :func:`read_json_object` (a JSON
+object) are the one reader of a JSON file that
 turns a missing or malformed file into one error line.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import types
 import typing
 from pathlib import Path
@@ -168,12 +170,22 @@ def _type_name(hint: Any) -> str:
     return str(hint)
 
 
-def read_json_object(path: Path, what: str, hint: str = "") -> Any:
-    """The JSON in ``path``; OmamaError naming the file when it is missing or not JSON
-    (``hint``: what to do when it is missing)."""
+def read_json(path: str | os.PathLike, what: str, hint: str = "") -> Any:
+    """The JSON value in ``path``; OmamaError naming the file (``what``) when it is missing
+    or not JSON (``hint``: what to do when it is missing)."""
+    path = Path(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise OmamaError(f"{what} not found: {path}" + (f" ({hint})" if hint else "")) from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise OmamaError(f"{what} {path} is not readable JSON: {exc}") from exc
+
+
+def read_json_object(path: str | os.PathLike, what: str, hint: str = "") -> dict:
+    """The JSON object (a dict) in ``path``; as :func:`read_json`, and OmamaError when the
+    file holds another kind of value."""
+    data = read_json(path, what, hint)
+    if not isinstance(data, dict):
+        raise OmamaError(f"{what} {path} must hold a JSON object, not {type(data).__name__}")
+    return data

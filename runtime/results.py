@@ -17,9 +17,7 @@ an annotated frame where the object is not visible in that camera.
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
 import numpy as np
 
@@ -27,23 +25,8 @@ from runtime import rle
 from runtime.atomic import write_json
 from runtime.egoexo import DIRECTIONS, check_direction, is_ego_cam, results_key
 from runtime.errors import OmamaError
+from runtime.jsonrecords import read_json_object
 from runtime.metrics import confidence_value, pair_key, track_order
-
-
-def read_json(path: str | os.PathLike, what: str) -> dict:
-    """Load a JSON object from ``path``; ``what`` names the file in error messages."""
-    path = Path(path)
-    if not path.is_file():
-        raise OmamaError(f"{what} {path} does not exist")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise OmamaError(f"{what} {path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise OmamaError(f"{what} {path} must hold a JSON object")
-    return data
-
 
 # ----------------------------------------------------------------------------- results
 
@@ -126,7 +109,7 @@ def results_takes(data: dict, direction: str, path: str | os.PathLike = "predict
 
 def load_results(path: str | os.PathLike, direction: str) -> dict:
     """Read a results JSON and return its ``{take: take_entry}`` for ``direction``."""
-    return results_takes(read_json(path, "predictions file"), direction, path)
+    return results_takes(read_json_object(path, "predictions file"), direction, path)
 
 
 def validate_results(gt_annotations: dict, takes: dict, direction: str) -> int:
@@ -203,7 +186,7 @@ def add_gt_annotation(
 
 def load_gt(path: str | os.PathLike) -> dict:
     """Read a correspondence GT JSON and return its ``annotations`` ({take: entry})."""
-    data = read_json(path, "GT file")
+    data = read_json_object(path, "GT file")
     annotations = data.get("annotations")
     if not isinstance(annotations, dict):
         raise OmamaError(f"GT file {path} has no 'annotations' object")

@@ -47,7 +47,7 @@ def score_metrics(
     O-MaMa writes them); each take's run folder goes under ``work_dir``."""
     from runtime.egoexo import ProcessedRoot, candidates_dir
     from runtime.evaluate import evaluate_report
-    from runtime.results import read_json
+    from runtime.jsonrecords import read_json_object
     from runtime.runs.take import run_take
 
     index = ProcessedRoot(score_root)
@@ -73,9 +73,9 @@ def score_metrics(
         counts["precomputed_frames"] += summary["precomputed_frames"]
         counts["fastsam_frames"] += summary["fastsam_frames"]
         counts["skipped"] += summary["skipped"]["count"]
-        results = read_json(out / "results.json", "results")
+        results = read_json_object(out / "results.json", "results")
         predictions.update(next(iter(results.values()))["results"])
-        annotations.update(read_json(out / "gt.json", "GT")["annotations"])
+        annotations.update(read_json_object(out / "gt.json", "GT")["annotations"])
     report = evaluate_report(annotations, predictions, pipeline.direction, workers=1)
     return {
         "root": str(score_root),

@@ -28,9 +28,10 @@ from runtime.candidates import Candidates, VideoCandidates, open_video_candidate
 from runtime.egoexo import is_ego_cam
 from runtime.errors import OmamaError, no_fastsam_error
 from runtime.info import peak_rss_mb
+from runtime.jsonrecords import read_json_object
 from runtime.latency import format_latency
 from runtime.pipeline import Match, Pipeline
-from runtime.results import new_results, read_json
+from runtime.results import new_results
 from runtime.runs.records import RESULTS_NAME, SKIPS_LISTED, SUMMARY_NAME, Skips
 from runtime.runs.video_resume import (
     CANDIDATE_COUNTS,
@@ -382,7 +383,7 @@ def run_video(
     if state.get("complete"):
         echo(f"{out}: this run is already complete ({state['counts']['frames']} frames)")
         summary_path = out / SUMMARY_NAME
-        return read_json(summary_path, "summary") if summary_path.is_file() else state
+        return read_json_object(summary_path, "summary") if summary_path.is_file() else state
     start, frames_before = int(state["next_frame"]), int(state["counts"]["frames"])
     end = min(src_info.frame_count, dst_info.frame_count)
     outside = sum(1 for t in run.tracks for f in t.frames if f >= end)

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 
 from runtime.atomic import atomic_path
 from runtime.errors import OmamaError
+from runtime.jsonrecords import read_json_object
 from runtime.manifest import sha256_file
-from runtime.results import new_results, read_json
+from runtime.results import new_results
 from runtime.runs.records import RESULTS_NAME
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ def load_resume(out_dir: Path, inputs: dict) -> tuple[dict, dict]:
         raise OmamaError(
             f"--resume: {out_dir} holds no {STATE_NAME} of an earlier run; run without --resume"
         )
-    state = read_json(state_path, "run state")
+    state = read_json_object(state_path, "run state")
     differs = [k for k in inputs if state.get("inputs", {}).get(k) != inputs[k]]
     if differs:
         raise OmamaError(
@@ -78,7 +79,7 @@ def load_resume(out_dir: Path, inputs: dict) -> tuple[dict, dict]:
         )
     results_path = out_dir / RESULTS_NAME
     if results_path.is_file():
-        results = read_json(results_path, "partial results")
+        results = read_json_object(results_path, "partial results")
     elif state.get("next_frame", 0) == 0:
         results = new_results(inputs["direction"])
     else:

@@ -289,11 +289,11 @@ def test_add_prediction_checks_the_direction():
 
 
 def test_load_errors_name_the_file(tmp_path):
-    with pytest.raises(OmamaError, match="does not exist"):
+    with pytest.raises(OmamaError, match="not found"):
         load_gt(tmp_path / "missing.json")
     broken = tmp_path / "broken.json"
     broken.write_text("{")
-    with pytest.raises(OmamaError, match="not valid JSON"):
+    with pytest.raises(OmamaError, match="not readable JSON"):
         load_results(broken, "exo2ego")
     (tmp_path / "nogt.json").write_text("{}")
     with pytest.raises(OmamaError, match="no 'annotations'"):
