@@ -3,7 +3,8 @@
 The demo (``make demo``) runs the core commands end to end; this test keeps every other
 example from going stale: each ``omama`` / ``omama-run`` line of a ```bash block must
 name existing sub-commands and options, with every required argument, and each
-``python -m benchmarks.<script>`` line must name a script that accepts its flags.
+``python -m benchmarks.<script>`` line must name a script that accepts its flags. The
+examples whose inputs ship with the repository (``tests/fixtures/``) are run as shown.
 """
 
 from __future__ import annotations
@@ -132,6 +133,26 @@ def test_a_stale_example_fails():
         check_example("omama", ["eval", "--pred", "p.json", "--direction", "exo2ego"])
     with pytest.raises(AssertionError, match="sub-command"):
         check_example("omama", ["data"])
+
+
+RUNNABLE = [(d, p, a) for d, p, a in EXAMPLES if any("tests/fixtures/" in arg for arg in a)]
+
+
+def test_some_examples_run_on_the_fixtures():
+    assert RUNNABLE, "no example reads tests/fixtures: nothing below runs"
+
+
+@pytest.mark.parametrize(("doc", "program", "argv"), RUNNABLE)
+def test_examples_on_the_fixtures_run_as_shown(doc, program, argv, tmp_path, monkeypatch, capsys):
+    from runtime.clikit import run_app as run_cli
+
+    (tmp_path / "tests").symlink_to(REPO / "tests")  # the example's relative paths
+    monkeypatch.chdir(tmp_path)
+    app = build_app() if program == "omama" else run_app
+    code = run_cli(app, list(argv), prog_name=program)
+    assert code == 0, capsys.readouterr().err
+    outputs = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--out"]
+    assert all((tmp_path / out).exists() for out in outputs), outputs
 
 
 @pytest.mark.parametrize(("doc", "module", "flags"), SCRIPT_EXAMPLES)
