@@ -22,7 +22,7 @@ from runtime.errors import OmamaError
 
 torch.set_num_threads(1)
 
-STATE_DICT_LISTING = Path(__file__).resolve().parents[1] / "fixtures" / "matcher_state_dict.txt"
+STATE_DICT_LISTING = Path(__file__).resolve().parents[2] / "fixtures" / "matcher_state_dict.txt"
 OFFICIAL_PARAMETERS = 11_812_994
 DIM, HEADS = 32, 4
 SRC_GRID, DST_GRID = (3, 5), (4, 4)
