@@ -174,7 +174,7 @@ def run_fastsam_nms(workdir: Path, small: bool, threads: int) -> dict:
 
     from export.fastsam import build_standin_fastsam, export_fastsam_onnx, quiet_ultralytics
     from export.graphs import onnxruntime_cpu
-    from omama_train.models.fastsam import _import_ultralytics, build_random_fastsam
+    from omama_train.models.fastsam import build_random_fastsam, load_fastsam
     from runtime.fastsam_post import kept_anchors
     from runtime.timing import median_ms
 
@@ -190,13 +190,12 @@ def run_fastsam_nms(workdir: Path, small: bool, threads: int) -> dict:
     raw = raw_runner.infer({"images": x})
     scores = raw["output0"][0, 4]
     conf = float(np.sort(scores)[-100]) - 1e-7
-    ultralytics = _import_ultralytics()
     nms_dir = workdir / "nms"
     nms_dir.mkdir()
     local = nms_dir / weights.name
     shutil.copy2(weights, local)
     with quiet_ultralytics():
-        nms_path = ultralytics.FastSAM(str(local)).export(
+        nms_path = load_fastsam(local).export(
             format="onnx", imgsz=imgsz, dynamic=False, simplify=True, nms=True, conf=conf,
             iou=iou, opset=17, device="cpu", verbose=False,
         )  # fmt: skip

@@ -42,6 +42,7 @@ import torch
 from omama_train.models.fastsam import (
     _import_ultralytics,
     build_random_fastsam,
+    load_fastsam,
     preserve_thread_settings,
 )
 from runtime.errors import OmamaError
@@ -79,7 +80,6 @@ def build_standin_fastsam(path: str | os.PathLike, seed: int = 0) -> Path:
 def load_fastsam_network(weights: str | os.PathLike) -> torch.nn.Module:
     """The PyTorch network of a FastSAM checkpoint (eval mode), the parity reference:
     ``net(images)[0]`` is (output0, output1) as in the exported graph."""
-    from omama_train.models.fastsam import load_fastsam
 
     with preserve_thread_settings():
         model = load_fastsam(weights)
@@ -126,7 +126,7 @@ def export_fastsam_onnx(
     with quiet_ultralytics(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's notes on ultralytics' shape checks
         try:
-            model = ultralytics.FastSAM(str(local))
+            model = load_fastsam(local)
             extra = {"nms": False}
             if nms is not None:
                 extra = dict(

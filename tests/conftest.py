@@ -10,6 +10,7 @@ import pytest
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["ULTRALYTICS_SAFE_LOAD"] = "1"  # as omama sets it: never unpickle freely
 
 from runtime.sessions import registry  # noqa: E402
 from tests.tiny_model import B, W  # noqa: E402

@@ -6,6 +6,13 @@ size 1024, confidence 0.4, NMS IoU 0.9, retina masks): :func:`segment_everything
 exactly that, as (N, H, W) uint8 masks and (N, 4) float32 ``x1, y1, w, h`` boxes at the
 image's own size.
 
+Checkpoints are never unpickled freely: a ``.pt`` file can run any code when it is
+unpickled, and FastSAM weights come from downloads and from artifacts folders that travel
+between machines. :func:`load_fastsam` loads them only through ultralytics' restricted
+loading (``ULTRALYTICS_SAFE_LOAD``: ``torch.load(weights_only=True)`` with an allow-list of
+the ultralytics and torch model classes a checkpoint is made of) and refuses to load at all
+where that is unavailable; there is no fallback to full unpickling.
+
 Ultralytics changes process-wide thread settings (``torch.set_num_threads`` on device
 selection, ``cv2.setNumThreads(0)`` on import, ``OMP_NUM_THREADS=1`` when unset); every
 entry point here restores torch's and OpenCV's thread counts afterwards.
@@ -58,10 +65,38 @@ def preserve_thread_settings() -> Iterator[None]:
 def _import_ultralytics():
     # Importing ultralytics probes the network unless told otherwise: never wait on DNS.
     os.environ.setdefault("YOLO_OFFLINE", "1")
+    # Read once, when ultralytics is first imported: restricted checkpoint loading, always.
+    os.environ["ULTRALYTICS_SAFE_LOAD"] = "1"
     with preserve_thread_settings():
         import ultralytics
 
     return ultralytics
+
+
+def _check_restricted_loading() -> None:
+    """OmamaError unless ultralytics will load checkpoints with its restricted unpickler.
+
+    Its restricted mode needs torch's checkpoint scan (torch >= 2.6; without it ultralytics
+    silently loads unrestricted) and must have been switched on when ultralytics was first
+    imported in this process.
+    """
+    import inspect
+
+    from ultralytics.nn import tasks
+
+    if not hasattr(torch.serialization, "get_unsafe_globals_in_checkpoint") or (
+        "safe_only" not in inspect.signature(tasks.torch_safe_load).parameters
+    ):
+        raise OmamaError(
+            "this torch / ultralytics cannot load a FastSAM checkpoint without unpickling "
+            "arbitrary code (restricted loading needs torch >= 2.6 and an ultralytics with "
+            "ULTRALYTICS_SAFE_LOAD): upgrade them"
+        )
+    if not getattr(tasks, "SAFE_LOAD", False):
+        raise OmamaError(
+            "ultralytics was imported before omama turned on its restricted checkpoint "
+            "loading: set ULTRALYTICS_SAFE_LOAD=1 in the environment"
+        )
 
 
 def load_fastsam(weights_path: str | os.PathLike) -> FastSAM:
@@ -74,13 +109,15 @@ def load_fastsam(weights_path: str | os.PathLike) -> FastSAM:
     if not path.is_file():
         raise OmamaError(f"FastSAM weights not found at {path}; {WEIGHTS_SOURCE}")
     ultralytics = _import_ultralytics()
+    _check_restricted_loading()
     with preserve_thread_settings():
         try:
             model = ultralytics.FastSAM(str(path))
         except Exception as exc:  # ultralytics raises many types for a bad file
+            detail = " ".join(str(exc).replace("ERROR ❌️", "").split())
             raise OmamaError(
                 f"{path} is not a loadable ultralytics FastSAM checkpoint "
-                f"({type(exc).__name__}: {exc})"
+                f"({type(exc).__name__}: {detail})"
             ) from exc
     if model.task != "segment":
         raise OmamaError(f"{path} holds a '{model.task}' model, not a FastSAM segmentation model")

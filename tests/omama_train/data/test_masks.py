@@ -425,3 +425,26 @@ def test_shard_selection_partitions():
     for bad in ("3/3", "-1/2", "0/0", "a/b", "1"):
         with pytest.raises(OmamaError):
             parse_shard(bad)
+
+
+def test_cli_refuses_a_fastsam_file_that_runs_code(processed_root, tmp_path, capsys):
+    import os
+
+    import torch
+
+    marker = tmp_path / "pwned"
+
+    class CreatesFile:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "FastSAM-x.pt"
+    torch.save({"model": CreatesFile()}, evil)
+    code, _, err = _run_cli(
+        ["--root", str(processed_root), "--direction", "exo2ego", "--fastsam", str(evil), *FAST],
+        capsys,
+    )
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1
+    assert "not a loadable ultralytics FastSAM checkpoint" in lines[0]
+    assert not marker.exists()
