@@ -27,11 +27,12 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import RESULTS_DIR, load_average, machine_record, write_result
-from omama_train.data.encoded_masks import decode_encoded_mask, rle_runs
+from omama_train.data.encoded_masks import decode_encoded_mask
 from omama_train.data.frames import extract_frames
 from omama_train.data.lzstring import compress_to_encoded_uri_component
 from omama_train.data.prepare import prepare
 from omama_train.data.synth import synthesize, write_video
+from runtime.rle import rle_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "eval_casa_gio" / "exo2egoGT.json"

@@ -566,8 +566,8 @@ def _decode(rle_dict: object, what: str) -> np.ndarray:
         raise OmamaError(f"{what} is not an RLE dict with 'size' and 'counts'")
     try:
         mask = rle.decode(rle_dict)
-    except OmamaError:
-        raise
+    except OmamaError as exc:
+        raise OmamaError(f"{what}: {exc}") from exc
     except Exception as exc:  # pycocotools raises bare errors on corrupt counts
         raise OmamaError(f"{what} could not be decoded: {exc}") from exc
     return mask

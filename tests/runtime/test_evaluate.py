@@ -11,6 +11,7 @@ import pytest
 
 from benchmarks.reference_eval import ref_evaluate
 from omama_train.cli import build_app
+from runtime import rle
 from runtime.clikit import run_app
 from runtime.errors import OmamaError
 from runtime.evaluate import evaluate, evaluate_files, evaluate_report
@@ -164,6 +165,29 @@ def test_cli_missing_object_is_one_line_naming_it(eval_fixture_dir, tmp_path, ca
     assert code == 1
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "'spoon_27'" in lines[0]
+
+
+@pytest.mark.parametrize("pixels", [-1, +1])
+def test_cli_refuses_a_prediction_whose_counts_do_not_cover_its_size(
+    eval_fixture_dir, tmp_path, capsys, pixels
+):
+    """pycocotools would read past the counts (or ignore the rest) and give an IoU that
+    changes from run to run: the RLE is refused, naming the observation."""
+    preds = json.loads((eval_fixture_dir / "predictions_baseline.json").read_text())
+    frames = preds["exo-ego"]["results"]["take"]["masks"]["spoon_27"]
+    pair = next(iter(frames))
+    frame = next(iter(frames[pair]))
+    entry = frames[pair][frame]
+    h, w = entry["pred_mask"]["size"]
+    entry["pred_mask"] = rle.encode(np.ones((h, w + pixels), np.uint8))
+    entry["pred_mask"]["size"] = [h, w]  # counts for h x (w +- 1) pixels, size h x w
+    bad = tmp_path / "preds.json"
+    bad.write_text(json.dumps(preds))
+    code, _, err = _eval_cli(capsys, eval_fixture_dir / "exo2egoGT.json", bad, "exo2ego")
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("eval:")]
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("error:")
+    assert "'spoon_27'" in lines[0] and f"frame {frame}" in lines[0]
+    assert f"RLE counts cover {h * (w + pixels)} pixels but its size {h}x{w}" in lines[0]
 
 
 def test_cli_wrong_direction_says_which_one(eval_fixture_dir, capsys):
