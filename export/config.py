@@ -120,6 +120,11 @@ def validate(config: ExportConfig) -> None:
         )
     if config.direction is not None:
         check_direction(config.direction)
+    if config.parity_sets < 1:
+        raise OmamaError(
+            f"--parity-sets must be at least 1 (fp16's argmax agreement is measured on the "
+            f"random sets), got {config.parity_sets}"
+        )
     if config.fastsam_imgsz % 32:
         raise OmamaError(f"FastSAM image size must be a multiple of 32, got {config.fastsam_imgsz}")
     _check_choice("--fastsam-nms", config.fastsam_nms, FASTSAM_NMS_CHOICES)

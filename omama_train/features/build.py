@@ -116,7 +116,8 @@ def _check_settings(
 ) -> tuple[str, int]:
     """(device, batch size) with their defaults; OmamaError for a setting out of range."""
     device = check_device(device or default_device())
-    batch_size = batch_size or (16 if device.startswith("cuda") else 4)
+    if batch_size is None:
+        batch_size = 16 if device.startswith("cuda") else 4
     for name, value in (("--batch-size", batch_size), ("--flush-every", flush_every)):
         if value < 1:
             raise OmamaError(f"{name} must be at least 1, got {value}")

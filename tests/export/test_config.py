@@ -30,6 +30,7 @@ def test_missing_weights_is_empty_for_random_init(tmp_path):
         ({"opset": 16}, "opset must be at least 17 (LayerNormalization), got 16"),
         ({"fastsam_imgsz": 1000}, "FastSAM image size must be a multiple of 32, got 1000"),
         ({"direction": "ego2ego"}, "ego2ego"),
+        ({"parity_sets": 0}, "--parity-sets must be at least 1"),
     ],
 )
 def test_validate_names_the_bad_value(overrides, message):

@@ -525,3 +525,23 @@ def test_portrait_frame_is_resized_to_its_views_landscape_size(
     refusal = r"is 126x224 px, the exo images .* are 140x252 \(or portrait 252x140"
     with pytest.raises(OmamaError, match=refusal):
         build(odd, tmp_path / "odd_cache", odd_files)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("batch_size", 0, "--batch-size must be at least 1, got 0"),
+        ("flush_every", 0, "--flush-every must be at least 1, got 0"),
+        ("io_threads", 0, "--io-threads must be at least 1, got 0"),
+        ("limit", -1, "--limit must be at least 0, got -1"),
+    ],
+)
+def test_settings_that_make_no_sense_are_refused(
+    root, pairs_files, tmp_path, option, value, message
+):
+    from omama_train.features.build import build_cache
+
+    with pytest.raises(OmamaError, match=message):
+        build_cache(root, tmp_path / "cache", pairs_files, backbone=SMALL, random_init=True,
+                    device="cpu", progress=False, **{option: value})  # fmt: skip
+    assert not (tmp_path / "cache").exists()
