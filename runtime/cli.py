@@ -93,7 +93,11 @@ def pair_command(
     src_image: Path = typer.Argument(..., help="Source image (the view the query is drawn on)."),
     dst_image: Path = typer.Argument(..., help="Destination image."),
     query: list[Path] = typer.Option(
-        ..., "--query", "-q", help="Query mask PNG on the source image; repeat for more objects."
+        ...,
+        "--query",
+        "-q",
+        help="Query mask PNG on the source image (every non-zero pixel is the object); repeat "
+        "for more objects.",
     ),
     candidates: Path | None = typer.Option(
         None,
@@ -139,7 +143,8 @@ VideoQuery = Annotated[
     typer.Option(
         "--query",
         "-q",
-        help="TRACK: a folder of <frame>.png masks (or of one such folder per object), a JSON "
+        help="TRACK: a folder of <frame>.png masks (every non-zero pixel is the object; or one "
+        "such folder per object), a JSON "
         "{frame: RLE} or {object: {frame: RLE}}, or an Ego-Exo4D annotation.json (with "
         "--src-cam when several cameras hold masks). Repeatable.",
     ),

@@ -19,6 +19,7 @@ channel is the mask). Masks are loaded lazily, one frame at a time.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -33,6 +34,8 @@ from runtime.egoexo import is_ego_cam
 from runtime.errors import OmamaError
 
 _FRAME_NAME = re.compile(r"^\d+$")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -120,7 +123,8 @@ def read_mask_png(path: str | os.PathLike) -> np.ndarray:
     """A PNG (or any image OpenCV reads) as an (H, W) uint8 0/1 mask.
 
     Grey: non-zero is foreground; colour: any non-zero channel; RGBA: the alpha channel when
-    it is not fully opaque, else the colour rule.
+    it is not fully opaque, else the colour rule. A mask with more than two values (soft or
+    anti-aliased edges) is thresholded the same way, with one warning per process.
     """
     path = Path(path)
     if not path.is_file():
@@ -129,12 +133,30 @@ def read_mask_png(path: str | os.PathLike) -> np.ndarray:
     if image is None:
         raise OmamaError(f"cannot read mask {path}: not an image OpenCV can decode")
     if image.ndim == 2:
-        mask = image != 0
+        values = image
     elif image.shape[2] == 4 and (image[:, :, 3] != image[:, :, 3].max()).any():
-        mask = image[:, :, 3] != 0
+        values = image[:, :, 3]
     else:
-        mask = (image[:, :, :3] != 0).any(axis=2)
-    return mask.astype(np.uint8)
+        values = image[:, :, :3].max(axis=2)
+    _warn_if_not_binary(values, path)
+    return (values != 0).astype(np.uint8)
+
+
+_warned_not_binary: list[Path] = []
+
+
+def _warn_if_not_binary(values: np.ndarray, path: Path) -> None:
+    if _warned_not_binary or not ((values != 0) & (values != values.max())).any():
+        return  # already said, or only 0 and one other value
+    levels = np.unique(values)
+    if len(levels) > 2:
+        _warned_not_binary.append(path)
+        log.warning(
+            "warning: query mask %s has %d values, not 2: every non-zero pixel counts as the "
+            "object (binarise the masks to choose another threshold)",
+            path,
+            len(levels),
+        )
 
 
 def _png_frames(folder: Path) -> dict[int, Path]:

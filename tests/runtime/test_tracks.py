@@ -107,3 +107,27 @@ def test_unreadable_png_names_the_file(tmp_path):
     track = load_tracks([tmp_path]).tracks[0]
     with pytest.raises(OmamaError, match=f"cannot read mask {bad}"):
         track.mask(3)
+
+
+def test_a_query_mask_with_more_than_two_values_is_thresholded_with_one_warning(
+    tmp_path, caplog, monkeypatch
+):
+    import cv2
+
+    from runtime import tracks
+
+    monkeypatch.setattr(tracks, "_warned_not_binary", [])
+    binary = np.zeros((6, 8), np.uint8)
+    binary[1:4, 2:6] = 255
+    soft = binary.copy()
+    soft[1, 2] = 128  # an anti-aliased edge pixel
+    for name, image in (("binary.png", binary), ("soft.png", soft), ("soft2.png", soft)):
+        cv2.imwrite(str(tmp_path / name), image)
+    with caplog.at_level("WARNING", logger="runtime.tracks"):
+        assert read_mask_png(tmp_path / "binary.png").tolist() == (binary > 0).tolist()
+        assert not caplog.records
+        assert read_mask_png(tmp_path / "soft.png").tolist() == (soft > 0).tolist()
+        read_mask_png(tmp_path / "soft2.png")
+    (record,) = caplog.records  # once per process
+    assert "soft.png has 3 values" in record.getMessage()
+    assert "every non-zero pixel counts as the object" in record.getMessage()
