@@ -19,13 +19,14 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from runtime.egoexo import check_direction
 from runtime.errors import OmamaError
+from runtime.workers import process_pool
 
 if TYPE_CHECKING:
     from runtime.metrics import Observation, TakeEvaluation
@@ -96,7 +97,7 @@ def evaluate(
         else:
             # Largest takes first, so no worker is left with a big one at the end.
             sizes = {t: _n_frames(gt_annotations[t]) for t in takes}
-            with ProcessPoolExecutor(max_workers=min(workers, len(takes))) as pool:
+            with process_pool(min(workers, len(takes)), start_method=None) as pool:
                 futures = {
                     pool.submit(
                         _evaluate_take_job,

@@ -22,7 +22,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import hashlib
 import json
-import multiprocessing
 import re
 import sys
 import traceback
@@ -57,6 +56,7 @@ from runtime.egoexo import (
     read_split_json,
 )
 from runtime.errors import OmamaError
+from runtime.workers import process_pool
 
 # Bump when the processed output changes meaning, so that older takes are redone.
 FORMAT_VERSION = 1
@@ -422,8 +422,7 @@ def prepare(
                 reports[job.take] = prepare_take(job)
                 bar.update()
         else:
-            context = multiprocessing.get_context("spawn")  # no forked threads or locks
-            with cf.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            with process_pool(workers) as pool:
                 futures = {pool.submit(prepare_take, job): job for job in jobs}
                 try:
                     for future in cf.as_completed(futures):
