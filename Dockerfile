@@ -98,6 +98,7 @@ RUN --mount=type=cache,target=/root/.cache/pip \
         "pycocotools>=2.0.7" \
         "opencv-python-headless>=4.8" \
         "av>=12" \
+        "filelock>=3.12" \
         "polygraphy>=0.49"
 COPY pyproject.toml README.md ./
 COPY runtime ./runtime

@@ -55,6 +55,7 @@ from export.verify.backbone import BackboneParity
 from export.verify.fastsam import FastSAMParity
 from export.verify.matcher import MatcherParity, ViewGeometry
 from runtime.errors import OmamaError
+from runtime.locks import folder_lock
 from runtime.manifest import (
     MANIFEST_NAME,
     ArtifactFile,
@@ -528,7 +529,8 @@ class _Export:
 def export_artifacts(
     config: ExportConfig, echo: Callable[[str], None] = print, progress: bool = True
 ) -> ExportResult:
-    """Run the export described by ``config``; returns the manifest and every record.
+    """Run the export described by ``config``; returns the manifest and every record. The
+    artifacts folder is locked while it is written (:func:`runtime.locks.folder_lock`).
 
     Raises OmamaError for missing weights (naming each and where it comes from), for a
     graph that fails the checker, and, after writing the manifest, for failed checks
@@ -540,54 +542,55 @@ def export_artifacts(
     validate(config)
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    models_count = 3 + int(config.include_fastsam)
-    total = 5 + models_count * (2 if config.fp16 else 1)
-    bar = tqdm(total=total, desc="export", unit="step", disable=not progress, leave=False)
+    with folder_lock(out, "omama export"):
+        models_count = 3 + int(config.include_fastsam)
+        total = 5 + models_count * (2 if config.fp16 else 1)
+        bar = tqdm(total=total, desc="export", unit="step", disable=not progress, leave=False)
 
-    def step(label: str) -> None:
-        bar.set_postfix_str(label)
-        bar.update(1)
+        def step(label: str) -> None:
+            bar.set_postfix_str(label)
+            bar.update(1)
 
-    try:
-        with temporary_dir(out) as work, torch.no_grad():
-            models = build_models(config, work)
-            # Only now that the inputs are known to load: the old export goes.
-            clear_previous(out)
-            step("models")
-            run = _Export(config, models, work, echo, step)
-            echo(models.describe(config.random_init))
-            for note in models.notes:
-                echo(note)
-            run.backbones()
-            run.matcher()
-            if config.include_fastsam:
-                run.fastsam()
-            if config.fp16:
-                run.fp16()
-            run.tensorrt()
-            step("engines")
-            run.write_golden()
-            step("golden")
-            manifest = build_manifest(run)
-            manifest.root = out
-            if config.verify:
-                records = [*run.records, *run.replay(manifest)]
-                manifest.verification = verification_section(config, records, run.golden)
-            step("golden replay")
-            write_manifest(out, manifest)
-            step("manifest")
-    finally:
-        bar.close()
+        try:
+            with temporary_dir(out) as work, torch.no_grad():
+                models = build_models(config, work)
+                # Only now that the inputs are known to load: the old export goes.
+                clear_previous(out)
+                step("models")
+                run = _Export(config, models, work, echo, step)
+                echo(models.describe(config.random_init))
+                for note in models.notes:
+                    echo(note)
+                run.backbones()
+                run.matcher()
+                if config.include_fastsam:
+                    run.fastsam()
+                if config.fp16:
+                    run.fp16()
+                run.tensorrt()
+                step("engines")
+                run.write_golden()
+                step("golden")
+                manifest = build_manifest(run)
+                manifest.root = out
+                if config.verify:
+                    records = [*run.records, *run.replay(manifest)]
+                    manifest.verification = verification_section(config, records, run.golden)
+                step("golden replay")
+                write_manifest(out, manifest)
+                step("manifest")
+        finally:
+            bar.close()
 
-    records = list(manifest.verification.records)
-    result = ExportResult(manifest, records, run.engines.note, run.timings)
-    if config.verify:
-        echo(format_table(records))
-    failures = result.failures()
-    if failures:
-        named = "; ".join(failures[:3])
-        more = f" (+{len(failures) - 3} more)" if len(failures) > 3 else ""
-        raise OmamaError(
-            f"verification failed: {named}{more}; {out / MANIFEST_NAME} records every result"
-        )
-    return result
+        records = list(manifest.verification.records)
+        result = ExportResult(manifest, records, run.engines.note, run.timings)
+        if config.verify:
+            echo(format_table(records))
+        failures = result.failures()
+        if failures:
+            named = "; ".join(failures[:3])
+            more = f" (+{len(failures) - 3} more)" if len(failures) > 3 else ""
+            raise OmamaError(
+                f"verification failed: {named}{more}; {out / MANIFEST_NAME} records every result"
+            )
+        return result

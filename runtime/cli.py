@@ -21,6 +21,7 @@ import typer
 
 from runtime.clikit import new_app, run_app
 from runtime.errors import OmamaError, no_fastsam_error
+from runtime.locks import folder_lock
 
 app = new_app("omama-run: O-MaMa inference on ONNX Runtime or TensorRT, without torch.")
 
@@ -130,9 +131,12 @@ def pair_command(
     from runtime.runs.pair import format_pair_result, read_pair_inputs, run_pair
 
     inputs = read_pair_inputs(src_image, dst_image, query, candidates)
-    with _open_pipeline(
-        artifacts, backend, device, precision, threads, mask_size, weights_dirs
-    ) as pipe:
+    with (
+        folder_lock(out, "omama-run pair"),
+        _open_pipeline(
+            artifacts, backend, device, precision, threads, mask_size, weights_dirs
+        ) as pipe,
+    ):
         result = run_pair(pipe, inputs, out)
     typer.echo(format_pair_result(result, out))
 
@@ -233,9 +237,12 @@ def video_command(
         dst_cam=dst_cam, take=take, candidates=candidates, max_frames=max_frames, resume=resume,
         overlay=overlay, checkpoint_every_frames=checkpoint_every_frames,
     )  # fmt: skip
-    with _open_pipeline(
-        artifacts, backend, device, precision, threads, mask_size, weights_dirs
-    ) as pipe:
+    with (
+        folder_lock(out, "omama-run video"),
+        _open_pipeline(
+            artifacts, backend, device, precision, threads, mask_size, weights_dirs
+        ) as pipe,
+    ):
         summary = run_video(pipe, run)
     typer.echo(format_video_summary(summary))
     if gt is not None:
@@ -320,9 +327,12 @@ def take_command(
     if candidates is not None and not candidates.is_dir():
         raise OmamaError(f"--candidates {candidates} is not a folder")
     out = out or Path("omama_out") / take_dir.name
-    with _open_pipeline(
-        artifacts, backend, device, precision, threads, mask_size, weights_dirs
-    ) as pipe:
+    with (
+        folder_lock(out, "omama-run take"),
+        _open_pipeline(
+            artifacts, backend, device, precision, threads, mask_size, weights_dirs
+        ) as pipe,
+    ):
         summary = run_take(pipe, take_dir, out, max_frames, candidates, score)
     typer.echo(format_take_summary(summary))
     if score and "report" in summary:

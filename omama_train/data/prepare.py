@@ -56,6 +56,7 @@ from runtime.egoexo import (
     read_split_json,
 )
 from runtime.errors import OmamaError
+from runtime.locks import folder_lock
 from runtime.workers import process_pool
 
 # Bump when the processed output changes meaning, so that older takes are redone.
@@ -476,5 +477,6 @@ def add_commands(data_app: typer.Typer) -> None:
 
         Example: omama data prepare --relations relations_val.json --takes takes --out data
         """
-        report = prepare(relations, takes, out, workers=workers, split=split)
+        with folder_lock(out, "omama data prepare"):
+            report = prepare(relations, takes, out, workers=workers, split=split)
         typer.echo(report.summary_text(out / REPORT_NAME))
