@@ -2,7 +2,8 @@
 
 Every omama command raises :class:`runtime.errors.OmamaError` for problems a user can fix;
 :func:`run_app` turns it into ``error: <message>`` on stderr and exit status 1. With
-``--verbose`` (anywhere on the command line) the traceback is printed as well.
+``--verbose`` (anywhere on the command line) the traceback is printed as well; a message of
+many lines (PyTorch's loaders raise those) is cut to its first line unless ``--verbose``.
 """
 
 from __future__ import annotations
@@ -56,6 +57,19 @@ def discover_commands(app: typer.Typer, group: str = ENTRY_POINT_GROUP) -> None:
         register(app)
 
 
+def one_line(message: str, verbose: bool) -> str:
+    """``message`` as one line: its first non-empty line, and how many more there are.
+
+    Libraries (PyTorch's loaders above all) raise messages of many lines; a refusal stays one
+    line on stderr and the rest is shown with ``--verbose``.
+    """
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if verbose or len(lines) <= 1:
+        return message.strip() if verbose else (lines[0] if lines else "")
+    more = len(lines) - 1
+    return f"{lines[0]} ({more} more line{'s' if more > 1 else ''}: run again with --verbose)"
+
+
 def run_app(app: typer.Typer, argv: list[str] | None = None, prog_name: str = "omama") -> int:
     """Run ``app`` and map failures to one clear line and a non-zero exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -81,7 +95,7 @@ def run_app(app: typer.Typer, argv: list[str] | None = None, prog_name: str = "o
     except OmamaError as exc:
         if verbose:
             traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(str(exc), verbose)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
@@ -89,9 +103,13 @@ def run_app(app: typer.Typer, argv: list[str] | None = None, prog_name: str = "o
     except Exception as exc:  # unexpected: still one line, traceback with --verbose
         if verbose:
             traceback.print_exc()
-        print(
-            f"error: {type(exc).__name__}: {exc} (run again with --verbose for the traceback)",
-            file=sys.stderr,
-        )
+            print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        else:
+            first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+            print(
+                f"error: {type(exc).__name__}: {first} "
+                "(run again with --verbose for the traceback)",
+                file=sys.stderr,
+            )
         return 1
     return result if isinstance(result, int) else 0

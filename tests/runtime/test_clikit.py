@@ -72,3 +72,28 @@ def test_omama_run_info_needs_no_torch():
         "assert 'torch' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_multi_line_project_error_is_one_line_with_detail_behind_verbose(capsys):
+    message = "cannot read w.pt as a PyTorch weights file: Weights only load failed.\n\n" + (
+        "Please file an issue with the following so that we can make weights_only=True "
+        "compatible with your use case.\n\tUnsupported global: GLOBAL argparse.Namespace"
+    )
+    assert run_app(_app_that_fails(OmamaError(message)), ["boom"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "error: cannot read w.pt as a PyTorch weights file: Weights only load failed. "
+        "(2 more lines: run again with --verbose)"
+    ]
+    assert run_app(_app_that_fails(OmamaError(message)), ["boom", "--verbose"]) == 1
+    err = capsys.readouterr().err
+    assert "Unsupported global: GLOBAL argparse.Namespace" in err.split("Traceback")[-1]
+
+
+def test_multi_line_unexpected_error_is_one_line(capsys):
+    error = RuntimeError("Error(s) in loading state_dict:\n\tMissing key(s): a, b.\n\tUnexpected")
+    assert run_app(_app_that_fails(error), ["boom"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("error: RuntimeError: Error(s) in loading state_dict:")
+    assert "--verbose" in err[0]
