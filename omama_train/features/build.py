@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING
 
 from omama_train.devices import check_device, default_device
 from omama_train.features.images import jpeg_size_hw, unique_images
+from omama_train.features.locks import meta_lock, shard_lock
 from omama_train.features.meta import (
+    BACKBONE_FILE,
     DTYPE,
     FORMAT,
     FORMAT_VERSION,
@@ -78,32 +80,66 @@ def build_cache(
     if (out / META_NAME).exists():
         # Refuse before any work when the cache was built otherwise.
         meta = create_or_check_meta(out, meta)
-        cached = set(FeatureCache(out).keys())
-    else:
-        cached = set()
     for kind in kinds:
         if kind not in meta["views"]:
             raise OmamaError(f"feature cache at {out} has no {kind} view: build a new cache")
-    work.uncached = [k for k in work.present if str(k) not in cached]
-    work.todo = work.uncached if limit is None else work.uncached[:limit]
+    work.plan(out, limit)
     _check_source_sizes(work.todo, index, meta, out)
     saved_file = None
-    if bw.random_init and (work.todo or (out / META_NAME).exists()):
-        saved_file = write_backbone_file(out, bw)
-        # Recorded by the run that creates meta.json (an existing one is only checked).
-        meta["weights"] = {**meta["weights"], "saved_file": saved_file}
-    if work.todo:
-        meta = create_or_check_meta(out, meta)
-
-    stats = RunStats()
-    settings = {"device": device, "batch_size": batch_size, "flush_every": flush_every}
-    _compute(work.todo, meta, bw, index, out, shard, io_threads, progress, stats, **settings)
+    if work.todo or (bw.random_init and (out / META_NAME).exists()):
+        meta, saved_file = _settle_meta(out, meta, bw, create=bool(work.todo))
     weights = bw.describe() | ({"saved_file": saved_file} if saved_file else {})
-    run = {"device": device, "batch_size": batch_size, "elapsed_s": time.perf_counter() - started}
-    report = _report(out, root, pairs_files, meta["backbone"], weights, shard, work, stats, run)
-    if (out / META_NAME).exists():
-        write_json(report_path(out, shard), report, indent=2)
+    if not (out / META_NAME).exists():  # nothing to compute, no cache: nothing to write
+        run = {"device": device, "batch_size": batch_size, "elapsed_s": 0.0}
+        return _report(
+            out, root, pairs_files, meta["backbone"], weights, shard, work, RunStats(), run
+        )
+
+    with shard_lock(out, shard):
+        # Another run of this shard may have cached images since: they are skipped.
+        work.plan(out, limit)
+        _check_source_sizes(work.todo, index, meta, out)
+        report_file = report_path(out, shard)
+        _remove_temporaries(out, [report_file.name])
+        stats = RunStats()
+        settings = {"device": device, "batch_size": batch_size, "flush_every": flush_every}
+        _compute(work.todo, meta, bw, index, out, shard, io_threads, progress, stats, **settings)
+        run = {
+            "device": device,
+            "batch_size": batch_size,
+            "elapsed_s": time.perf_counter() - started,
+        }
+        report = _report(out, root, pairs_files, meta["backbone"], weights, shard, work, stats, run)
+        write_json(report_file, report, indent=2)
     return report
+
+
+def _settle_meta(
+    out: Path, meta: dict, bw: BackboneWeights, create: bool
+) -> tuple[dict, dict | None]:
+    """Under the cache's meta lock: check ``meta.json`` against this run (another run may have
+    created it since), write the weights of a random-init run, and create ``meta.json`` when
+    absent and ``create``. Returns (the meta in force, the weights file written or None)."""
+    with meta_lock(out):
+        _remove_temporaries(out, [META_NAME, BACKBONE_FILE])  # of runs killed while writing
+        if (out / META_NAME).exists():
+            meta = create_or_check_meta(out, meta)
+        saved_file = None
+        if bw.random_init:
+            saved_file = write_backbone_file(out, bw)
+            # Recorded by the run that creates meta.json (an existing one is only checked).
+            meta["weights"] = {**meta["weights"], "saved_file": saved_file}
+        if create:
+            meta = create_or_check_meta(out, meta)
+    return meta, saved_file
+
+
+def _remove_temporaries(out: Path, names: list[str]) -> None:
+    """Remove the temporary files (``runtime.atomic``) of ``out/<name>`` a killed run left;
+    only the holder of the lock that guards those files calls this."""
+    for name in names:
+        for tmp in out.glob(f".{name}.*"):
+            tmp.unlink(missing_ok=True)
 
 
 def _check_settings(
@@ -150,6 +186,12 @@ class _Work:
         present = [k for k in shard_images if index.image_path(*k).is_file()]
         missing = [str(k) for k in shard_images if not index.image_path(*k).is_file()]
         return cls(images, shard_images, present, missing)
+
+    def plan(self, out: Path, limit: int | None) -> None:
+        """``uncached`` and ``todo`` from what the cache at ``out`` holds now."""
+        cached = set(FeatureCache(out).keys()) if (out / META_NAME).exists() else set()
+        self.uncached = [k for k in self.present if str(k) not in cached]
+        self.todo = self.uncached if limit is None else self.uncached[:limit]
 
 
 def _new_meta(

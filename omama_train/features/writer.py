@@ -9,7 +9,8 @@ is its index part written (atomically). An index part therefore always describes
 data file, and an interrupted run loses at most the chunk it was writing: the next run
 skips every key already indexed (by any shard) and goes on. Leftovers of this shard's
 interrupted chunks (temporary files, data files without an index part) are removed at the
-start. One process per shard at a time.
+start. One process per shard at a time: the caller holds the shard's lock
+(:mod:`omama_train.features.locks`), so these leftovers are never another run's.
 
 Compute: ``torch.inference_mode``; on CUDA under ``torch.autocast(float16)``, on CPU in
 float32; stored as float16 either way (non-finite values are refused). JPEGs are decoded by
