@@ -10,7 +10,8 @@ The file holds exactly the observations to score: those of a pairs file when one
 frame) it carries the source mask, the destination mask when the object is visible, and
 the frame in the annotated frames of both cameras. Whatever order an evaluator walks the
 file in (source masks, or destination annotated frames), it meets these observations and
-no others.
+no others. A mask whose RLE is invalid or whose size is not its frame's is refused
+(:mod:`omama_train.data.annotated_masks`): the GT would score it wrongly.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from pathlib import Path
 
 import typer
 
+from omama_train.data.annotated_masks import AnnotatedMasks
 from omama_train.data.pairs import all_pairs
 from runtime.atomic import write_json
 from runtime.egoexo import Pair, ProcessedRoot, check_direction, read_pairs
 from runtime.errors import OmamaError
+from runtime.locks import file_lock
 from runtime.results import add_gt_annotation, new_gt
 
 
@@ -33,18 +36,21 @@ def build_gt(index: ProcessedRoot, pairs: Iterable[Pair], direction: str) -> tup
 
     Both cameras of every pair get an entry under ``masks[obj]`` (empty when the object is
     not visible there): the evaluator only walks objects that have an ego camera there.
+    OmamaError, naming the observation, for an invalid mask or one of another size than
+    its frame.
     """
     check_direction(direction)
+    masks = AnnotatedMasks(index)
     gt = new_gt()
     no_query = 0
     for pair in pairs:
         src, dst = pair.src_cam(direction), pair.dst_cam(direction)
-        query = index.mask_rle(pair.take, pair.obj, src, pair.frame)
+        query = masks.rle(pair.take, pair.obj, src, pair.frame)
         if query is None:
             no_query += 1
             continue
         add_gt_annotation(gt, pair.take, pair.obj, src, pair.frame, query)
-        target = index.mask_rle(pair.take, pair.obj, dst, pair.frame)
+        target = masks.rle(pair.take, pair.obj, dst, pair.frame)
         add_gt_annotation(gt, pair.take, pair.obj, dst, pair.frame, target)
     for take in gt["annotations"].values():  # frame order, whatever the order of the pairs
         for per_cam in take["annotated_frames"].values():
@@ -113,8 +119,9 @@ def add_commands(data_app: typer.Typer) -> None:
                 index, [t for t in index.takes(split) if index.has_take(t)], direction
             )
         pairs = select_pairs(pairs, only_takes, only_cams)
-        gt, no_query = build_gt(index, pairs, direction)
-        write_json(out, gt)
+        with file_lock(out, "omama data gt"):
+            gt, no_query = build_gt(index, pairs, direction)
+            write_json(out, gt)
         n_takes = len(gt["annotations"])
         typer.echo(
             f"{split} {direction}: {len(pairs) - no_query} observations in {n_takes} takes -> {out}"
