@@ -11,12 +11,17 @@ real candidates do, so numbers obtained with it are not comparable to published 
 
 Work is sharded deterministically (shard i of n takes the sorted frames ``[i::n]``),
 resumable (a frame whose two files exist and agree is skipped), atomic per file, and ends
-with a JSON report ``ROOT/masks_report_<split>_<direction>[_shard_i_n].json``.
+with a JSON report ``ROOT/masks_report_<split>_<direction>[_shard_i_n].json``. Shards share
+the output folder; each holds its own lock there, so a second run of the same shard stops
+at once with one error, and the folder's source is checked and recorded under a lock of its
+own. A frame that cannot be done (missing or unreadable image, an invalid ground-truth mask)
+is skipped, logged and reported; a run that leaves its shard without any candidates fails.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import sys
 import time
@@ -30,7 +35,9 @@ from typing import Annotated
 
 import numpy as np
 import typer
+from filelock import FileLock
 
+from omama_train.data.annotated_masks import AnnotatedMasks
 from omama_train.devices import check_device, default_device
 from omama_train.imagekey import ImageKey, dst_frames
 from omama_train.shards import parse_shard, select_shard
@@ -47,11 +54,20 @@ from runtime.egoexo import (
 from runtime.errors import OmamaError
 from runtime.images import read_rgb
 from runtime.info import package_versions
+from runtime.locks import folder_lock
 from runtime.preprocess import resize_mask_nearest
 from runtime.rle import decode
 
+log = logging.getLogger(__name__)
+
 PREFETCH_FRAMES = 4  # images decoded ahead of the model
 SOURCE_FILE = "candidates_source.json"
+SOURCE_LOCK = ".omama-source.lock"
+
+
+class SkipFrame(Exception):
+    """A candidate maker cannot do this frame (e.g. one of its masks is invalid): the run
+    reports it and goes on with the next frame."""
 
 
 @dataclass(frozen=True)
@@ -112,27 +128,42 @@ def check_source(out_dir: Path, source: dict) -> None:
         )
 
 
+def claim_source(out_dir: Path, source: dict) -> None:
+    """Check ``out_dir``'s recorded source against ``source`` and record it when absent,
+    under the folder's source lock: of two shards with other sources starting at once, the
+    second is refused instead of both writing into one folder."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(out_dir / SOURCE_LOCK):
+        check_source(out_dir, source)
+        if not (out_dir / SOURCE_FILE).is_file():
+            write_json(out_dir / SOURCE_FILE, source, indent=2)
+
+
 def annotation_candidates(
-    index: ProcessedRoot, frame: ImageKey, size_hw: tuple[int, int]
+    masks: AnnotatedMasks, frame: ImageKey, size_hw: tuple[int, int]
 ) -> Candidates:
     """Ground-truth masks of every object with a mask in this frame, as candidates.
 
     Masks (stored at the video's resolution) are nearest-resized to ``size_hw`` (H, W) with
     the OpenCV rule, as O-MaMa resizes ground-truth masks, so a stand-in candidate equals the
     positive mask training builds for that object; objects are in name order; masks that come
-    out empty are left out. Boxes are the tight boxes of the resized masks.
+    out empty are left out. Boxes are the tight boxes of the resized masks. SkipFrame when a
+    mask of the frame is invalid or not of its video's size (its candidates would be wrong).
     """
-    masks = []
-    for obj in index.objects(frame.take):
-        rle = index.mask_rle(frame.take, obj, frame.cam, frame.frame)
+    found = []
+    for obj in masks.index.objects(frame.take):
+        try:
+            rle = masks.rle(frame.take, obj, frame.cam, frame.frame)
+        except OmamaError as exc:
+            raise SkipFrame(str(exc)) from exc
         if rle is None:
             continue
         mask = resize_mask_nearest(decode(rle), size_hw, rule="opencv")
         if mask.any():
-            masks.append(mask)
-    if not masks:
+            found.append(mask)
+    if not found:
         return Candidates.empty(size_hw)
-    return Candidates.from_masks(np.stack(masks))
+    return Candidates.from_masks(np.stack(found))
 
 
 def _read_image(path: Path) -> np.ndarray | None:
@@ -173,10 +204,10 @@ def fastsam_source(
 
 def annotation_source(root: Path) -> Callable[[ImageKey, np.ndarray], Candidates]:
     """A candidate maker returning the frame's ground-truth masks (see annotation_candidates)."""
-    index = ProcessedRoot(root)
+    masks = AnnotatedMasks(ProcessedRoot(root))
 
     def make(frame: ImageKey, image_rgb: np.ndarray) -> Candidates:
-        return annotation_candidates(index, frame, image_rgb.shape[:2])
+        return annotation_candidates(masks, frame, image_rgb.shape[:2])
 
     return make
 
@@ -197,11 +228,14 @@ def extract_candidates(
     """Write the candidates of this shard's destination frames; returns the report dict.
 
     ``make_candidates(frame, image_rgb)`` computes one frame's :class:`Candidates` at the
-    image's size. Frames already complete are skipped; missing or unreadable images are
-    reported and skipped (nothing is written for them). Image reading and the compressed
-    writes run in worker threads (``io_threads`` writers; zlib releases the GIL), so the
-    model does not wait on disk or compression. With ``source`` (:func:`candidates_source`)
-    the output folder records how its candidates were made and refuses other sources.
+    image's size, or raises :class:`SkipFrame`. Frames already complete are skipped; missing
+    or unreadable images and frames the maker skips are logged, reported and skipped (nothing
+    is written for them); when that leaves the shard without any candidates, OmamaError
+    (after the report). Image reading and the compressed writes run in worker threads
+    (``io_threads`` writers; zlib releases the GIL), so the model does not wait on disk or
+    compression. With ``source`` (:func:`candidates_source`) the output folder records how
+    its candidates were made and refuses other sources. The shard's lock on the output
+    folder is held throughout: a second run of the same shard is refused at once.
     """
     if io_threads < 1:
         raise OmamaError(f"--io-threads must be at least 1, got {io_threads}")
@@ -211,49 +245,41 @@ def extract_candidates(
     pairs_file = Path(pairs_file) if pairs_file is not None else pairs_path(root, split, direction)
     frames_all = dst_frames(read_pairs(pairs_file), direction)
     frames = select_shard(frames_all, *shard)
-    todo, skipped, redone = _plan(root, split, direction, frames)
-
     out_dir = candidates_dir(root, split, direction)
-    if source is not None:
-        check_source(out_dir, source)
-        if todo and not (out_dir / SOURCE_FILE).is_file():
-            write_json(out_dir / SOURCE_FILE, source, indent=2)
-    run = _Run(root, split, direction)
-    run.write(todo, make_candidates, io_threads, progress)
-    counts = run.counts
-    report = {
-        "split": split,
-        "direction": direction,
-        "pairs_file": str(pairs_file),
-        "output_dir": str(out_dir),
-        "source": source,
-        "shard": list(shard),
-        "frames_total": len(frames_all),
-        "frames_in_shard": len(frames),
-        "written": len(counts),
-        "skipped_complete": len(skipped),
-        "redone_incomplete": redone,
-        "zero_candidates": run.zero,
-        "missing_images": run.missing,
-        "unreadable_images": run.unreadable,
-        "candidates": {
-            "total": int(sum(counts)),
-            "mean": float(np.mean(counts)) if counts else 0.0,
-            "min": int(min(counts)) if counts else 0,
-            "max": int(max(counts)) if counts else 0,
-        },
-        "timing": {
-            "seconds_total": round(time.perf_counter() - started, 3),
-            "compute_ms_per_frame": (
-                round(1000 * run.compute_s / len(counts), 2) if counts else None
-            ),
-        },
-        "finished_at": datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor()},
-        "versions": {"python": platform.python_version(), **package_versions(VERSIONED_PACKAGES)},
-        **(report_extra or {}),
-    }
-    write_json(report_path(root, split, direction, shard), report, indent=2)
+    path = report_path(root, split, direction, shard)
+    where = f"omama data masks --shard {shard[0]}/{shard[1]}"
+    with folder_lock(out_dir, where, name=f".omama-shard-{shard[0]:03d}of{shard[1]:03d}.lock"):
+        todo, skipped, redone = _plan(root, split, direction, frames)
+        if source is not None:
+            claim_source(out_dir, source) if todo else check_source(out_dir, source)
+        run = _Run(root, split, direction)
+        run.write(todo, make_candidates, io_threads, progress)
+        report = {
+            "split": split,
+            "direction": direction,
+            "pairs_file": str(pairs_file),
+            "output_dir": str(out_dir),
+            "source": source,
+            "shard": list(shard),
+            "frames_total": len(frames_all),
+            "frames_in_shard": len(frames),
+            "skipped_complete": len(skipped),
+            "redone_incomplete": redone,
+            **run.outcome(time.perf_counter() - started),
+            "finished_at": datetime.now().astimezone().isoformat(timespec="seconds"),
+            "machine": {"platform": platform.platform(), "processor": platform.processor()},
+            "versions": {
+                "python": platform.python_version(),
+                **package_versions(VERSIONED_PACKAGES),
+            },
+            **(report_extra or {}),
+        }
+        write_json(path, report, indent=2)
+    if todo and not report["written"] and not skipped:
+        raise OmamaError(
+            f"no frame of this shard has candidates: all {len(todo)} were skipped "
+            f"({run.why_skipped()}); see {path}"
+        )
     return report
 
 
@@ -283,6 +309,7 @@ class _Run:
         self.root, self.split, self.direction = root, split, direction
         self.missing: list[str] = []
         self.unreadable: list[str] = []
+        self.invalid: list[dict] = []  # {"frame", "problem"} of the frames the maker skipped
         self.zero: list[str] = []
         self.counts: list[int] = []
         self.compute_s = 0.0
@@ -315,7 +342,13 @@ class _Run:
                     (self.missing if not paths[i].is_file() else self.unreadable).append(str(frame))
                     bar.update(1)
                     continue
-                candidates = self._compute(frame, image, make_candidates)
+                try:
+                    candidates = self._compute(frame, image, make_candidates)
+                except SkipFrame as exc:
+                    log.warning("skipped frame %s: %s", frame, exc)
+                    self.invalid.append({"frame": str(frame), "problem": str(exc)})
+                    bar.update(1)
+                    continue
                 masks_path, boxes_path = candidate_paths(
                     self.root, self.split, self.direction, *frame
                 )
@@ -326,6 +359,38 @@ class _Run:
                 bar.update(1)
             for future in pending:
                 future.result()
+
+    def outcome(self, seconds: float) -> dict:
+        """The report's entries on what this run did to its frames."""
+        counts = self.counts
+        return {
+            "written": len(counts),
+            "zero_candidates": self.zero,
+            "missing_images": self.missing,
+            "unreadable_images": self.unreadable,
+            "invalid_masks": self.invalid,
+            "candidates": {
+                "total": int(sum(counts)),
+                "mean": float(np.mean(counts)) if counts else 0.0,
+                "min": int(min(counts)) if counts else 0,
+                "max": int(max(counts)) if counts else 0,
+            },
+            "timing": {
+                "seconds_total": round(seconds, 3),
+                "compute_ms_per_frame": (
+                    round(1000 * self.compute_s / len(counts), 2) if counts else None
+                ),
+            },
+        }
+
+    def why_skipped(self) -> str:
+        """``"2 with invalid masks, 1 missing image"``: the frames skipped, by reason."""
+        parts = [
+            (len(self.invalid), "with invalid masks", "with invalid masks"),
+            (len(self.missing), "missing image", "missing images"),
+            (len(self.unreadable), "unreadable image", "unreadable images"),
+        ]
+        return ", ".join(f"{n} {one if n == 1 else many}" for n, one, many in parts if n)
 
     def _compute(self, frame: ImageKey, image: np.ndarray, make_candidates) -> Candidates:
         t0 = time.perf_counter()
@@ -383,7 +448,8 @@ def summary_line(report: dict, path: Path) -> str:
         f"{report['frames_in_shard']} destination frames{shard} of {report['frames_total']}: "
         f"{report['written']} written, {report['skipped_complete']} already done, "
         f"{len(report['missing_images'])} missing images, "
-        f"{len(report['unreadable_images'])} unreadable; "
+        f"{len(report['unreadable_images'])} unreadable, "
+        f"{len(report.get('invalid_masks', []))} skipped for invalid masks; "
         f"{len(report['zero_candidates'])} with zero candidates; "
         f"{cands['total']} candidates (mean {cands['mean']:.1f}, max {cands['max']}); "
         + (f"{per_frame:.0f} ms/frame; " if per_frame is not None else "")
