@@ -38,6 +38,7 @@ from runtime.egoexo import (
     write_pairs,
 )
 from runtime.errors import OmamaError
+from runtime.locks import folder_lock
 
 SAMPLE_BY = ("frame", "object")
 
@@ -214,29 +215,32 @@ def add_commands(data_app: typer.Typer) -> None:
         check_sample_by(sample_by)
         index = ProcessedRoot(root)
         splits = index.splits() if split == "all" else [split]
-        for name in splits:
-            result = make_pairs(
-                index,
-                name,
-                direction,
-                sample_ratio=sample_ratio,
-                target_pairs=target_pairs,
-                sample_by=sample_by,
-                seed=seed,
-            )
-            path = pairs_path(root, name, direction)
-            write_pairs(path, result.pairs, root)
-            line = f"{name}: {len(result.pairs)} pairs"
-            if result.sample_ratio is not None:
-                share = len(result.pairs) / result.total if result.total else math.nan
-                line += (
-                    f" of {result.total} ({share:.1%}; ratio {result.sample_ratio:.4g} "
-                    f"by {sample_by}, seed {seed})"
+        folder = pairs_path(root, "train", direction).parent  # ROOT/dataset_jsons
+        # One writer per direction: the two directions' files are apart.
+        with folder_lock(folder, "omama data pairs", name=f".omama-{direction}.lock"):
+            for name in splits:
+                result = make_pairs(
+                    index,
+                    name,
+                    direction,
+                    sample_ratio=sample_ratio,
+                    target_pairs=target_pairs,
+                    sample_by=sample_by,
+                    seed=seed,
                 )
-            typer.echo(f"{line} -> {path}")
-            if result.missing_takes:
-                typer.echo(
-                    f"  {len(result.missing_takes)} take(s) of split.json not prepared, "
-                    f"left out: {', '.join(result.missing_takes[:5])}"
-                    + (" ..." if len(result.missing_takes) > 5 else "")
-                )
+                path = pairs_path(root, name, direction)
+                write_pairs(path, result.pairs, root)
+                line = f"{name}: {len(result.pairs)} pairs"
+                if result.sample_ratio is not None:
+                    share = len(result.pairs) / result.total if result.total else math.nan
+                    line += (
+                        f" of {result.total} ({share:.1%}; ratio {result.sample_ratio:.4g} "
+                        f"by {sample_by}, seed {seed})"
+                    )
+                typer.echo(f"{line} -> {path}")
+                if result.missing_takes:
+                    typer.echo(
+                        f"  {len(result.missing_takes)} take(s) of split.json not prepared, "
+                        f"left out: {', '.join(result.missing_takes[:5])}"
+                        + (" ..." if len(result.missing_takes) > 5 else "")
+                    )

@@ -39,6 +39,7 @@ from runtime import rle
 from runtime.atomic import atomic_path, write_json
 from runtime.egoexo import SPLITS
 from runtime.errors import OmamaError
+from runtime.locks import folder_lock
 
 # --------------------------------------------------------------------------- writing
 
@@ -315,15 +316,16 @@ def add_commands(data_app: typer.Typer) -> None:
 
         Example: omama data synth --out data/synth --num-takes 6 --small --seed 0
         """
-        summary = synthesize(
-            out,
-            num_takes,
-            small=small,
-            seed=seed,
-            frames=frames,
-            annotate_every=annotate_every,
-            show_progress=True,
-        )
+        with folder_lock(out, "omama data synth"):
+            summary = synthesize(
+                out,
+                num_takes,
+                small=small,
+                seed=seed,
+                frames=frames,
+                annotate_every=annotate_every,
+                show_progress=True,
+            )
         typer.echo(
             f"wrote {summary['takes']} takes to {summary['out']} "
             f"(train {summary['splits']['train']}, val {summary['splits']['val']}, "
