@@ -80,7 +80,9 @@ def export_command(
     with --fp16 the *_fp16.onnx variants and, when TensorRT and a CUDA GPU are present,
     *_fp16.engine files; golden/<model>.npz (golden inputs and the torch fp32 outputs,
     for `omama-run verify` on the target machine); then manifest.json with hashes,
-    shapes, versions and the verification records.
+    shapes, versions and the verification records. The manifest's facts (direction,
+    random init, sizes, descriptor settings, ...) also go into each ONNX file's metadata,
+    and omama-run refuses a manifest that disagrees with them.
 
     Example: omama export --fp16 --backbone-weights dinov2_vitb14_reg4_pretrain.pth
     --matcher omama_exo2ego.pt --fastsam FastSAM-x.pt --out artifacts

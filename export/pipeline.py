@@ -19,7 +19,8 @@ The stages of :class:`_Export`, in the order they run, each file written atomica
 6. the manifest (``export.manifest_writer``) with hashes, shapes, tools and the verification
    records: the parity runs, and (``replay``) the golden files replayed through the same
    code ``omama-run verify`` runs on every file and on the torch backend rebuilt from the
-   manifest.
+   manifest. Before the replay, the manifest's facts are stamped into each ONNX file's
+   metadata (``export.stamp``), which the runtime cross-checks.
 
 A failed check still writes the manifest (it records the failure, and the runtime refuses
 the folder) and then raises an OmamaError naming the offending outputs.
@@ -51,6 +52,7 @@ from export.graphs import (
 from export.manifest_writer import build_manifest, verification_section
 from export.matcher_input import measure_matcher_inputs
 from export.models import ExportModels, build_models, torch_reference
+from export.stamp import stamp_facts
 from export.verify.backbone import BackboneParity
 from export.verify.fastsam import FastSAMParity
 from export.verify.matcher import MatcherParity, ViewGeometry
@@ -573,6 +575,7 @@ def export_artifacts(
                 step("golden")
                 manifest = build_manifest(run)
                 manifest.root = out
+                stamp_facts(manifest)  # before the replay: it runs the stamped files
                 if config.verify:
                     records = [*run.records, *run.replay(manifest)]
                     manifest.verification = verification_section(config, records, run.golden)

@@ -23,12 +23,15 @@ this package reads attributes, never the JSON dict.
 A folder of an older version is refused with the command that re-exports it.
 
 :func:`check_artifacts` (``folder.py``, which also reads and writes the folder) refuses a
-folder whose files do not match the manifest (missing file, size or sha256 mismatch) or whose
-export verification failed, with one message that lists what differs.
+folder whose files do not match the manifest (missing file, size or sha256 mismatch), whose
+manifest disagrees with the facts the export stamped into each ONNX file's metadata or with
+the graphs' shapes (``facts.py``, reading files with ``onnx_header.py``), or whose export
+verification failed, with one message that lists what differs.
 
 The names below are the package's API.
 """
 
+from runtime.manifest.facts import FACT_PREFIX, cross_check, file_facts
 from runtime.manifest.folder import (
     artifact_differences,
     check_artifacts,
@@ -82,6 +85,7 @@ __all__ = [
     "DescriptorSpec",
     "Dim",
     "EngineRecord",
+    "FACT_PREFIX",
     "EnginesRecord",
     "FILE_FORMATS",
     "FORMAT",
@@ -108,8 +112,10 @@ __all__ = [
     "WeightsRecord",
     "artifact_differences",
     "check_artifacts",
+    "cross_check",
     "describe_check",
     "file_entry",
+    "file_facts",
     "file_ref",
     "format_value",
     "load_manifest",

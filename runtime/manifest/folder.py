@@ -10,6 +10,7 @@ from pathlib import Path
 from runtime.atomic import write_json
 from runtime.errors import OmamaError
 from runtime.jsonrecords import read_json_object
+from runtime.manifest.facts import cross_check
 from runtime.manifest.records import (
     MANIFEST_NAME,
     ArtifactFile,
@@ -129,9 +130,11 @@ def artifact_differences(manifest: Manifest, check_hashes: bool = True) -> list[
 def check_artifacts(root: str | os.PathLike, check_hashes: bool = True) -> Manifest:
     """Load the manifest of ``root`` and refuse the folder unless its files match it.
 
-    Raises OmamaError listing every missing file and every size/sha256 mismatch, or
-    naming the failed checks when the export's own verification failed. A folder exported
-    with ``--no-verify`` is accepted (``manifest.verification.verified`` is False).
+    Raises OmamaError listing every missing file and every size/sha256 mismatch, every
+    difference between the manifest and the facts its ONNX files record or their graphs'
+    shapes (:func:`runtime.manifest.facts.cross_check`), or naming the failed checks when
+    the export's own verification failed. A folder exported with ``--no-verify`` is
+    accepted (``manifest.verification.verified`` is False).
     """
     manifest = load_manifest(root)
     differences = artifact_differences(manifest, check_hashes=check_hashes)
@@ -141,6 +144,7 @@ def check_artifacts(root: str | os.PathLike, check_hashes: bool = True) -> Manif
             + "; ".join(differences)
             + " (re-export with `omama export`)"
         )
+    cross_check(manifest)
     verification = manifest.verification
     if verification.verified and not verification.passed:
         failed = ", ".join(verification.failures) or "see manifest.json"
