@@ -38,6 +38,9 @@ HELP = {
     "adjustable at run time), or 'auto' (the graph when that parity holds, else runtime, "
     "saying why).",
     "parity_sets": "Random candidate sets in the matcher parity check.",
+    "sign": "Sign the finished folder with this PEM elliptic-curve private key (OpenSSF "
+    "model-signing, offline; writes OUT/model.sig); `omama-run ... --trust PUBKEY` verifies it. "
+    "Needs omama[signing].",
     "timing_cache": "TensorRT timing cache to reuse across exports (default: "
     "OUT/trt_timing.cache).",
 }
@@ -71,6 +74,7 @@ def export_command(
     parity_sets: int = typer.Option(200, "--parity-sets", help=HELP["parity_sets"]),
     timing_cache: Path = typer.Option(None, "--timing-cache", help=HELP["timing_cache"]),
     seed: int = typer.Option(0, "--seed", help="Seed of random weights and parity inputs."),
+    sign: Path = typer.Option(None, "--sign", metavar="KEY", help=HELP["sign"]),
 ) -> None:
     """Export ONNX models (and TensorRT engines) into a verified artifacts folder.
 
@@ -82,12 +86,14 @@ def export_command(
     for `omama-run verify` on the target machine); then manifest.json with hashes,
     shapes, versions and the verification records. The manifest's facts (direction,
     random init, sizes, descriptor settings, ...) also go into each ONNX file's metadata,
-    and omama-run refuses a manifest that disagrees with them.
+    and omama-run refuses a manifest that disagrees with them; with --sign, model.sig.
 
     Example: omama export --fp16 --backbone-weights dinov2_vitb14_reg4_pretrain.pth
     --matcher omama_exo2ego.pt --fastsam FastSAM-x.pt --out artifacts
 
     Example: omama export --fp16 --random-init --out artifacts_random
+
+    Example: omama export --random-init --sign omama_signing.pem --out artifacts_signed
     """
     from export.config import ExportConfig
     from export.pipeline import export_artifacts
@@ -112,5 +118,6 @@ def export_command(
         parity_sets=parity_sets,
         seed=seed,
         timing_cache=timing_cache,
+        sign_key=sign,
     )
     typer.echo(export_artifacts(config, echo=typer.echo).summary())

@@ -51,7 +51,8 @@ class ExportConfig:
     random candidate sets of the matcher check, ``parity_large_n`` the candidates of its
     large fixed case. ``fastsam_nms``: ``graph`` (ultralytics' NMS inside fastsam.onnx,
     verified against the runtime's), ``runtime`` (raw outputs, the runtime runs NMS) or
-    ``auto`` (the graph when its parity holds, else runtime).
+    ``auto`` (the graph when its parity holds, else runtime). ``sign_key``: a PEM
+    elliptic-curve private key that signs the finished folder (``runtime.manifest.signing``).
     """
 
     out_dir: Path = Path("artifacts")
@@ -76,6 +77,7 @@ class ExportConfig:
     parity_large_n: int = 256
     seed: int = 0
     timing_cache: Path | None = None
+    sign_key: Path | None = None
 
 
 def fastsam_settings(config: ExportConfig) -> NmsSettings:
@@ -110,8 +112,8 @@ def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 def validate(config: ExportConfig) -> None:
-    """OmamaError for a value no export takes, random init with weights files, or missing
-    weights (naming each file and where it comes from)."""
+    """OmamaError for a value no export takes, random init with weights files, a signing key
+    that cannot sign, or missing weights (naming each file and where it comes from)."""
     _check_choice("matcher input", config.matcher_input, MATCHER_INPUT_CHOICES)
     _check_choice("attention", config.attention, ATTENTION_CHOICES)
     if config.opset < MIN_OPSET:
@@ -141,6 +143,10 @@ def validate(config: ExportConfig) -> None:
         raise OmamaError(
             f"--random-init exports random weights; drop {', '.join(given)} or --random-init"
         )
+    if config.sign_key is not None:
+        from runtime.manifest.signing import signer
+
+        signer(config.sign_key)  # a missing extra or an unusable key stops before the export
     missing = missing_weights(config)
     if missing:
         raise OmamaError(

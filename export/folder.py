@@ -12,6 +12,7 @@ from pathlib import Path
 
 from runtime.errors import OmamaError
 from runtime.manifest import MANIFEST_NAME, load_manifest
+from runtime.manifest.signing import SIGNATURE_NAME
 from runtime.verification import golden as golden_io
 
 
@@ -23,12 +24,13 @@ def temporary_dir(parent: str | os.PathLike | None = None) -> Iterator[Path]:
 
 
 def clear_previous(out: Path) -> None:
-    """Remove the previous export's manifest, listed files, golden files and verification
-    files, so a half-written folder never carries a manifest (or a record) that vouches for
-    files of another run."""
+    """Remove the previous export's manifest, listed files, golden files, verification files
+    and signature, so a half-written folder never carries a manifest, a record or a signature
+    that vouches for files of another run."""
     manifest_path = out / MANIFEST_NAME
     for stale in out.glob("verify_*.json"):
         stale.unlink()
+    (out / SIGNATURE_NAME).unlink(missing_ok=True)  # it vouches for the old files
     shutil.rmtree(out / golden_io.GOLDEN_DIR, ignore_errors=True)
     if not manifest_path.exists():
         return

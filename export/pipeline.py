@@ -74,6 +74,7 @@ from runtime.manifest import (
     file_entry,
     write_manifest,
 )
+from runtime.manifest.signing import sign_folder
 from runtime.sessions import BackendChoice, Session, open_artifact, select_backend
 from runtime.verification import golden as golden_io
 from runtime.verification.replay import replay_model, session_record
@@ -91,6 +92,7 @@ class ExportResult:
     records: list[VerificationRecord]
     engines_note: str
     timings: dict[str, dict[str, float]] = field(default_factory=dict)
+    signature: Path | None = None  # model.sig with ``sign_key``
 
     def failures(self) -> list[str]:
         """One line per failed check (file, backend, output, metric, value, tolerance)."""
@@ -107,9 +109,10 @@ class ExportResult:
             if manifest.verification.verified
             else "not verified (`omama-run verify` can check them)"
         )
+        signed = f"; signed ({self.signature.name}, --trust verifies it)" if self.signature else ""
         return (
             f"artifacts: {out} ({len(manifest.files)} files, {total_mb:.1f} MB), {verified}; "
-            f"{self.engines_note}"
+            f"{self.engines_note}{signed}"
         )
 
 
@@ -596,4 +599,6 @@ def export_artifacts(
             raise OmamaError(
                 f"verification failed: {named}{more}; {out / MANIFEST_NAME} records every result"
             )
+        if config.sign_key is not None:  # the finished folder, as it is now, and nothing else
+            result.signature = sign_folder(out, config.sign_key)
         return result

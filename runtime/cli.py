@@ -61,6 +61,24 @@ WeightsDirs = Annotated[
     ),
 ]
 Out = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
+Trust = Annotated[
+    Path | None,
+    typer.Option(
+        "--trust",
+        envvar="OMAMA_TRUST",
+        help="Public key (PEM, elliptic curve) of the `omama export --sign` key: refuse the "
+        "artifacts unless their signature verifies and no file changed, was added or removed "
+        "(default: $OMAMA_TRUST, else no signature check). Needs omama[signing].",
+    ),
+]
+
+
+def _check_trust(artifacts: Path, trust: Path | None) -> None:
+    """With --trust, verify the folder's signature before anything reads it."""
+    if trust is not None:
+        from runtime.manifest.signing import verify_signature
+
+        verify_signature(artifacts, trust)
 
 
 def _open_pipeline(artifacts, backend, device, precision, threads, mask_size, weights_dirs):
@@ -119,6 +137,7 @@ def pair_command(
     precision: Precision = "auto",
     threads: Threads = None,
     weights_dirs: WeightsDirs = [],  # noqa: B006 - typer copies list defaults
+    trust: Trust = None,
 ) -> None:
     """Find the query object(s) of the source image in the destination image.
 
@@ -130,6 +149,7 @@ def pair_command(
     """
     from runtime.runs.pair import format_pair_result, read_pair_inputs, run_pair
 
+    _check_trust(artifacts, trust)
     inputs = read_pair_inputs(src_image, dst_image, query, candidates)
     with (
         folder_lock(out, "omama-run pair"),
@@ -213,6 +233,7 @@ def video_command(
     precision: Precision = "auto",
     threads: Threads = None,
     weights_dirs: WeightsDirs = [],  # noqa: B006 - typer copies list defaults
+    trust: Trust = None,
 ) -> None:
     """Track query objects from a source video into a destination video.
 
@@ -231,6 +252,7 @@ def video_command(
     """
     from runtime.runs.video import build_video_run, format_video_summary, run_video
 
+    _check_trust(artifacts, trust)
     artifacts_direction = _check_video_flags(artifacts, direction, candidates, src_video, dst_video)
     run = build_video_run(
         artifacts_direction, src_video, dst_video, query, out, objects=objects, src_cam=src_cam,
@@ -311,6 +333,7 @@ def take_command(
     precision: Precision = "auto",
     threads: Threads = None,
     weights_dirs: WeightsDirs = [],  # noqa: B006 - typer copies list defaults
+    trust: Trust = None,
 ) -> None:
     """Predict every object and exo camera of a processed take (one results JSON).
 
@@ -324,6 +347,7 @@ def take_command(
     from runtime.evaluate import format_summary
     from runtime.runs.take import format_take_summary, run_take
 
+    _check_trust(artifacts, trust)
     if candidates is not None and not candidates.is_dir():
         raise OmamaError(f"--candidates {candidates} is not a folder")
     out = out or Path("omama_out") / take_dir.name
@@ -353,6 +377,7 @@ def verify_command(
     precision: Precision = "auto",
     threads: Threads = None,
     weights_dirs: WeightsDirs = [],  # noqa: B006 - typer copies list defaults
+    trust: Trust = None,
 ) -> None:
     """Re-verify the artifacts on this machine, without torch.
 
@@ -363,10 +388,13 @@ def verify_command(
     Exits 1 naming the first output that failed.
 
     Example: omama-run verify artifacts --backend onnxruntime --device cpu --precision fp16
+
+    Example: omama-run verify artifacts --trust omama_signing.pub
     """
     from runtime.verification.replay import verify_folder
     from runtime.verification.tolerances import format_table
 
+    _check_trust(artifacts, trust)
     report = verify_folder(
         artifacts, backend, device, precision, threads, weights_dirs or (), echo=typer.echo
     )

@@ -26,7 +26,8 @@ A folder of an older version is refused with the command that re-exports it.
 folder whose files do not match the manifest (missing file, size or sha256 mismatch), whose
 manifest disagrees with the facts the export stamped into each ONNX file's metadata or with
 the graphs' shapes (``facts.py``, reading files with ``onnx_header.py``), or whose export
-verification failed, with one message that lists what differs.
+verification failed, with one message that lists what differs. ``signing.py`` signs a
+folder and verifies its signature (``omama export --sign``, ``omama-run --trust``).
 
 The names below are the package's API.
 """

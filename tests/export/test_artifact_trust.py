@@ -1,5 +1,6 @@
-"""An artifacts folder vouches for itself: each ONNX file records the manifest's facts and the
-runtime refuses a manifest that disagrees with its files (see docs/runtime.md)."""
+"""An artifacts folder vouches for itself: each ONNX file records the manifest's facts, the
+runtime refuses a manifest that disagrees with its files, and ``omama export --sign`` /
+``omama-run --trust`` cover what consistency cannot (see docs/runtime.md)."""
 
 from __future__ import annotations
 
@@ -19,26 +20,34 @@ from runtime.clikit import new_app, run_app
 from runtime.errors import OmamaError
 from runtime.manifest import MANIFEST_NAME, check_artifacts, file_facts, sha256_file
 from runtime.manifest.onnx_header import read_onnx_header
-from tests.export.helpers import GRIDS, SMALL
+from tests.export.helpers import GRIDS, SMALL, run_cli
+
+pytest.importorskip("model_signing", reason="signing is the omama[signing] extra")
+from tests.signing_keys import write_key_pair  # noqa: E402
 
 VERIFY_ON_CPU = ["--backend", "onnxruntime", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
-def exo2ego_cli(tmp_path_factory):
-    """``omama export --random-init`` (exo2ego, no FastSAM, --no-verify): the folder."""
+def signed(tmp_path_factory):
+    """``omama export --random-init --sign KEY`` (exo2ego, no FastSAM, --no-verify): exit
+    status, stdout, stderr, folder, public key."""
     from export.cli import register
 
-    out = tmp_path_factory.mktemp("exo2ego_cli") / "artifacts"
+    base = tmp_path_factory.mktemp("signed")
+    private, public = write_key_pair(base, "signer")
+    out = base / "artifacts"
     cli = new_app("test")
     register(cli)
-    argv = ["export", "--random-init", "--out", str(out), "--no-fastsam-export", "--no-verify"]
+    argv = ["export", "--random-init", "--out", str(out), "--no-fastsam-export", "--no-verify",
+            "--sign", str(private)]  # fmt: skip
+    stdout, stderr = io.StringIO(), io.StringIO()
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(BACKBONES, "dinov2_vits14_reg", SMALL)  # small, as tests/export/conftest.py
         mp.setattr("export.config.RANDOM_GRIDS", dict(GRIDS))
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            assert run_app(cli, argv) == 0
-    return out
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            code = run_app(cli, argv)
+    return code, stdout.getvalue(), stderr.getvalue(), out, public
 
 
 def omama_run(argv: list[str], capsys) -> tuple[int, str, list[str]]:
@@ -49,7 +58,7 @@ def omama_run(argv: list[str], capsys) -> tuple[int, str, list[str]]:
 
 def copy_of(folder, tmp_path):
     copy = tmp_path / "copy"
-    shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("verify_*.json"))
+    shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("model.sig", "verify_*.json"))
     return copy
 
 
@@ -127,10 +136,10 @@ def test_an_edited_manifest_is_refused_in_one_line(field, ego2exo, tmp_path, cap
     assert err[0].startswith(f"error: artifacts folder {copy}: manifest.json does not match")
 
 
-def test_a_file_from_another_export_is_refused(ego2exo, exo2ego_cli, tmp_path, capsys):
+def test_a_file_from_another_export_is_refused(ego2exo, signed, tmp_path, capsys):
     copy = copy_of(ego2exo[3], tmp_path)
     # backbone_ego.onnx of the exo2ego export: same sizes and weights, other direction.
-    shutil.copy(exo2ego_cli / "backbone_ego.onnx", copy / "backbone_ego.onnx")
+    shutil.copy(signed[3] / "backbone_ego.onnx", copy / "backbone_ego.onnx")
     rehash(copy, "backbone_ego.onnx")
     code, _, err = omama_run(["verify", str(copy), *VERIFY_ON_CPU], capsys)
     assert code == 1 and len(err) == 1, err
@@ -156,3 +165,49 @@ def test_folders_without_facts_warn_and_are_checked_against_their_graphs(ego2exo
         "views.dst.image_size: manifest.json implies image (?, 3, 60, 60), backbone_exo.onnx "
         "has image (batch, 3, 56, 84) float32" in str(refused.value)
     )
+
+
+def test_a_signed_export_verifies_end_to_end_and_an_edit_is_refused(signed, tmp_path, capsys):
+    code, stdout, stderr, out, public = signed
+    assert code == 0, stderr
+    assert (out / "model.sig").is_file()
+    assert "signed (model.sig, --trust verifies it)" in stdout.strip().splitlines()[-1]
+    code, stdout, err = omama_run(
+        ["verify", str(out), "--trust", str(public), *VERIFY_ON_CPU], capsys
+    )
+    assert code == 0, err
+    assert stdout.strip().splitlines()[-1].startswith("verified: 3 files")
+    # The verify report it just wrote is not part of what was signed; an edit is.
+    assert list(out.glob("verify_*.json"))
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    edit_manifest(copy, lambda d: d.update(direction="ego2exo"))
+    code, _, err = omama_run(["verify", str(copy), "--trust", str(public)], capsys)
+    assert code == 1
+    assert err == [
+        f"error: {copy} changed since it was signed: changed manifest.json (re-export, or get "
+        "the folder again from its source)"
+    ]
+
+
+def test_an_unusable_signing_key_stops_the_export_before_it_starts(tmp_path, capsys):
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    private, _ = write_key_pair(
+        tmp_path, "rsa", rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    )
+    out = tmp_path / "artifacts"
+    code, _, err = run_cli(["export", "--random-init", "--out", str(out), "--sign", str(private)],
+                           capsys)  # fmt: skip
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and f"--sign {private} is not a usable key: not an elliptic" in lines[0]
+    assert not (out / MANIFEST_NAME).exists()
+
+
+def test_an_export_into_a_signed_folder_drops_the_old_signature(tmp_path):
+    from export.folder import clear_previous
+
+    (tmp_path / "model.sig").write_text("{}")  # it would vouch for the previous files
+    clear_previous(tmp_path)
+    assert not (tmp_path / "model.sig").exists()
