@@ -10,7 +10,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 
@@ -29,6 +29,19 @@ def temp_path_beside(target: str | os.PathLike, suffix: str | None = None) -> Pa
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
     return Path(tmp)
+
+
+def remove_temporaries(folder: str | os.PathLike, names: Iterable[str], depth: int = 1) -> None:
+    """Remove the temporaries (:func:`temp_path_beside`) a killed writer left of the files
+    ``names`` (glob patterns) in ``folder`` and, with ``depth`` 2, in its subfolders, so a
+    resumed job ends with exactly the files of an uninterrupted one. Only for files that no
+    other process may be writing (the caller holds the lock that guards them)."""
+    folder = Path(folder)
+    for level in ["", "*/"][:depth]:
+        for name in names:
+            for tmp in folder.glob(f"{level}.{name}.*"):
+                if tmp.is_file():
+                    tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

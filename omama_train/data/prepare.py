@@ -47,13 +47,14 @@ from omama_train.data.prepare_report import (
     TakeReport,
     write_report,
 )
-from runtime.atomic import write_bytes, write_json
+from runtime.atomic import remove_temporaries, write_bytes, write_json
 from runtime.egoexo import (
     ProcessedRoot,
     annotation_path,
     frame_image_path,
     is_ego_cam,
     read_split_json,
+    take_dir,
 )
 from runtime.errors import OmamaError
 from runtime.locks import folder_lock
@@ -293,6 +294,7 @@ def _prepare_take(job: TakeJob, take_name: str) -> TakeReport:
     record = _complete_record(job.out, job.take, input_sha256)
     if record is not None:
         return TakeReport.from_json({**record["report"], "status": "skipped", "frames_written": 0})
+    remove_temporaries(take_dir(job.out, job.take), ("*.jpg", "annotation.json"), depth=2)
 
     content = _TakeContent.decode(cam_entries)
     annotated_in = _nested_count(content.annotated)
@@ -412,6 +414,7 @@ def prepare(
     settings = settings or PrepareSettings()
     jobs = [TakeJob(take, entries[take], takes_dir, out, settings) for take in sorted(entries)]
     out.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(out, ("split.json", REPORT_NAME))
 
     reports: dict[str, TakeReport] = {}
     bar = tqdm(

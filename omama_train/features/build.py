@@ -31,7 +31,7 @@ from omama_train.features.weights import BackboneWeights, backbone_identity, wri
 from omama_train.features.writer import DEFAULT_FLUSH_EVERY, RunStats, compute_kind, report_path
 from omama_train.imagekey import ImageKey
 from omama_train.shards import select_shard
-from runtime.atomic import write_json
+from runtime.atomic import remove_temporaries, write_json
 from runtime.egoexo import ProcessedRoot, read_pairs
 from runtime.errors import OmamaError
 from runtime.info import package_version
@@ -100,7 +100,7 @@ def build_cache(
         work.plan(out, limit)
         _check_source_sizes(work.todo, index, meta, out)
         report_file = report_path(out, shard)
-        _remove_temporaries(out, [report_file.name])
+        remove_temporaries(out, [report_file.name])
         stats = RunStats()
         settings = {"device": device, "batch_size": batch_size, "flush_every": flush_every}
         _compute(work.todo, meta, bw, index, out, shard, io_threads, progress, stats, **settings)
@@ -121,7 +121,7 @@ def _settle_meta(
     created it since), write the weights of a random-init run, and create ``meta.json`` when
     absent and ``create``. Returns (the meta in force, the weights file written or None)."""
     with meta_lock(out):
-        _remove_temporaries(out, [META_NAME, BACKBONE_FILE])  # of runs killed while writing
+        remove_temporaries(out, [META_NAME, BACKBONE_FILE])  # of runs killed while writing
         if (out / META_NAME).exists():
             meta = create_or_check_meta(out, meta)
         saved_file = None
@@ -132,14 +132,6 @@ def _settle_meta(
         if create:
             meta = create_or_check_meta(out, meta)
     return meta, saved_file
-
-
-def _remove_temporaries(out: Path, names: list[str]) -> None:
-    """Remove the temporary files (``runtime.atomic``) of ``out/<name>`` a killed run left;
-    only the holder of the lock that guards those files calls this."""
-    for name in names:
-        for tmp in out.glob(f".{name}.*"):
-            tmp.unlink(missing_ok=True)
 
 
 def _check_settings(

@@ -238,6 +238,28 @@ def test_prepare_resumes_after_an_interruption(work, tmp_path, monkeypatch):
     assert [t.status for t in report.takes] == ["skipped", "prepared", "skipped"]
 
 
+def test_a_resumed_run_leaves_no_temporaries_of_a_killed_one(work, tmp_path):
+    """A kill during an atomic write leaves its temporary (``.NAME.XXXX.SUFFIX``); the next
+    run removes those of the takes it redoes and of the root's files, so the processed root
+    ends up file for file as an uninterrupted run writes it."""
+    out = tmp_path / "root"
+    run_prepare(work, out)
+    files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    take = out / "processed" / sorted(relations_of(work))[1]
+    (take / "annotation.json").unlink()  # killed before its annotation: the take is redone
+    leftovers = [
+        take / EGO / ".6.jpg.k1ll3d.jpg",
+        take / ".annotation.json.x7y8z9.json",
+        out / ".split.json.q1w2e3.json",
+        out / ".prepare_report.json.a1s2d3.json",
+    ]
+    for path in leftovers:
+        path.write_bytes(b"half written")
+    report = run_prepare(work, out)
+    assert [t.status for t in report.takes] == ["skipped", "prepared", "skipped"]
+    assert sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file()) == files
+
+
 def test_prepare_reports_corrupt_inputs_and_keeps_the_rest(work, tmp_path):
     relations = relations_of(work)
     a, b, _ = sorted(relations)

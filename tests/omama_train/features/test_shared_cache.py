@@ -1,6 +1,7 @@
-"""Two ``omama features`` runs on one cache: with the same settings they share it (the
-second waits for the first and skips what it cached), with other settings the second is
-refused in one line, whichever run got there first, and the cache stays the first one's.
+"""Runs meeting on one ``omama features`` cache: with the same settings two runs share it
+(the second waits for the first and skips what it cached), with other settings the second
+is refused in one line, whichever run got there first, and the cache stays the first one's;
+a run after a killed one clears what that one left half written.
 
 Data: two small synthetic takes (12 images: 4 ego 224x224, 8 exo 126x224); the CLI runs
 cache the train split's (6).
@@ -8,6 +9,7 @@ cache the train split's (6).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -27,6 +29,7 @@ from omama_train.features.build import build_cache
 from omama_train.features.images import resolve_pairs_files, unique_images
 from omama_train.features.meta import BACKBONE_FILE
 from omama_train.features.reader import FeatureCache
+from omama_train.models.backbones import BACKBONES
 from runtime.egoexo import DIRECTIONS, ProcessedRoot, pairs_path, read_pairs, write_pairs
 from runtime.errors import OmamaError
 from runtime.manifest import sha256_file
@@ -180,3 +183,21 @@ def test_a_run_with_other_weights_is_refused_whichever_starts_first(root, tmp_pa
     assert len(cache) == 2
     assert cache.meta["weights"]["seed"] == 0
     assert cache.meta["weights"]["saved_file"]["sha256"] == sha256_file(out / BACKBONE_FILE)
+
+
+def test_a_resumed_run_removes_what_a_killed_one_left_half_written(root, tmp_path):
+    """A kill during an atomic write leaves its temporary (``.NAME.XXXX.SUFFIX``); the next
+    run removes those of meta.json, backbone.safetensors and its report (chunk temporaries
+    were already removed), so the cache ends up file for file as one run writes it."""
+    small = dataclasses.replace(BACKBONES["dinov2_vits14_reg"], timm_overrides={"depth": 2})
+    files = [pairs_path(root, "train", "exo2ego")]
+    settings = {"random_init": True, "device": "cpu", "batch_size": 2, "progress": False}
+    out = tmp_path / "cache"
+    build_cache(root, out, files, small, limit=2, **settings)
+    leftovers = [".meta.json.k1ll3d.json", ".backbone.safetensors.x7y8.safetensors",
+                 ".report.json.q1w2.json"]  # fmt: skip
+    for name in leftovers:
+        (out / name).write_bytes(b"half written")
+    report = build_cache(root, out, files, small, **settings)
+    assert report["computed"] > 0
+    assert not [p.name for p in out.rglob(".*") if not p.name.endswith(".lock")]
