@@ -10,7 +10,9 @@
   frame rates give a warning; frames missing in either video are reported, never silently
   dropped.
 - :class:`VideoWriter` encodes frames (libx264, yuv420p) in a thread fed by a bounded
-  queue, into a temporary file renamed onto the target when closed successfully.
+  queue, into a temporary file renamed onto the target once closed successfully and found
+  whole; any error of the encoder, the muxer or the final write of the index (a full disk)
+  is raised by :meth:`VideoWriter.write` or :meth:`VideoWriter.close` and leaves no file.
 
 Bounded queues keep memory flat on videos of any length: at most ``queue_size`` decoded
 pairs (or frames to encode) exist at a time, whatever the speed of the consumer.
@@ -526,17 +528,19 @@ class VideoWriter:
             if container is not None:
                 for packet in stream.encode(None):
                     container.mux(packet)
+                container, closing = None, container
+                closing.close()  # writes the index: a full disk often shows up only here
         except BaseException as exc:
-            self._error = exc
+            self._error = self._error or exc
             while True:  # unblock a producer waiting on a full queue
                 try:
                     if self._queue.get_nowait() is _END:
                         break
                 except queue.Empty:
                     break
-        finally:
-            if container is not None:
-                container.close()
+            if container is not None:  # after a failure: release the file, keep the error
+                with contextlib.suppress(Exception):
+                    container.close()
 
     def close(self) -> int:
         """Finish encoding and move the video into place; returns the frames written."""
@@ -548,11 +552,27 @@ class VideoWriter:
             self._raise_if_failed()
             if self.frames_written == 0:
                 raise OmamaError(f"no frames were written to {self.path}")
+            self._check_whole()
             os.replace(self._tmp, self.path)
         finally:
             if self._tmp.exists():
                 self._tmp.unlink()
         return self.frames_written
+
+    def _check_whole(self) -> None:
+        """Flush the encoded file to the disk and count its frames before it takes its final
+        name: a video under that name always decodes whole."""
+        with open(self._tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        try:
+            frames = read_video_info(self._tmp).frame_count
+        except OmamaError as exc:
+            raise OmamaError(f"writing video {self.path} failed: {exc}") from exc
+        if frames != self.frames_written:
+            raise OmamaError(
+                f"writing video {self.path} failed: it holds {frames} of the "
+                f"{self.frames_written} frames encoded"
+            )
 
     def abort(self) -> None:
         """Stop without producing the video (the temporary file is removed)."""
