@@ -4,8 +4,11 @@ A reader thread decodes both videos ahead (bounded queue), this thread infers (f
 no query of any object are not inferred), a writer thread (:mod:`runtime.runs.video_sink`)
 records predictions, encodes the overlay and checkpoints ``results.json`` +
 ``run_state.json`` every ``checkpoint_every_frames`` frames, so an interrupted run continues
-with ``resume`` (:mod:`runtime.runs.video_resume`). Frames that fail to decode and queries
-that cannot be used are reported and skipped.
+with ``resume`` (:mod:`runtime.runs.video_resume`); a resumed overlay is drawn again from
+the first frame, the frames already done from their saved results. The state says
+``complete`` only once the overlay is in place; a failed write (a full disk) stops the run
+with one line, leaving the last checkpoint and no overlay. Frames that fail to decode and
+queries that cannot be used are reported and skipped.
 
 Candidates: ``run.candidates`` where it has an entry for the frame, else FastSAM, else
 (artifacts without FastSAM) zero candidates: empty masks with confidence 0, without running
@@ -32,16 +35,18 @@ from runtime.jsonrecords import read_json_object
 from runtime.latency import format_latency
 from runtime.pipeline import Match, Pipeline
 from runtime.results import new_results
-from runtime.runs.records import RESULTS_NAME, SKIPS_LISTED, SUMMARY_NAME, Skips
+from runtime.runs.records import RESULTS_NAME, SUMMARY_NAME, write_failure
 from runtime.runs.video_resume import (
     CANDIDATE_COUNTS,
     DETAILS_NAME,
+    OVERLAY_NAME,
     STATE_NAME,
     load_resume,
     new_state,
+    remove_temp_files,
     run_inputs,
 )
-from runtime.runs.video_sink import FrameOutput, VideoSink
+from runtime.runs.video_sink import FrameOutput, VideoSink, recorded_predictions, replayed
 from runtime.sizing import ASPECT_TOLERANCE, aspect_mismatch, working_size
 from runtime.tracks import TrackSet, load_tracks
 from runtime.video import FramePair, PrefetchReader, VideoInfo, VideoWriter, read_video_info
@@ -195,22 +200,22 @@ def _check_inputs(pipeline: Pipeline, run: VideoRun) -> tuple[VideoInfo, VideoIn
 
 class _FrameMatcher:
     """The inference side of a video run: per frame pair, the usable queries, their
-    candidates and the pipeline call; it counts what it inferred and skipped."""
+    candidates and the pipeline call; it counts what it inferred. What it skips travels with
+    the frame's output, so that a checkpoint holds the skips of the frames it covers."""
 
     def __init__(self, pipeline: Pipeline, run: VideoRun, src_info: VideoInfo,
-                 dst_info: VideoInfo, state: dict) -> None:  # fmt: skip
+                 dst_info: VideoInfo) -> None:  # fmt: skip
         self.pipeline, self.run = pipeline, run
         self.src_hw = (src_info.height, src_info.width)
         self.dst_hw = (dst_info.height, dst_info.width)
         self.work_hw = working_size(self.dst_hw, pipeline.views["dst"].image_size)
-        self.query_skips = Skips.from_json(state["query_skips"])
-        self.candidate_skips = Skips.from_json(state.get("candidate_skips"))
         self.inferred = 0
         self.infer_s = 0.0
 
-    def queries(self, index: int) -> tuple[list[str], list[np.ndarray]]:
-        """(names, masks) of the objects with a usable query at frame ``index``."""
-        names, masks = [], []
+    def queries(self, index: int) -> tuple[list[str], list[np.ndarray], list[dict]]:
+        """(names, masks) of the objects with a usable query at frame ``index``, and the
+        unusable queries (skips)."""
+        names, masks, skips = [], [], []
         for track in self.run.tracks:
             if index not in track:
                 continue
@@ -222,11 +227,11 @@ class _FrameMatcher:
             if problem == "the query mask is empty":
                 continue  # the object is not in the source view at this frame
             if problem:
-                self.query_skips.add(object=track.name, frame=index, reason=problem)
+                skips.append({"object": track.name, "frame": index, "reason": problem})
                 continue
             names.append(track.name)
             masks.append(mask)
-        return names, masks
+        return names, masks, skips
 
     def _candidates(self, index: int) -> Candidates:
         """Precomputed candidates of one destination frame at their stored size (the pipeline
@@ -240,16 +245,16 @@ class _FrameMatcher:
 
     def frame(self, pair: FramePair, keep_frames: bool) -> FrameOutput:
         """Match the usable queries of one frame pair (a frame without any is not inferred)."""
-        names, masks = self.queries(pair.index)
+        names, masks, query_skips = self.queries(pair.index)
         matches: list[Match] = []
-        source, cands = None, None
+        source, cands, candidate_skips = None, None, []
         if names:
             source = "fastsam"
             if self.run.candidates is not None and pair.index in self.run.candidates:
                 try:
                     cands, source = self._candidates(pair.index), "precomputed"
                 except OmamaError as exc:
-                    self.candidate_skips.add(frame=pair.index, reason=str(exc))
+                    candidate_skips.append({"frame": pair.index, "reason": str(exc)})
                     names, masks, source = [], [], None
             elif not self.pipeline.has_fastsam:
                 source = "none"
@@ -262,50 +267,88 @@ class _FrameMatcher:
             self.infer_s += time.perf_counter() - t0
             self.inferred += 1
         return FrameOutput(pair.index, pair.src if keep_frames else None,
-                           pair.dst if keep_frames else None, names, masks, matches,
-                           source)  # fmt: skip
+                           pair.dst if keep_frames else None, names, masks, matches, source,
+                           query_skips=query_skips, candidate_skips=candidate_skips)  # fmt: skip
+
+
+class _DecodeSkips:
+    """The frames from ``start`` on that either video did not deliver, each handed on once,
+    with the first frame pair after it: when the reader delivers a pair, it has decoded both
+    videos up to it, so every skip before it is known."""
+
+    def __init__(self, reader: PrefetchReader, start: int) -> None:
+        self._found = (reader.src.skipped, reader.dst.skipped)  # appended by the reader
+        self._seen = [0, 0]
+        self._pending: list = []
+        self._start = start
+
+    def before(self, index: int) -> list[dict]:
+        """The skips of the frames before ``index`` not handed on yet (as the state lists
+        them)."""
+        for i, found in enumerate(self._found):
+            new = found[self._seen[i] :]
+            self._seen[i] += len(new)
+            self._pending += [s for s in new if s.index >= self._start]
+        due = sorted(
+            (s for s in self._pending if s.index < index), key=lambda s: (s.index, s.video)
+        )
+        self._pending = [s for s in self._pending if s.index >= index]
+        return [{"frame": s.index, "video": s.video, "reason": s.reason} for s in due]
 
 
 # ----------------------------------------------------------------------------- the run
 
 
 def _start(run: VideoRun, direction: str, inputs: dict) -> tuple[dict, dict]:
-    """(state, results) to start from: the interrupted run's with ``resume``, else new."""
+    """(state, results) to start from: the interrupted run's with ``resume``; else new ones,
+    the earlier run's outputs removed and the new state written at once (a run killed before
+    its first checkpoint resumes from its first frame)."""
     out = Path(run.out_dir)
     if run.resume:
         return load_resume(out, inputs)
     if (out / STATE_NAME).is_file():
         log.info("%s holds an earlier run: starting over (use --resume to continue it)", out)
-    (out / DETAILS_NAME).unlink(missing_ok=True)
-    return new_state(inputs), new_results(direction)
+    for name in (DETAILS_NAME, RESULTS_NAME, SUMMARY_NAME, OVERLAY_NAME):
+        (out / name).unlink(missing_ok=True)
+    state = new_state(inputs)
+    try:
+        write_json(out / STATE_NAME, state, indent=1)
+    except OSError as exc:
+        raise write_failure(exc, STATE_NAME, out) from exc
+    return state, new_results(direction)
 
 
-def _close(state: dict, reader: PrefetchReader, sink: VideoSink, matcher: _FrameMatcher,
+def _finished_summary(run: VideoRun, state: dict) -> dict | None:
+    """The summary of a complete run with everything it was asked for (the overlay too),
+    or None: then the run goes on from its end, to write what is missing."""
+    out = Path(run.out_dir)
+    if not state["complete"] or (run.overlay and not (out / OVERLAY_NAME).is_file()):
+        return None
+    try:
+        summary = read_json_object(out / SUMMARY_NAME, "summary")
+    except OmamaError:
+        return None  # killed before the summary was written
+    return summary if isinstance(summary.get("skipped_frames"), dict) else None
+
+
+def _close(state: dict, reader: PrefetchReader, skips: _DecodeSkips, sink: VideoSink,
            finished: bool, end: int) -> None:  # fmt: skip
-    """Stop the writer thread and write the final state (also after a failure)."""
+    """Stop the writer thread, put the overlay in place, then write the final state; after a
+    failure, the state of the frames recorded (their skips with them) and no overlay."""
+    state["complete"] = False  # said only once the overlay is in place
+    failed = True
     try:
         sink.close()
-    finally:
-        state["skipped_frames"] = (state["skipped_frames"] + [
-            {"frame": s.index, "video": s.video, "reason": s.reason}
-            for s in reader.stats.skipped
-        ])[:SKIPS_LISTED]  # fmt: skip
-        state["counts"]["skipped_frames"] = state["counts"].get("skipped_frames", 0) + len(
-            reader.stats.skipped
-        )
-        state["query_skips"] = matcher.query_skips.to_json()
-        state["candidate_skips"] = matcher.candidate_skips.to_json()
-        # Complete = the end of the shorter video was reached (a --max-frames run is not).
-        state["complete"] = finished and reader.stop >= end
-        if finished and sink.error is None:
+        if finished:
+            sink.add_skipped_frames(skips.before(reader.stop))
             state["next_frame"] = max(state["next_frame"], reader.stop)
-        sink.finish()
-        writer = sink.writer
-        if writer is not None:
-            if finished and sink.error is None and sink.frames_rendered:
-                writer.close()
-            else:
-                writer.abort()
+            if sink.writer is not None and sink.frames_rendered:
+                sink.close_overlay()
+            # Complete = the end of the shorter video was reached (a --max-frames run is not).
+            state["complete"] = reader.stop >= end
+        failed = False
+    finally:
+        sink.finish(failed)
 
 
 @dataclass(frozen=True)
@@ -324,15 +367,15 @@ def _video_json(info: VideoInfo, path: Path) -> dict:
 
 
 def _summary(pipeline: Pipeline, run: VideoRun, state: dict, matcher: _FrameMatcher,
-             infos: tuple[VideoInfo, VideoInfo], writer: VideoWriter | None,
-             span: _Span) -> dict:  # fmt: skip
+             infos: tuple[VideoInfo, VideoInfo], span: _Span) -> dict:  # fmt: skip
     """The summary of a run (``summary.json``), its counts over every run of the folder."""
     out, counts = Path(run.out_dir), state["counts"]
     frames_this_run = counts["frames"] - span.frames_before
     return {
         "results": str(out / RESULTS_NAME),
         "details": str(out / DETAILS_NAME),
-        "overlay": str(writer.path) if writer is not None else None,
+        "overlay": str(out / OVERLAY_NAME) if run.overlay and (out / OVERLAY_NAME).is_file()
+        else None,
         **pipeline.describe(),
         "take": run.take,
         "src_cam": run.src_cam,
@@ -379,40 +422,52 @@ def run_video(
     out = Path(run.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     src_info, dst_info = _check_inputs(pipeline, run)
+    remove_temp_files(out)
     state, results = _start(run, pipeline.direction, run_inputs(run, pipeline, src_info, dst_info))
-    if state.get("complete"):
+    summary = _finished_summary(run, state)
+    if summary is not None:
         echo(f"{out}: this run is already complete ({state['counts']['frames']} frames)")
-        summary_path = out / SUMMARY_NAME
-        return read_json_object(summary_path, "summary") if summary_path.is_file() else state
-    start, frames_before = int(state["next_frame"]), int(state["counts"]["frames"])
+        return summary
+    start, frames_before = state["next_frame"], state["counts"]["frames"]
     end = min(src_info.frame_count, dst_info.frame_count)
     outside = sum(1 for t in run.tracks for f in t.frames if f >= end)
     if outside:
         log.warning("%d query masks are for frames past the end of the videos (%d frames)",
                     outside, end)  # fmt: skip
-    reader = PrefetchReader(run.src_video, run.dst_video, queue_size=run.queue_size, start=start,
-                            max_frames=run.max_frames)  # fmt: skip
-    writer = None
-    if run.overlay:
-        name = "overlay.mp4" if start == 0 else f"overlay_from_{start}.mp4"
-        writer = VideoWriter(out / name, fps=src_info.fps or 30.0, queue_size=run.queue_size)
+    writer, first = None, start
+    if run.overlay and not (state["complete"] and (out / OVERLAY_NAME).is_file()):
+        writer = VideoWriter(out / OVERLAY_NAME, fps=src_info.fps or 30.0,
+                             queue_size=run.queue_size)  # fmt: skip
+        first = 0  # the frames done before are drawn again, from their results
+    recorded = recorded_predictions(results, run) if first < start else {}
+    reader = PrefetchReader(run.src_video, run.dst_video, queue_size=run.queue_size, start=first,
+                            max_frames=None if run.max_frames is None
+                            else start - first + run.max_frames)  # fmt: skip
     sink = VideoSink(run, results, state, writer)
-    matcher = _FrameMatcher(pipeline, run, src_info, dst_info, state)
+    matcher = _FrameMatcher(pipeline, run, src_info, dst_info)
     pipeline.reset_latency()
     bar = tqdm(total=len(reader), desc="video", unit="frame", disable=not progress)
-    finished = False
+    finished, skips = False, _DecodeSkips(reader, start)
     try:
         for pair in reader:
-            sink.put(matcher.frame(pair, keep_frames=writer is not None))
+            if pair.index < start:
+                sink.put(replayed(pair, run, recorded))
+            else:
+                output = matcher.frame(pair, keep_frames=writer is not None)
+                output.skipped_frames = skips.before(pair.index)
+                sink.put(output)
             bar.update(1)
         finished = True
     finally:
         bar.close()
         reader.close()
-        _close(state, reader, sink, matcher, finished, end)
+        _close(state, reader, skips, sink, finished, end)
     span = _Span(start, frames_before, outside, time.perf_counter() - started)
-    summary = _summary(pipeline, run, state, matcher, (src_info, dst_info), writer, span)
-    write_json(out / SUMMARY_NAME, summary, indent=2)
+    summary = _summary(pipeline, run, state, matcher, (src_info, dst_info), span)
+    try:
+        write_json(out / SUMMARY_NAME, summary, indent=2)
+    except OSError as exc:
+        raise write_failure(exc, SUMMARY_NAME, out) from exc
     return summary
 
 
