@@ -6,7 +6,9 @@
 - :mod:`~omama_train.train.model`: the module training wraps, its loss and init.
 - :mod:`~omama_train.train.trainer`: the loop (steps, epochs, early stop).
 - :mod:`~omama_train.train.validate`: official metrics on the validation pairs.
-- :mod:`~omama_train.train.checkpoint`: the run folder's checkpoints and resuming.
+- :mod:`~omama_train.train.checkpoint`: what a checkpoint holds, and resuming from it.
+- :mod:`~omama_train.train.generations`: a multi-file checkpoint made visible at once.
+- :mod:`~omama_train.train.runfolder`: the run folder's lock and a killed run's leftovers.
 - :mod:`~omama_train.train.runlog`: metrics.csv, TensorBoard, console lines.
 - :mod:`~omama_train.train.cli`: the command.
 """

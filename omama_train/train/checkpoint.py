@@ -1,29 +1,37 @@
-"""Checkpoints of a run folder, and resuming from them.
+"""What a checkpoint of a run holds, writing it, and resuming from it.
 
 Resuming (``--resume``) restores the matcher (and backbones), the AdamW moments, the step
-counter that drives the schedule, the GradScaler, every rank's RNG and the position in the
-epoch (``--checkpoint-every-steps N`` also checkpoints mid-epoch): an interrupted run ends
-with the weights an uninterrupted one would have (tested bit for bit on CPU).
+counter that drives the schedule, the GradScaler, every rank's RNG (torch, CUDA, Python,
+numpy), the position in the epoch (``--checkpoint-every-steps N`` also checkpoints
+mid-epoch) and the metrics history: a run killed at any instant and resumed ends with the
+bytes of weights and the metrics an uninterrupted one would have (tested on CPU).
 
-RUN_DIR (``--out``)::
+A checkpoint is one generation folder that becomes visible all at once
+(:mod:`omama_train.train.generations`); the files other commands read are then published
+beside it, each replaced atomically (hard links to the generation's files, or copies).
+RUN (``--out``)::
 
-    last.safetensors / last.json        matcher after the latest epoch (+ sidecar: args,
+    last.safetensors / last.json        matcher after the latest checkpoint (+ sidecar: args,
                                         metrics, data hash, step)
     best.safetensors / best.json        matcher of the best validation IoU
     {last,best}_backbone_{ego,exo}.safetensors   with --finetune-backbone
-    resume.safetensors / resume.json    optimizer moments and RNG states (tensors), schedule,
-                                        scaler, counters (JSON): ``--resume`` continues here
+    checkpoints/latest.json             the pointer: which generation ``--resume`` continues
+    checkpoints/NNNNNN/                 that generation: the files above, resume.safetensors
+                                        (optimizer moments, RNG states), resume.json
+                                        (counters, schedule, scaler, history) and manifest.json
     metrics.csv                         one row per epoch (:mod:`omama_train.train.runlog`)
     tensorboard/                        events (loss and lr per step, metrics per epoch)
     val/epoch_NNN.json                  official report of each epoch (000: --validate-first)
     val/results_{last,best,start}.json  validation predictions (Ego-Exo4D results format)
     summary.json                        the run's history, best epoch and IoU
 
-No pickles are written: tensors go to safetensors, everything else to JSON.
+No pickles are written: tensors go to safetensors, everything else to JSON. Safetensors
+headers are written with sorted keys, so equal weights give equal bytes.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -35,11 +43,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from omama_train.train import generations
 from omama_train.train.distributed import all_gather, barrier
-from runtime.atomic import atomic_path, write_json
+from runtime.atomic import write_bytes, write_json
 from runtime.errors import OmamaError
 from runtime.info import package_versions
-from runtime.jsonrecords import read_json_object
 
 if TYPE_CHECKING:
     import torch
@@ -48,6 +56,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 VERSIONED_PACKAGES = ("omama", "torch", "timm", "numpy")
+RESUME_FILES = ("resume.safetensors", "resume.json")  # in the generation only, not published
 
 
 def jsonable(value: Any) -> Any:
@@ -101,10 +110,11 @@ def optimizer_state_join(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
-    """This process's RNG states: torch (CPU, CUDA) as tensors, Python's as JSON.
+    """This process's RNG states: torch (CPU, CUDA) as tensors, Python's and numpy's as JSON.
 
     (The sampling draws from per-sample generators, :func:`omama_train.sampling.sample_rng`,
-    so numpy's global state plays no part.)
+    and the data loaders from their own seeded generators; the global states are saved so
+    that nothing else drawing from them can make a resumed run drift.)
     """
     import torch
 
@@ -113,7 +123,11 @@ def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
         for i, state in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"cuda.{i}"] = state
     py_state = random.getstate()
-    meta = {"python": [py_state[0], list(py_state[1]), py_state[2]]}
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002 (the global state)
+    meta = {
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+    }
     return tensors, meta
 
 
@@ -126,16 +140,34 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
         torch.cuda.set_rng_state_all(cuda)
     version, internal, gauss = meta["python"]
     random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = meta["numpy"]
+    numpy_state = (kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached)
+    np.random.set_state(numpy_state)  # noqa: NPY002 (the global state)
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """``data`` (a safetensors file) with its JSON header's keys sorted.
+
+    The safetensors writer orders metadata as a hash map does, differently in each process;
+    sorted, equal tensors and metadata give equal bytes. Offsets are relative to the data,
+    so only the header and its length change (padded with spaces to 8 bytes, as written).
+    """
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + size :]
 
 
 def save_tensors(
     path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None
 ) -> None:
-    from safetensors.torch import save_file
+    """``tensors`` as a safetensors file at ``path`` (atomically, sorted header)."""
+    from safetensors.torch import save
 
     clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(clean, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
+    data = save(clean, metadata={k: str(v) for k, v in (metadata or {}).items()})
+    write_bytes(path, canonical_safetensors(data))
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -155,38 +187,30 @@ def _check_resume_args(saved: dict, config: TrainConfig) -> None:
         raise OmamaError(f"--resume with other settings than the run in {config.out}: {detail}")
 
 
-def _save_backbones(out: Path, prefix: str, backbones: dict | None) -> list[str]:
-    if not backbones:
-        return []
+def _write_weights(folder: Path, model, extra: dict) -> list[str]:
+    """``last.safetensors`` (+ ``last_backbone_<view>.safetensors``) in ``folder``; returns
+    the backbone files' names."""
+    from omama_train.models.matcher import save_matcher
+
+    matcher = folder / "last.safetensors"
+    save_matcher(model.matcher, matcher, extra_metadata=extra)
+    write_bytes(matcher, canonical_safetensors(matcher.read_bytes()))
     written = []
-    for view, model in backbones.items():
-        path = out / f"{prefix}_backbone_{view}.safetensors"
-        metadata = {"format": "omama.backbone", "view": view, "backbone": model.name}
-        save_tensors(path, model.state_dict(), metadata)
-        written.append(path.name)
+    for view, backbone in (model.backbones or {}).items():
+        name = f"last_backbone_{view}.safetensors"
+        metadata = {"format": "omama.backbone", "view": view, "backbone": backbone.name}
+        save_tensors(folder / name, backbone.state_dict(), metadata)
+        written.append(name)
     return written
 
 
-def save_resume(config, ctx, model, optimizer, scaler, state, epoch, data, epoch_info) -> None:
-    """Checkpoint: matcher (+ backbones) as last (and best when improved), the resume state.
-
-    Called on every rank (RNG states are gathered); rank 0 alone writes.
-    """
-    from omama_train.models.matcher import save_matcher
-
-    rng_tensors, rng_meta = rng_state()
-    gathered = all_gather(ctx, (rng_tensors, rng_meta))
-    if not ctx.main:
-        barrier(ctx)
-        return
-    out = config.out
-    metrics = jsonable(epoch_info["row"]) if epoch_info else None
-    sidecar = {
+def _sidecar(config, ctx, state, data, epoch_info) -> dict:
+    return {
         "args": config.to_json(),
         "epoch": state["epoch"],
         "step_in_epoch": state["step_in_epoch"],
         "global_step": state["global_step"],
-        "metrics": metrics,
+        "metrics": jsonable(epoch_info["row"]) if epoch_info else None,
         "best_val_iou": state["best_iou"],
         "best_epoch": state["best_epoch"],
         "data_hash": data.data_hash,
@@ -197,20 +221,45 @@ def save_resume(config, ctx, model, optimizer, scaler, state, epoch, data, epoch
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": package_versions(VERSIONED_PACKAGES),
     }
+
+
+def _add_best(out: Path, staged: Path, improved: bool, sidecar: dict) -> None:
+    """The best files of the new checkpoint: this one's weights when it improved, else the
+    previous checkpoint's best (linked, not rewritten)."""
+    if improved:
+        for name in ["last.safetensors", *sidecar["backbone_files"]]:
+            generations.link_or_copy(staged / name, staged / name.replace("last", "best", 1))
+        best_files = [n.replace("last_", "best_", 1) for n in sidecar["backbone_files"]]
+        write_json(staged / "best.json", {**sidecar, "backbone_files": best_files}, indent=1)
+        return
+    previous = generations.current_path(out)
+    if previous is not None:
+        for path in sorted(previous.glob("best*")):
+            generations.link_or_copy(path, staged / path.name)
+
+
+def save_resume(config, ctx, model, optimizer, scaler, state, epoch, data, epoch_info) -> None:
+    """Checkpoint: matcher (+ backbones) as last (and best when improved), the resume state,
+    as one generation; then publish its weights and sidecars in the run folder.
+
+    Called on every rank (RNG states are gathered); rank 0 alone writes.
+    """
+    rng_tensors, rng_meta = rng_state()
+    gathered = all_gather(ctx, (rng_tensors, rng_meta))
+    if not ctx.main:
+        barrier(ctx)
+        return
+    out = config.out
+    staged = generations.stage(out)
     extra = {
         "epoch": state["epoch"],
         "global_step": state["global_step"],
         "data_hash": data.data_hash,
     }
-    backbones = dict(model.backbones.items()) if model.backbones is not None else None
-    save_matcher(model.matcher, out / "last.safetensors", extra_metadata=extra)
-    sidecar["backbone_files"] = _save_backbones(out, "last", backbones)
-    write_json(out / "last.json", sidecar, indent=1)
-    if epoch_info and epoch_info["improved"]:
-        save_matcher(model.matcher, out / "best.safetensors", extra_metadata=extra)
-        _save_backbones(out, "best", backbones)
-        best_files = [n.replace("last_", "best_", 1) for n in sidecar["backbone_files"]]
-        write_json(out / "best.json", {**sidecar, "backbone_files": best_files}, indent=1)
+    sidecar = _sidecar(config, ctx, state, data, epoch_info)
+    sidecar["backbone_files"] = _write_weights(staged, model, extra)
+    write_json(staged / "last.json", sidecar, indent=1)
+    _add_best(out, staged, bool(epoch_info and epoch_info["improved"]), sidecar)
 
     tensors, opt_meta = optimizer_state_split(optimizer)
     for rank, (rt, _) in enumerate(gathered):
@@ -224,31 +273,36 @@ def save_resume(config, ctx, model, optimizer, scaler, state, epoch, data, epoch
         "world_size": ctx.world,
         "args": config.to_json(),
     }
-    save_tensors(out / "resume.safetensors", tensors, {"global_step": state["global_step"]})
-    write_json(out / "resume.json", jsonable(resume))  # written last: marks a full checkpoint
+    save_tensors(staged / "resume.safetensors", tensors, {"global_step": state["global_step"]})
+    write_json(staged / "resume.json", jsonable(resume))
+    info = {"epoch": state["epoch"], "global_step": state["global_step"]}
+    generation = generations.commit(out, staged, info)
+    generations.publish(generation, out, exclude=RESUME_FILES)
     barrier(ctx)
 
 
 def resume_run(config, ctx, model, optimizer, scaler, state) -> dict:
-    """Load the last checkpoint of ``config.out`` into the model and optimizer; returns the
-    saved counters."""
+    """Load the checkpoint ``config.out``'s pointer names (verified against its manifest)
+    into the model and optimizer; returns the saved counters. With no checkpoint yet (a
+    run killed before its first), the run starts from the beginning."""
     out = config.out
-    resume = read_json_object(out / "resume.json", "resume state")
-    last = read_json_object(out / "last.json", "last checkpoint sidecar")
+    generation = generations.latest(out)
+    if generation is None:
+        if ctx.main:
+            print(
+                f"resuming {out}: no checkpoint yet, starting from the beginning", file=sys.stderr
+            )
+        return dict(state)
+    resume = json.loads(generation.file("resume.json").read_text(encoding="utf-8"))
     _check_resume_args(resume["args"], config)
-    if last.get("global_step") != resume["global_step"]:
-        raise OmamaError(
-            f"{out}: last.json (step {last.get('global_step')}) and resume.json (step "
-            f"{resume['global_step']}) disagree: the last checkpoint was interrupted"
-        )
     from omama_train.models.matcher import load_matcher
 
-    loaded = load_matcher(out / "last.safetensors", config.direction)
+    loaded = load_matcher(generation.file("last.safetensors"), config.direction)
     model.matcher.load_state_dict(loaded.state_dict(), strict=True)
-    if model.backbones is not None:
-        for view, backbone in model.backbones.items():
-            backbone.load_state_dict(load_tensors(out / f"last_backbone_{view}.safetensors"))
-    tensors = load_tensors(out / "resume.safetensors")
+    for view, backbone in (model.backbones or {}).items():
+        name = f"last_backbone_{view}.safetensors"
+        backbone.load_state_dict(load_tensors(generation.file(name)))
+    tensors = load_tensors(generation.file("resume.safetensors"))
     optimizer.load_state_dict(optimizer_state_join(tensors, resume["optimizer"]))
     if scaler is not None and resume.get("scaler"):
         scaler.load_state_dict(resume["scaler"])
@@ -268,8 +322,10 @@ def resume_run(config, ctx, model, optimizer, scaler, state) -> dict:
     restored = dict(state)
     restored.update(resume["state"])
     if ctx.main:
+        generations.publish(generation, out, exclude=RESUME_FILES)  # a kill may have cut it
         print(
-            f"resuming {out} at epoch {restored['epoch'] + 1}, step {restored['global_step']}",
+            f"resuming {out} at epoch {restored['epoch'] + 1}, step {restored['global_step']}"
+            f" (checkpoint {generation.path.name})",
             file=sys.stderr,
         )
     return restored

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -33,29 +34,25 @@ CSV_FIELDS = (
 class RunLog:
     """Rank 0's CSV and TensorBoard writers (no-ops on other ranks).
 
-    Resuming keeps the CSV rows of the epochs up to ``resume_epoch`` and purges TensorBoard
-    events from ``resume_step`` on.
+    The CSV starts from ``rows``, the history the run resumes with (none for a new run), so
+    rows a killed run wrote after its checkpoint are dropped; TensorBoard events from
+    ``purge_step`` on are purged for the same reason. Epoch metrics are logged at the global
+    step of their epoch's end, so that purging by step drops them too.
     """
 
-    def __init__(self, out: Path, enabled: bool, resume_epoch: int, resume_step: int) -> None:
+    def __init__(self, out: Path, enabled: bool, rows: list[dict], purge_step: int) -> None:
         self.enabled = enabled
         self.csv_path = out / "metrics.csv"
         self.writer = None
         if not enabled:
             return
-        rows = []
-        if self.csv_path.is_file():
-            with open(self.csv_path, newline="", encoding="utf-8") as fh:
-                rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) <= resume_epoch]
-        self._write_rows(rows)
+        self._write_rows([csv_row(r) for r in rows])
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is in the train extra; the CSV has the same numbers
             log.warning("tensorboard is not installed: per-step curves go to metrics.csv only")
         else:
-            # On resume, events logged after the checkpoint by the interrupted run are dropped.
-            purge = resume_step if resume_step > 0 else None
-            self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=purge)
+            self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=purge_step)
 
     def _write_rows(self, rows: list[dict]) -> None:
         with atomic_path(self.csv_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
@@ -73,18 +70,29 @@ class RunLog:
             return
         with open(self.csv_path, newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
-        clean = {k: ("" if row.get(k) is None else row.get(k)) for k in CSV_FIELDS}
-        self._write_rows(rows + [clean])
+        self._write_rows(rows + [csv_row(row)])
         if self.writer is not None:
             for key, value in row.items():
                 if key not in ("epoch", "global_step") and isinstance(value, (int, float)):
                     group = "val" if key.startswith("val_") else "epoch"
-                    self.writer.add_scalar(f"{group}/{key}", value, row["epoch"])
+                    self.writer.add_scalar(f"{group}/{key}", value, row["global_step"])
             self.writer.flush()
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def csv_row(row: dict) -> dict:
+    """``row`` as metrics.csv writes it: the same text whether it comes from this process
+    or from a checkpoint's JSON (None and non-finite values empty)."""
+    clean = {}
+    for key in CSV_FIELDS:
+        value = row.get(key)
+        if isinstance(value, float) and not math.isfinite(value):
+            value = None
+        clean[key] = "" if value is None else value
+    return clean
 
 
 def metrics_row(epoch: int, step: int, lr: float, val: dict, train_iou: float | None) -> dict:

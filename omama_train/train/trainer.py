@@ -13,6 +13,7 @@ from one command). Guard rails: ``--early-stop-patience``, ``--weight-decay``,
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
@@ -24,10 +25,13 @@ from omama_train.train.config import TrainConfig
 from omama_train.train.data import load_run_data, make_sampler
 from omama_train.train.distributed import Distributed, all_gather, setup_distributed, sum_across
 from omama_train.train.model import MASKED_SIMILARITY, build_models, masked_loss
+from omama_train.train.runfolder import run_folder, trim_val_reports
 from omama_train.train.runlog import RunLog, epoch_line, metrics_row, progress_bar
 from omama_train.train.validate import score_epoch
 from runtime.atomic import write_json
 from runtime.errors import OmamaError
+
+log = logging.getLogger(__name__)
 
 
 def cosine_lr(base_lr: float, min_lr: float, step: int, total_steps: int) -> float:
@@ -45,6 +49,15 @@ def param_checksum(model) -> float:
 
     with torch.no_grad():
         return float(sum(p.detach().double().sum().item() for p in model.parameters()))
+
+
+def loader_generator(seed: int, epoch: int):
+    """The data loader's own generator: it seeds the workers without drawing from the global
+    torch RNG (which a new loader iterator would otherwise advance, so a run resumed
+    mid-epoch would draw other dropout masks than an uninterrupted one)."""
+    import torch
+
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
 def _amp_context(device, enabled: bool):
@@ -85,17 +98,6 @@ class Trainer:
         from omama_train.dataset import TrainingPairs, ValidationFrames
 
         self.config, self.ctx, self.out = config, ctx, config.out
-        if config.resume and not (self.out / "resume.json").is_file():
-            raise OmamaError(
-                f"--resume: {self.out} holds no resume.json (no finished epoch or step)"
-            )
-        if not config.resume and (self.out / "last.safetensors").exists():
-            raise OmamaError(
-                f"{self.out} already holds a run (last.safetensors): pass --resume to continue "
-                "it or choose another --out"
-            )
-        if ctx.main:
-            self.out.mkdir(parents=True, exist_ok=True)
         self.data = data = load_run_data(config, ctx)
         g = data.geometry
         self.model, self.groups = build_models(config, data, ctx.device)
@@ -137,19 +139,29 @@ class Trainer:
             "acc_sum": 0.0,
             "count": 0.0,
             "visible_count": 0.0,
+            "history": [],  # metrics rows of the epochs done (metrics.csv, summary.json)
         }
         if config.resume:
             self.state = resume_run(
                 config, ctx, self.model, self.optimizer, self.scaler, self.state
             )
+            trimmed = trim_val_reports(self.out, self.state["epoch"]) if ctx.main else []
+            if trimmed:
+                log.info(
+                    "%s: removed reports of epochs after the checkpoint: %s",
+                    self.out,
+                    ", ".join(trimmed),
+                )
         self.ddp = self.model
         if ctx.active:
             ids = [ctx.device.index] if ctx.device.type == "cuda" else None
             self.ddp = DistributedDataParallel(self.model, device_ids=ids)
-        self.run_log = RunLog(
-            self.out, ctx.main, self.state["epoch"], self.state["global_step"] + 1
-        )
-        self.history: list[dict] = []
+        done = self.state["global_step"]
+        self.run_log = RunLog(self.out, ctx.main, self.history, done + 1 if done else 0)
+
+    @property
+    def history(self) -> list[dict]:
+        return self.state["history"]
 
     # -- steps -------------------------------------------------------------------------
     def step(self, batch: dict) -> tuple[float, int, int, int]:
@@ -204,6 +216,7 @@ class Trainer:
             num_workers=config.workers,
             collate_fn=collate,
             pin_memory=ctx.device.type == "cuda",
+            generator=loader_generator(config.seed, epoch),
         )
         started = time.perf_counter()
         seen = 0
@@ -346,8 +359,9 @@ def train(config: TrainConfig) -> dict:
     config.check()
     ctx = setup_distributed(config.device)
     try:
-        _set_deterministic(config.deterministic, config.seed)
-        return Trainer(config, ctx).run()
+        with run_folder(config, ctx):
+            _set_deterministic(config.deterministic, config.seed)
+            return Trainer(config, ctx).run()
     finally:
         if ctx.active:
             import torch.distributed as dist

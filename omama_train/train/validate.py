@@ -32,6 +32,7 @@ def predict_frames(model, dataset, indices: Sequence[int], workers: int, amp_ctx
         batch_size=None,
         num_workers=workers,
         collate_fn=identity_collate,
+        generator=torch.Generator().manual_seed(0),  # leaves the global RNG of training alone
     )
     was_training = model.training
     model.eval()

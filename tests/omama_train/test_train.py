@@ -24,6 +24,7 @@ import torch
 from omama_train.features.build import build_cache
 from omama_train.models.backbones import get_spec
 from omama_train.models.matcher import OMaMaMatcher, load_matcher, matcher_loss, save_matcher
+from omama_train.train import generations
 from omama_train.train.cli import register
 from omama_train.train.config import TrainConfig
 from omama_train.train.model import build_train_model, load_init, masked_loss, tie_backbones
@@ -43,8 +44,11 @@ TINY_VIT = dataclasses.replace(get_spec("dinov2_vits14_reg"), timm_overrides={"d
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict:
+    return build_data(tmp_path_factory.mktemp("train"))
+
+
+def build_data(base: Path) -> dict:
     """10 synthetic takes (6 train, 2 val, 2 test), their candidates and a feature cache."""
-    base = tmp_path_factory.mktemp("train")
     root = build_root(base, 10, 9, 3)
     index = ProcessedRoot(root)
     files = [index.pairs_path(s, "exo2ego") for s in ("train", "val", "test")]
@@ -211,7 +215,7 @@ def test_cli_run_files_and_exact_resume(data, tmp_path, capsys, monkeypatch):
     assert [r["epoch"] for r in rows] == ["1", "2"]
     for ours, theirs in zip(rows, read_csv(tmp_path / "straight" / "metrics.csv"), strict=True):
         assert ours["train_loss"] == theirs["train_loss"] and ours["val_iou"] == theirs["val_iou"]
-    expected = ["last.safetensors", "best.safetensors", "resume.safetensors", "resume.json"]
+    expected = ["last.safetensors", "best.safetensors", "checkpoints/latest.json"]
     expected += ["summary.json", "val/epoch_001.json", "val/results_best.json"]
     for name in expected:
         assert (out / name).is_file(), name
@@ -249,7 +253,7 @@ def test_mid_epoch_checkpoint_resumes_exactly(data, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train(small_config(data, out, checkpoint_every_steps=1))
     monkeypatch.setattr(trainer_module, "save_resume", original)
-    resume = json.loads((out / "resume.json").read_text())
+    resume = json.loads((generations.latest(out).file("resume.json")).read_text())
     assert resume["state"]["epoch"] == 1 and resume["state"]["step_in_epoch"] == 1
     train(small_config(data, out, checkpoint_every_steps=1, resume=True))
     assert_same_weights(straight / "last.safetensors", out / "last.safetensors")
@@ -257,7 +261,7 @@ def test_mid_epoch_checkpoint_resumes_exactly(data, tmp_path, monkeypatch):
 
 
 def test_resume_refuses_other_settings_and_missing_state(data, tmp_path):
-    with pytest.raises(OmamaError, match="no resume.json"):
+    with pytest.raises(OmamaError, match="no run to continue"):
         train(small_config(data, tmp_path / "none", resume=True))
     out = tmp_path / "run"
     train(small_config(data, out, epochs=1))
