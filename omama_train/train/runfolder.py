@@ -1,6 +1,9 @@
-"""The run folder (``--out``): what a kill leaves behind.
+"""The run folder (``--out``): one ``omama train`` at a time, and what a kill leaves behind.
 
-Rank 0 checks ``--resume`` against what the folder holds and removes what a killed run
+Rank 0 holds the folder's lock (:func:`runtime.locks.folder_lock`) for the whole run; the
+other ranks of a torchrun never take it (they would wait on rank 0 forever) but learn from
+rank 0 whether it could, so a refusal stops every rank with the same line. Under the lock,
+rank 0 checks ``--resume`` against what the folder holds and removes what a killed run
 left: temporary checkpoint folders, a generation the pointer does not name, half-written
 temporary files, and validation reports of epochs after the checkpoint.
 """
@@ -17,8 +20,10 @@ from omama_train.train import generations
 from omama_train.train.config import TrainConfig
 from omama_train.train.distributed import Distributed, broadcast
 from runtime.errors import OmamaError
+from runtime.locks import folder_lock
 
 log = logging.getLogger(__name__)
+COMMAND = "omama train"
 # runtime.atomic's temporary files: ".<name>.<8 random characters><suffix>"
 TEMP_FILE = re.compile(r"^\..+\.[a-z0-9_]{8}\.[A-Za-z0-9]+$")
 VAL_REPORT = re.compile(r"^epoch_(\d{3,})\.json$")
@@ -26,18 +31,20 @@ VAL_REPORT = re.compile(r"^epoch_(\d{3,})\.json$")
 
 @contextlib.contextmanager
 def run_folder(config: TrainConfig, ctx: Distributed) -> Iterator[None]:
-    """``config.out`` checked and tidied (by rank 0); raises OmamaError on every rank when
-    ``--resume`` does not fit."""
-    error = None
-    if ctx.main:
-        try:
-            prepare(config)
-        except (OmamaError, OSError) as exc:
-            error = str(exc)
-    error = broadcast(ctx, error)
-    if error is not None:
-        raise OmamaError(error)
-    yield
+    """Hold ``config.out`` for this run (rank 0), checked and tidied; raises OmamaError on
+    every rank when another command holds it or ``--resume`` does not fit."""
+    with contextlib.ExitStack() as stack:
+        error = None
+        if ctx.main:
+            try:
+                stack.enter_context(folder_lock(config.out, COMMAND))
+                prepare(config)
+            except (OmamaError, OSError) as exc:
+                error = str(exc)
+        error = broadcast(ctx, error)
+        if error is not None:
+            raise OmamaError(error)
+        yield
 
 
 def prepare(config: TrainConfig) -> None:

@@ -1,5 +1,5 @@
 """Nothing lost: ``omama train`` killed at any instant resumes to the very bytes and metrics of
-an uninterrupted run.
+an uninterrupted run, and a second ``omama train`` on the same folder is refused at once.
 
 Each kill is a subprocess that dies with ``os._exit(137)`` at a named instant
 (:mod:`tests.omama_train.faults`), or a real SIGKILL; the resume runs here, and its run folder
@@ -143,6 +143,31 @@ def test_sigkill_at_a_random_instant_then_resume_is_bit_identical(data, straight
     assert_same_run(straight, out)
 
 
+def test_a_second_train_on_the_same_folder_is_refused_at_once(data, straight, tmp_path, capsys):
+    """The first run is held half-way (its epoch-1 row written, a checkpoint behind it); a
+    second ``omama train`` on that folder stops at once with one line and writes nothing."""
+    out, flag = tmp_path / "run", tmp_path / "paused"
+    first = start_killable(data, out, rf"pause:^metrics\.csv$:3:{flag}")
+    started = time.monotonic()
+    while not flag.exists():
+        assert first.poll() is None and time.monotonic() - started < 120
+        time.sleep(0.01)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    for extra in (["--resume"], []):
+        capsys.readouterr()
+        refused_s = time.monotonic()
+        assert run_cli([*train_args(data, out), *extra]) == 1
+        refused_s = time.monotonic() - refused_s
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and "being written by another omama command" in lines[0], lines
+        assert "omama train" in lines[0] and refused_s < 5
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+    flag.unlink()
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert_same_run(straight, out)
+
+
 def checkpoint_folder(out: Path) -> Path:
     """The generation the pointer names."""
     pointer = json.loads((out / "checkpoints" / POINTER).read_text())
@@ -173,3 +198,21 @@ def test_resume_removes_leftovers_and_refuses_a_damaged_checkpoint(data, tmp_pat
     damaged.write_bytes(content[:-1] + bytes([content[-1] ^ 1]))  # one bit flipped
     with pytest.raises(OmamaError, match="resume.safetensors differs from its manifest"):
         train(small_config(data, out, epochs=1, resume=True))
+
+
+@pytest.mark.slow
+def test_ddp_second_run_is_refused_by_rank_0_without_deadlock(data, tmp_path):
+    """Under torchrun only rank 0 takes the lock; the refusal reaches every rank."""
+    from runtime.locks import folder_lock
+
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "omama_train.train", *train_args(data, out), "--device", "cpu",
+    ]  # fmt: skip
+    with folder_lock(out, "the holder"):
+        done = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2 and all("being written by another omama command" in e for e in errors)
+    assert sorted(p.name for p in out.iterdir()) == [".omama.lock"]
