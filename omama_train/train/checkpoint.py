@@ -18,7 +18,7 @@ RUN (``--out``)::
     checkpoints/latest.json             the pointer: which generation ``--resume`` continues
     checkpoints/NNNNNN/                 that generation: the files above, resume.safetensors
                                         (optimizer moments, RNG states), resume.json
-                                        (counters, schedule, scaler, history) and manifest.json
+                                        (counters, schedule, scaler, history) and contents.json
     metrics.csv                         one row per epoch (:mod:`omama_train.train.runlog`)
     tensorboard/                        events (loss and lr per step, metrics per epoch)
     val/epoch_NNN.json                  official report of each epoch (000: --validate-first)
@@ -282,7 +282,7 @@ def save_resume(config, ctx, model, optimizer, scaler, state, epoch, data, epoch
 
 
 def resume_run(config, ctx, model, optimizer, scaler, state) -> dict:
-    """Load the checkpoint ``config.out``'s pointer names (verified against its manifest)
+    """Load the checkpoint ``config.out``'s pointer names (verified against its contents.json)
     into the model and optimizer; returns the saved counters. With no checkpoint yet (a
     run killed before its first), the run starts from the beginning."""
     out = config.out

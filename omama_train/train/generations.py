@@ -4,17 +4,18 @@ A run's checkpoint is several files (weights, optimizer moments, counters); writ
 after another in place, a kill between two of them left a mix of two checkpoints. Here every
 checkpoint is a numbered folder, and a pointer file names the one that counts::
 
-    RUN/checkpoints/latest.json        {"generation": 7, "manifest_sha256": ...}
-    RUN/checkpoints/000007/            the files + manifest.json (sha256 and size of each)
+    RUN/checkpoints/latest.json        {"generation": 7, "contents_sha256": ...}
+    RUN/checkpoints/000007/            the files + contents.json (sha256 and size of each)
     RUN/checkpoints/.tmp-000008-XXXX/  a checkpoint being written
 
-Writing (:func:`commit`): the files go into a temporary folder, the manifest last; files and
-folder are fsynced; the folder is renamed to its generation number; the pointer is replaced
-atomically (and fsynced); only then are older generations deleted. Reading
-(:func:`latest`) follows the pointer alone and checks the manifest against the files, so a
-kill at any instant leaves the old checkpoint or the new one, never a mix: a folder that is
-renamed but not yet pointed to is ignored, and :func:`remove_stale` deletes it and any
-temporary folder on the next start.
+Writing (:func:`commit`): the files go into a temporary folder, ``contents.json`` (their list,
+sha256 and size; a different thing from an artifacts manifest) last; files and folder are
+fsynced; the folder is renamed to its generation number; the pointer is replaced atomically
+(and fsynced); only then are older generations deleted. Reading (:func:`latest`) follows the
+pointer alone and checks ``contents.json`` against the files, so a kill at any instant
+leaves the old checkpoint or the new one, never a mix: a folder that is renamed but not yet
+pointed to is ignored, and :func:`remove_stale` deletes it and any temporary folder on the
+next start.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from runtime.errors import OmamaError
 
 FOLDER = "checkpoints"
 POINTER = "latest.json"
-MANIFEST = "manifest.json"
+CONTENTS = "contents.json"
 FORMAT = "omama.checkpoint"
 TEMP_PREFIX = ".tmp-"
 
@@ -43,10 +44,10 @@ class Generation:
 
     number: int
     path: Path
-    manifest: dict
+    contents: dict
 
     def file(self, name: str) -> Path:
-        if name not in self.manifest["files"]:
+        if name not in self.contents["files"]:
             raise OmamaError(f"checkpoint {self.path} holds no {name}")
         return self.path / name
 
@@ -80,7 +81,7 @@ def read_pointer(run: Path) -> dict | None:
         return None
     try:
         pointer = json.loads(path.read_text(encoding="utf-8"))
-        int(pointer["generation"]), str(pointer["manifest_sha256"])
+        int(pointer["generation"]), str(pointer["contents_sha256"])
     except (ValueError, KeyError, TypeError) as exc:
         raise OmamaError(f"{path} is not a checkpoint pointer ({exc})") from exc
     return pointer
@@ -110,7 +111,7 @@ def publish(generation: Generation, run: Path, exclude: tuple[str, ...] = ()) ->
     Readers of one of them (``omama export --matcher RUN/best.safetensors``) see the old
     file or the new one, never a partial one.
     """
-    for name in sorted(generation.manifest["files"]):
+    for name in sorted(generation.contents["files"]):
         if name in exclude:
             continue
         tmp = temp_path_beside(run / name)
@@ -134,19 +135,19 @@ def stage(run: Path) -> Path:
 def commit(run: Path, staged: Path, info: dict) -> Generation:
     """Make the files of ``staged`` (from :func:`stage`) the run's checkpoint.
 
-    ``info`` (JSON: step, epoch, ...) goes into the manifest. The previous generation is
+    ``info`` (JSON: step, epoch, ...) goes into contents.json. The previous generation is
     deleted only once the pointer names the new one.
     """
     pointer = read_pointer(run)
     number = 1 + (pointer["generation"] if pointer else 0)
     files = {}
     for path in sorted(staged.iterdir()):
-        if not path.is_file() or path.name == MANIFEST:
+        if not path.is_file() or path.name == CONTENTS:
             raise OmamaError(f"{staged}: unexpected {path.name} in a checkpoint")
         fsync_path(path)
         files[path.name] = {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
-    manifest = {"format": FORMAT, "generation": number, **info, "files": files}
-    write_json(staged / MANIFEST, manifest, indent=1)
+    contents = {"format": FORMAT, "generation": number, **info, "files": files}
+    write_json(staged / CONTENTS, contents, indent=1)
     fsync_path(staged)
     target = generation_path(run, number)
     if target.exists():  # renamed by a run killed before its pointer update: never pointed to
@@ -155,11 +156,11 @@ def commit(run: Path, staged: Path, info: dict) -> Generation:
     fsync_path(folder_of(run))
     write_json(
         folder_of(run) / POINTER,
-        {"generation": number, "manifest_sha256": sha256_of(target / MANIFEST)},
+        {"generation": number, "contents_sha256": sha256_of(target / CONTENTS)},
     )
     fsync_path(folder_of(run))
     remove_stale(run)
-    return Generation(number, target, manifest)
+    return Generation(number, target, contents)
 
 
 def latest(run: Path) -> Generation | None:
@@ -168,22 +169,23 @@ def latest(run: Path) -> Generation | None:
     if pointer is None:
         return None
     path = generation_path(run, int(pointer["generation"]))
-    manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
+    contents_path = path / CONTENTS
+    if not contents_path.is_file():
         raise OmamaError(f"{folder_of(run) / POINTER} names {path.name}, which is missing")
-    if sha256_of(manifest_path) != pointer["manifest_sha256"]:
-        raise OmamaError(f"{manifest_path} is not the manifest the pointer names (sha256)")
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    present = sorted(p.name for p in path.iterdir() if p.name != MANIFEST)
-    if present != sorted(manifest["files"]):
+    if sha256_of(contents_path) != pointer["contents_sha256"]:
+        raise OmamaError(f"{contents_path} is not the contents.json the pointer names (sha256)")
+    contents = json.loads(contents_path.read_text(encoding="utf-8"))
+    present = sorted(p.name for p in path.iterdir() if p.name != CONTENTS)
+    if present != sorted(contents["files"]):
         raise OmamaError(
-            f"checkpoint {path} holds {present}, its manifest lists {sorted(manifest['files'])}"
+            f"checkpoint {path} holds {present}, its contents.json lists "
+            f"{sorted(contents['files'])}"
         )
-    for name, entry in manifest["files"].items():
+    for name, entry in contents["files"].items():
         file = path / name
         if file.stat().st_size != entry["bytes"] or sha256_of(file) != entry["sha256"]:
-            raise OmamaError(f"checkpoint file {file} differs from its manifest (sha256)")
-    return Generation(int(pointer["generation"]), path, manifest)
+            raise OmamaError(f"checkpoint file {file} differs from its contents.json (sha256)")
+    return Generation(int(pointer["generation"]), path, contents)
 
 
 def remove_stale(run: Path) -> list[str]:

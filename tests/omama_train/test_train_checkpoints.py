@@ -180,7 +180,7 @@ def test_resume_removes_leftovers_and_refuses_a_damaged_checkpoint(data, tmp_pat
     kept = checkpoint_folder(out)
     leftovers = [
         out / "checkpoints" / ".tmp-000009-x1y2z3" / "last.safetensors",  # killed while staging
-        out / "checkpoints" / "000009" / "manifest.json",  # renamed, never pointed to
+        out / "checkpoints" / "000009" / "contents.json",  # renamed, never pointed to
         out / ".last.safetensors.ab12cd34.safetensors",  # killed while publishing
     ]
     for path in leftovers:
@@ -196,7 +196,7 @@ def test_resume_removes_leftovers_and_refuses_a_damaged_checkpoint(data, tmp_pat
     damaged = kept / "resume.safetensors"
     content = damaged.read_bytes()
     damaged.write_bytes(content[:-1] + bytes([content[-1] ^ 1]))  # one bit flipped
-    with pytest.raises(OmamaError, match="resume.safetensors differs from its manifest"):
+    with pytest.raises(OmamaError, match="resume.safetensors differs from its contents.json"):
         train(small_config(data, out, epochs=1, resume=True))
 
 
