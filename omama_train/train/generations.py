@@ -129,7 +129,11 @@ def stage(run: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     pointer = read_pointer(run)
     number = 1 + (pointer["generation"] if pointer else 0)
-    return Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{number:06d}-", dir=folder))
+    staged = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{number:06d}-", dir=folder))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staged, 0o777 & ~umask)  # mkdtemp's 0700 would hide the checkpoint from the group
+    return staged
 
 
 def commit(run: Path, staged: Path, info: dict) -> Generation:

@@ -178,6 +178,9 @@ def test_resume_removes_leftovers_and_refuses_a_damaged_checkpoint(data, tmp_pat
     out = tmp_path / "run"
     train(small_config(data, out, epochs=1))
     kept = checkpoint_folder(out)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert kept.stat().st_mode & 0o777 == 0o777 & ~umask  # readable as a plain mkdir's
     leftovers = [
         out / "checkpoints" / ".tmp-000009-x1y2z3" / "last.safetensors",  # killed while staging
         out / "checkpoints" / "000009" / "contents.json",  # renamed, never pointed to
