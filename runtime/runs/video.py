@@ -304,8 +304,11 @@ def _start(run: VideoRun, direction: str, inputs: dict) -> tuple[dict, dict]:
     the earlier run's outputs removed and the new state written at once (a run killed before
     its first checkpoint resumes from its first frame)."""
     out = Path(run.out_dir)
-    if run.resume:
+    outputs = (STATE_NAME, DETAILS_NAME, RESULTS_NAME, SUMMARY_NAME, OVERLAY_NAME)
+    if run.resume and any((out / name).exists() for name in outputs):
         return load_resume(out, inputs)
+    if run.resume:  # killed before its first write: there is nothing to resume, nothing lost
+        log.info("--resume: %s holds nothing of an earlier run; starting from the first frame", out)
     if (out / STATE_NAME).is_file():
         log.info("%s holds an earlier run: starting over (use --resume to continue it)", out)
     for name in (DETAILS_NAME, RESULTS_NAME, SUMMARY_NAME, OVERLAY_NAME):

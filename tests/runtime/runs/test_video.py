@@ -189,7 +189,9 @@ def test_video_bad_inputs_give_one_line_and_exit_1(case, message, assets, tmp_pa
         args = [a for a in args if a not in ("--src-cam", EXO)]
     elif case == "swapped":
         args[1], args[2] = args[2], args[1]
-    elif case == "resume":
+    elif case == "resume":  # outputs of some run, but not its state: nothing to trust
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / "results.json").write_text("{}")
         args.append("--resume")
     elif case == "tensorrt":
         args[args.index("--backend") + 1] = "tensorrt"
@@ -198,3 +200,16 @@ def test_video_bad_inputs_give_one_line_and_exit_1(case, message, assets, tmp_pa
     code, _, err = omama_run(capsys, *args)
     assert code == 1
     assert message in error_line(err)
+
+
+def test_resume_of_a_run_killed_before_its_first_write_starts_from_the_first_frame(
+    assets, tmp_path, capsys
+):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / ".omama.lock").write_text("")  # what a kill while loading leaves
+    code, _, err = omama_run(capsys, *video_args(assets, tmp_path / "out"), "--resume")
+    assert code == 0, err
+    code, _, err = omama_run(capsys, *video_args(assets, tmp_path / "fresh"))
+    assert code == 0, err
+    ours = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert ours == json.loads((tmp_path / "fresh" / "results.json").read_text())
