@@ -50,18 +50,25 @@ class Assets:
         return self.synth / "takes" / "synth_tabletop_000" / "frame_aligned_videos" / f"{cam}.mp4"
 
 
+def small_backbone_spec() -> object:
+    """The backbone of the ``weights`` artifacts: ViT-B/14 with registers, 1 block."""
+    from omama_train.models.backbones import BACKBONES
+
+    return dataclasses.replace(BACKBONES["dinov2_vitb14_reg"], timm_overrides={"depth": 1})
+
+
 def _write_weights(folder: Path) -> object:
     """Weights files of a small model set; returns the backbone spec (ViT-B/14, 1 block)."""
     import ultralytics
     from safetensors.torch import save_file
     from ultralytics.nn.tasks import SegmentationModel, yaml_model_load
 
-    from omama_train.models.backbones import BACKBONES, build_backbone
+    from omama_train.models.backbones import build_backbone
     from omama_train.models.fastsam import preserve_thread_settings
     from omama_train.models.matcher import OMaMaMatcher, save_matcher
 
     folder.mkdir(parents=True, exist_ok=True)
-    spec = dataclasses.replace(BACKBONES["dinov2_vitb14_reg"], timm_overrides={"depth": 1})
+    spec = small_backbone_spec()
     torch.manual_seed(0)
     backbone = build_backbone(spec, (70, 70))  # timm layout, 5x5 table: resized per view
     trunk = {k: v.contiguous() for k, v in backbone.trunk.state_dict().items()}

@@ -9,7 +9,6 @@ the frame, so every prediction must be one of them, resized the pipeline's way.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -35,20 +34,30 @@ DST_HW = (448, 448)
 
 @pytest.fixture(scope="module")
 def no_fastsam(assets, tmp_path_factory) -> Path:
-    """The ``weights`` artifacts as ``--no-fastsam-export`` leaves them (files linked)."""
-    from runtime.manifest import FastSAMSpec, load_manifest, write_manifest
+    """The ``weights`` artifacts exported again with ``--no-fastsam-export`` (an edited
+    manifest would be refused: it no longer matches what its ONNX files record)."""
+    from export.config import ExportConfig
+    from export.pipeline import export_artifacts
+    from runtime.manifest import load_manifest
+    from tests.runtime.assets import small_backbone_spec
 
-    folder = tmp_path_factory.mktemp("art_no_fastsam")
-    manifest = load_manifest(assets.weights)
-    files = [f for f in manifest.files if f.model != "fastsam"]
-    assert len(files) < len(manifest.files)
-    golden = tuple(g for g in manifest.verification.golden if g.model != "fastsam")
-    for ref in [r for entry in files for r in entry.file_refs()] + list(golden):
-        (folder / ref.path).parent.mkdir(parents=True, exist_ok=True)
-        (folder / ref.path).symlink_to(assets.weights / ref.path)
-    verification = dataclasses.replace(manifest.verification, golden=golden)
-    write_manifest(folder, dataclasses.replace(manifest, files=files, verification=verification,
-                                               fastsam=FastSAMSpec(included=False)))  # fmt: skip
+    folder = tmp_path_factory.mktemp("art_no_fastsam") / "art"
+    export_artifacts(
+        ExportConfig(
+            out_dir=folder,
+            backbone=small_backbone_spec(),
+            backbone_weights=assets.weights_dir / "backbone.safetensors",
+            matcher_weights=assets.weights_dir / "matcher.safetensors",
+            include_fastsam=False,
+            matcher_input="weights",
+            parity_sets=4,
+            parity_large_n=40,
+            verify=False,
+        ),
+        echo=lambda line: None,
+        progress=False,
+    )
+    assert not load_manifest(folder).fastsam.included
     return folder
 
 
