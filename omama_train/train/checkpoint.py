@@ -178,13 +178,25 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
+# The settings that decide a run's weights and metrics: a resume with other values would
+# continue one run under another's name (paths such as --root may move, so they may change).
+RESUME_FIXED = (
+    "direction", "finetune_backbone", "num_candidates", "backbone", "cache", "batch_size",
+    "train_split", "val_split", "epochs", "base_lr", "backbone_lr", "min_lr", "weight_decay",
+    "dropout", "temperature", "seed", "grad_clip", "early_stop_patience", "amp", "random_init",
+    "gap_pairs", "validate_first",
+)  # fmt: skip
+
+
 def _check_resume_args(saved: dict, config: TrainConfig) -> None:
-    fixed = ("direction", "finetune_backbone", "num_candidates", "backbone", "cache", "batch_size")
     now = config.to_json()
-    changed = [k for k in fixed if saved.get(k) != now.get(k)]
+    changed = [k for k in RESUME_FIXED if k in saved and saved[k] != now.get(k)]
     if changed:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
-        raise OmamaError(f"--resume with other settings than the run in {config.out}: {detail}")
+        raise OmamaError(
+            f"--resume with other settings than the run in {config.out}: {detail} (resume with "
+            f"the run's settings, or start a new run with --init {config.out}/last.safetensors)"
+        )
 
 
 def _write_weights(folder: Path, model, extra: dict) -> list[str]:

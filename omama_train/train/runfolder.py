@@ -62,7 +62,9 @@ def prepare(config: TrainConfig) -> None:
             f"{out} already holds a run ({older[0]}): pass --resume to continue it or choose "
             "another --out"
         )
-    if config.resume and not started:
+    if config.resume and not started and not _holds_anything(out):
+        log.info("--resume: %s holds nothing of an earlier run; starting from the beginning", out)
+    elif config.resume and not started:
         raise OmamaError(
             f"--resume: {out} holds no run to continue (no {generations.FOLDER}/); leave out "
             "--resume to start one"
@@ -87,6 +89,11 @@ def prepare(config: TrainConfig) -> None:
             ", ".join(removed),
         )
     generations.folder_of(out).mkdir(parents=True, exist_ok=True)
+
+
+def _holds_anything(out: Path) -> bool:
+    """Whether ``out`` holds more than lock files (what a kill while starting leaves)."""
+    return out.is_dir() and any(not p.name.endswith(".lock") for p in out.iterdir())
 
 
 def trim_val_reports(out: Path, epoch: int) -> list[str]:

@@ -261,14 +261,30 @@ def test_mid_epoch_checkpoint_resumes_exactly(data, tmp_path, monkeypatch):
 
 
 def test_resume_refuses_other_settings_and_missing_state(data, tmp_path):
+    (tmp_path / "none").mkdir()
+    (tmp_path / "none" / "notes.txt").write_text("not a run")
     with pytest.raises(OmamaError, match="no run to continue"):
         train(small_config(data, tmp_path / "none", resume=True))
     out = tmp_path / "run"
     train(small_config(data, out, epochs=1))
     with pytest.raises(OmamaError, match="candidates"):
         train(small_config(data, out, resume=True, num_candidates=4))
+    # What decides the weights: a resume with other values would silently give another run
+    # (a longer cosine schedule, another learning rate or seed) under the old run's name.
+    for change in ({"epochs": 2}, {"lr": 5e-3}, {"seed": 7}, {"dropout": 0.3}):
+        name = next(iter(change))
+        with pytest.raises(OmamaError, match=f"{name}: "):
+            train(small_config(data, out, resume=True, **change))
     with pytest.raises(OmamaError, match="--cache"):
         train(small_config(data, out, cache=None))
+
+
+def test_resume_of_a_run_killed_while_starting_starts_it(data, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".omama.lock").write_text("")  # all a kill before the first write leaves
+    summary = train(small_config(data, out, epochs=1, resume=True))
+    assert summary["epochs_done"] == 1
 
 
 def test_early_stopping_on_validation_iou(data, tmp_path):
