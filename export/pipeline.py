@@ -32,7 +32,6 @@ import contextlib
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +51,7 @@ from export.graphs import (
 from export.manifest_writer import build_manifest, verification_section
 from export.matcher_input import measure_matcher_inputs
 from export.models import ExportModels, build_models, torch_reference
+from export.result import ExportResult
 from export.stamp import stamp_facts
 from export.verify.backbone import BackboneParity
 from export.verify.fastsam import FastSAMParity
@@ -81,39 +81,6 @@ from runtime.verification.replay import replay_model, session_record
 from runtime.verification.tolerances import TOLERANCES, format_table
 
 PARITY_INPUTS = "export parity"
-
-
-@dataclass
-class ExportResult:
-    """The written manifest, every verification record, the engines line, and seconds per
-    file and phase (``{"matcher.onnx": {"export_s": ..., "verify_s": ...}}``)."""
-
-    manifest: Manifest
-    records: list[VerificationRecord]
-    engines_note: str
-    timings: dict[str, dict[str, float]] = field(default_factory=dict)
-    signature: Path | None = None  # model.sig with ``sign_key``
-
-    def failures(self) -> list[str]:
-        """One line per failed check (file, backend, output, metric, value, tolerance)."""
-        return [line for record in self.records for line in record.failures()]
-
-    def summary(self) -> str:
-        """The closing line of ``omama export``: folder, files, size, verification, engines."""
-        manifest, out = self.manifest, self.manifest.root
-        total_mb = sum(ref.size_bytes for f in manifest.files for ref in f.file_refs()) / 1e6
-        gated = sum(1 for record in self.records for check in record.checks if check.gated)
-        verified = (
-            f"verified ({gated} checks in {len(self.records)} records passed; "
-            f"`omama-run verify {out}` re-checks them on another machine)"
-            if manifest.verification.verified
-            else "not verified (`omama-run verify` can check them)"
-        )
-        signed = f"; signed ({self.signature.name}, --trust verifies it)" if self.signature else ""
-        return (
-            f"artifacts: {out} ({len(manifest.files)} files, {total_mb:.1f} MB), {verified}; "
-            f"{self.engines_note}{signed}"
-        )
 
 
 class _Export:
