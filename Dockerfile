@@ -88,7 +88,8 @@ ARG ORT_GPU_VERSION=1.31.1
 # The project's base dependencies (pyproject.toml, same specifiers; a test keeps them in
 # sync) with onnxruntime-gpu in place of onnxruntime: both provide the `onnxruntime`
 # module, so pip must never see the CPU requirement. The project itself is installed
-# with --no-deps below for that reason. polygraphy drives the TensorRT engines.
+# with --no-deps below for that reason. polygraphy drives the TensorRT engines; the signing
+# extra lets `omama-run --trust` check a signed artifacts folder shipped to this machine.
 RUN --mount=type=cache,target=/root/.cache/pip \
     python3 -m pip install \
         "onnxruntime-gpu==${ORT_GPU_VERSION}" \
@@ -99,7 +100,9 @@ RUN --mount=type=cache,target=/root/.cache/pip \
         "opencv-python-headless>=4.8" \
         "av>=12" \
         "filelock>=3.12" \
-        "polygraphy>=0.49"
+        "polygraphy>=0.49" \
+        "model-signing>=1.1" \
+        "pyopenssl>=24"
 COPY pyproject.toml README.md ./
 COPY runtime ./runtime
 # Only runtime/ is in this stage, so the wheel holds only the runtime package; the

@@ -386,7 +386,12 @@ def test_runtime_installs_the_base_dependencies_with_onnxruntime_gpu(stages, pip
     assert len(project) == 1 and "--no-deps" in project[0].options, "project needs --no-deps"
     base_names = {normalize(Requirement(e).name) for e in PYPROJECT["project"]["dependencies"]}
     extra = set(installed) - base_names - {"."}
-    assert extra == {"onnxruntime-gpu", "polygraphy"}, f"unexpected runtime packages {extra}"
+    signing = {normalize(Requirement(e).name): Requirement(e).specifier
+               for e in PYPROJECT["project"]["optional-dependencies"]["signing"]}  # fmt: skip
+    expected = {"onnxruntime-gpu", "polygraphy", *signing}
+    assert extra == expected, f"unexpected runtime packages {extra ^ expected}"
+    for name, specifier in signing.items():  # `omama-run --trust` works in the image
+        assert SpecifierSet(installed[name]) == specifier, f"{name}: not the signing extra's"
 
 
 def test_toolchain_installs_all_with_pinned_cuda_torch_and_gpu_onnxruntime(stages, pips) -> None:
