@@ -23,16 +23,22 @@ LOCK_NAME = ".omama.lock"
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike, command: str, name: str = LOCK_NAME) -> Iterator[Path]:
+def folder_lock(
+    folder: str | os.PathLike,
+    command: str,
+    name: str = LOCK_NAME,
+    instead: str | None = "another output folder",
+) -> Iterator[Path]:
     """Hold the lock ``folder/name`` (folder created if needed) while ``command`` writes it.
 
-    Raises OmamaError at once when another process holds it.
+    Raises OmamaError at once when another process holds it, suggesting ``instead`` (None
+    where the folder follows from other flags, e.g. ROOT's Masks folders).
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise OmamaError(f"{folder} exists and is not a folder: give {command} a folder")
     folder.mkdir(parents=True, exist_ok=True)
-    with _held(folder / name, f"{folder} is being written", command, "another output folder"):
+    with _held(folder / name, f"{folder} is being written", command, instead):
         yield folder
 
 
@@ -50,14 +56,13 @@ def file_lock(path: str | os.PathLike, command: str) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def _held(lock_path: Path, busy: str, command: str, instead: str) -> Iterator[None]:
+def _held(lock_path: Path, busy: str, command: str, instead: str | None) -> Iterator[None]:
     lock = FileLock(lock_path, timeout=0)
     try:
         lock.acquire()
     except Timeout as exc:
-        raise OmamaError(
-            f"{busy} by another omama command; wait for it to finish or give {command} {instead}"
-        ) from exc
+        other = f" or give {command} {instead}" if instead else ""
+        raise OmamaError(f"{busy} by another omama command; wait for it to finish{other}") from exc
     try:
         yield
     finally:

@@ -248,7 +248,9 @@ def extract_candidates(
     out_dir = candidates_dir(root, split, direction)
     path = report_path(root, split, direction, shard)
     where = f"omama data masks --shard {shard[0]}/{shard[1]}"
-    with folder_lock(out_dir, where, name=f".omama-shard-{shard[0]:03d}of{shard[1]:03d}.lock"):
+    with folder_lock(
+        out_dir, where, name=f".omama-shard-{shard[0]:03d}of{shard[1]:03d}.lock", instead=None
+    ):
         todo, skipped, redone = _plan(root, split, direction, frames)
         if source is not None:
             claim_source(out_dir, source) if todo else check_source(out_dir, source)

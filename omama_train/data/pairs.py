@@ -217,7 +217,7 @@ def add_commands(data_app: typer.Typer) -> None:
         splits = index.splits() if split == "all" else [split]
         folder = pairs_path(root, "train", direction).parent  # ROOT/dataset_jsons
         # One writer per direction: the two directions' files are apart.
-        with folder_lock(folder, "omama data pairs", name=f".omama-{direction}.lock"):
+        with folder_lock(folder, "omama data pairs", name=f".omama-{direction}.lock", instead=None):
             for name in splits:
                 result = make_pairs(
                     index,

@@ -122,6 +122,7 @@ def test_a_second_run_of_the_same_shard_is_refused(root, capsys, monkeypatch):
         lines = err.strip().splitlines()
         assert code == 1 and len(lines) == 1, lines
         assert "Masks_TEST_EXO2EGO is being written by another omama command" in lines[0]
+        assert lines[0].endswith("wait for it to finish"), lines[0]  # the folder follows --root
         code, _, err = masks_module_cli(root, ["--shard", "1/2"], capsys)
         assert code == 0, err  # another shard of the same folder is welcome
     finally:
