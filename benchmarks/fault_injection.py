@@ -20,7 +20,8 @@ The script builds a small synthetic world once (``omama data synth`` and the dem
 
 Each trial is ``identical``, ``corrupt`` (resume exited 0 but a file differs, is missing or
 is extra, or a temporary file is left behind), ``refused`` (resume exited non-zero) or
-``finished`` (the command ended before the kill landed: not counted as tried). The counts
+``finished`` (the command ended before the kill landed, even after drawing earlier instants
+three more times: not counted as tried). The counts
 and every difference are printed and saved to ``benchmarks/results/fault_injection.json``.
 """
 

@@ -16,6 +16,7 @@ from benchmarks.common import log
 
 DIRECTION = "exo2ego"
 BACKBONE = "dinov2_vits14_reg"
+PYTHON = sys.executable
 INVOCATION_REPORT = "counts what the last invocation did (a resumed one skips the done part)"
 
 
@@ -28,14 +29,24 @@ class Scenario:
     resume: Callable[[Path], list[str]]
     must_match: tuple[str, ...]
     skip: dict[str, str] = field(default_factory=dict)  # path prefix -> why it is not compared
+    # file pattern -> names of fields that describe one invocation (not compared after a resume)
+    invocation_fields: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
-def omama(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from omama_train.cli import main; main()", *args]
+def omama(line: str, **paths: Path | str) -> list[str]:
+    """``omama LINE`` as argv, with ``{name}`` placeholders of ``line`` filled by ``paths``
+    (each becomes one argument, whatever spaces the path holds)."""
+    return [PYTHON, "-c", "from omama_train.cli import main; main()", *_words(line, paths)]
 
 
-def omama_run(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from runtime.cli import main; main()", *args]
+def omama_run(line: str, **paths: Path | str) -> list[str]:
+    return [PYTHON, "-c", "from runtime.cli import main; main()", *_words(line, paths)]
+
+
+def _words(line: str, paths: dict[str, Path | str]) -> list[str]:
+    return [
+        str(paths[w[1:-1]]) if w.startswith("{") and w.endswith("}") else w for w in line.split()
+    ]
 
 
 def _check(argv: list[str]) -> None:
@@ -44,83 +55,54 @@ def _check(argv: list[str]) -> None:
         raise SystemExit(f"world step failed: {' '.join(argv[3:])}\n{done.stderr[-2000:]}")
 
 
-def build_world(work: Path) -> dict[str, Path | str]:
+def build_world(work: Path) -> dict[str, Any]:
     """Synthetic takes, a prepared root with pairs and candidates, a feature cache, a
     trained matcher and its ONNX export: what the scenarios take as input (built once)."""
     world = work / "world"
     ready = world / "ready.json"
     if ready.is_file():
-        return {
-            k: (Path(v) if k.endswith("_path") else v)
-            for k, v in json.loads(ready.read_text()).items()
-        }
+        facts = json.loads(ready.read_text())
+        return {k: (Path(v) if k.endswith("_path") else v) for k, v in facts.items()}
     shutil.rmtree(world, ignore_errors=True)
-    raw, root = world / "raw", world / "root"
+    raw, root, cache, run = world / "raw", world / "root", world / "features", world / "run"
     log("building the world (synthetic takes, root, cache, matcher, artifacts)")
-    _check(omama("data", "synth", "--out", str(raw), "--num-takes", "12", "--small", "--seed", "0"))
+    _check(omama("data synth --out {raw} --num-takes 12 --small --seed 0", raw=raw))
     for split in ("train", "val", "test"):
-        relations = raw / "annotations" / f"relations_{split}.json"
+        rel = raw / "annotations" / f"relations_{split}.json"
         _check(
             omama(
-                "data",
-                "prepare",
-                "--relations",
-                str(relations),
-                "--takes",
-                str(raw / "takes"),
-                "--out",
-                str(root),
-                "--workers",
-                "2",
+                "data prepare --relations {rel} --takes {takes} --out {root} --workers 2",
+                rel=rel,
+                takes=raw / "takes",
+                root=root,
             )
         )
-    _check(omama("data", "pairs", "--root", str(root), "--direction", DIRECTION, "--seed", "42"))
+    _check(omama(f"data pairs --root {{root}} --direction {DIRECTION} --seed 42", root=root))
     for split in ("train", "val", "test"):
         _check(
             omama(
-                "data",
-                "masks",
-                "--root",
-                str(root),
-                "--split",
-                split,
-                "--direction",
-                DIRECTION,
-                "--from-annotations",
-                "--no-progress",
+                f"data masks --root {{root}} --split {split} --direction {DIRECTION} "
+                "--from-annotations --no-progress",
+                root=root,
             )
         )
-    cache = world / "features"
     _check(
         omama(
-            "features",
-            "--root",
-            str(root),
-            "--direction",
-            DIRECTION,
-            "--backbone",
-            BACKBONE,
-            "--random-init",
-            "--out",
-            str(cache),
-            "--no-progress",
+            f"features --root {{root}} --direction {DIRECTION} --backbone {BACKBONE} "
+            "--random-init --out {cache} --no-progress",
+            root=root,
+            cache=cache,
         )
     )
-    run = world / "run"
-    _check(omama(*train_args(root, cache, run, epochs=1)))
+    _check(train(root, cache, run, epochs=1))
     artifacts = world / "artifacts"
     _check(
         omama(
-            "export",
-            "--matcher",
-            str(run / "best.safetensors"),
-            "--backbone-weights",
-            str(cache / "backbone.safetensors"),
-            "--no-fastsam-export",
-            "--parity-sets",
-            "10",
-            "--out",
-            str(artifacts),
+            "export --matcher {matcher} --backbone-weights {backbone} --no-fastsam-export "
+            "--parity-sets 10 --out {artifacts}",
+            matcher=run / "best.safetensors",
+            backbone=cache / "backbone.safetensors",
+            artifacts=artifacts,
         )
     )
     take = json.loads((root / "split.json").read_text())["test"][0]
@@ -131,107 +113,65 @@ def build_world(work: Path) -> dict[str, Path | str]:
     dst = next(c for c in cams if c.startswith("aria"))
     videos = raw / "takes" / ann["take_name"] / "frame_aligned_videos"
     facts = {
-        "raw_path": str(raw),
-        "root_path": str(root),
-        "cache_path": str(cache),
-        "artifacts_path": str(artifacts),
-        "annotation_path": str(annotation),
-        "src_video_path": str(videos / f"{src}.mp4"),
-        "dst_video_path": str(videos / f"{dst}.mp4"),
-        "candidates_path": str(root / f"Masks_TEST_{DIRECTION.upper()}" / take / dst),
+        "raw_path": raw,
+        "root_path": root,
+        "cache_path": cache,
+        "artifacts_path": artifacts,
+        "annotation_path": annotation,
+        "src_video_path": videos / f"{src}.mp4",
+        "dst_video_path": videos / f"{dst}.mp4",
+        "candidates_path": root / f"Masks_TEST_{DIRECTION.upper()}" / take / dst,
         "src_cam": src,
     }
-    ready.write_text(json.dumps(facts, indent=2))
+    ready.write_text(json.dumps({k: str(v) for k, v in facts.items()}, indent=2))
     return build_world(work)
 
 
-def train_args(root: Path, cache: Path, out: Path, epochs: int) -> list[str]:
-    return [
-        "train",
-        "--root",
-        str(root),
-        "--cache",
-        str(cache),
-        "--out",
-        str(out),
-        "--direction",
-        DIRECTION,
-        "--epochs",
-        str(epochs),
-        "--batch-size",
-        "8",
-        "--num-candidates",
-        "8",
-        "--lr",
-        "1e-4",
-        "--workers",
-        "0",
-        "--gap-pairs",
-        "16",
-        "--eval-workers",
-        "1",
-        "--checkpoint-every-steps",
-        "2",
-        "--no-progress",
-    ]
+def train(root: Path, cache: Path, out: Path, epochs: int) -> list[str]:
+    """A small CPU training run that checkpoints every 2 steps (many instants to kill)."""
+    return omama(
+        f"train --root {{root}} --cache {{cache}} --out {{out}} --direction {DIRECTION} "
+        f"--epochs {epochs} --batch-size 8 --num-candidates 8 --lr 1e-4 --workers 0 "
+        "--gap-pairs 16 --eval-workers 1 --checkpoint-every-steps 2 --no-progress",
+        root=root,
+        cache=cache,
+        out=out,
+    )
 
 
 def scenarios(world: dict[str, Any]) -> dict[str, Scenario]:
-    root, cache = world["root_path"], world["cache_path"]
-    relations = world["raw_path"] / "annotations" / "relations_train.json"
+    """The long commands killed: each reads the world and writes one folder."""
+    raw, root, cache = world["raw_path"], world["root_path"], world["cache_path"]
 
     def prepare(out: Path) -> list[str]:
         return omama(
-            "data",
-            "prepare",
-            "--relations",
-            str(relations),
-            "--takes",
-            str(world["raw_path"] / "takes"),
-            "--out",
-            str(out),
-            "--workers",
-            "2",
+            "data prepare --relations {rel} --takes {takes} --out {out} --workers 2",
+            rel=raw / "annotations" / "relations_train.json",
+            takes=raw / "takes",
+            out=out,
         )
 
     def features(out: Path) -> list[str]:
         return omama(
-            "features",
-            "--root",
-            str(root),
-            "--direction",
-            DIRECTION,
-            "--backbone",
-            BACKBONE,
-            "--random-init",
-            "--out",
-            str(out),
-            "--no-progress",
+            f"features --root {{root}} --split val --direction {DIRECTION} "
+            f"--backbone {BACKBONE} --random-init --batch-size 2 --flush-every 4 "
+            "--out {out} --no-progress",
+            root=root,
+            out=out,
         )
-
-    def train(out: Path) -> list[str]:
-        return omama(*train_args(root, cache, out, epochs=2))
 
     def video(out: Path) -> list[str]:
         return omama_run(
-            "video",
-            str(world["src_video_path"]),
-            str(world["dst_video_path"]),
-            "--query",
-            str(world["annotation_path"]),
-            "--src-cam",
-            world["src_cam"],
-            "--candidates",
-            str(world["candidates_path"]),
-            "--artifacts",
-            str(world["artifacts_path"]),
-            "--backend",
-            "onnxruntime",
-            "--overlay",
-            "--checkpoint-every-frames",
-            "2",
-            "--out",
-            str(out),
+            "video {src} {dst} --query {query} --src-cam {cam} --candidates {candidates} "
+            "--artifacts {artifacts} --backend onnxruntime --overlay "
+            "--checkpoint-every-frames 2 --out {out}",
+            src=world["src_video_path"],
+            dst=world["dst_video_path"],
+            query=world["annotation_path"],
+            cam=world["src_cam"],
+            candidates=world["candidates_path"],
+            artifacts=world["artifacts_path"],
+            out=out,
         )
 
     return {
@@ -251,15 +191,23 @@ def scenarios(world: dict[str, Any]) -> dict[str, Scenario]:
         ),
         "train": Scenario(
             "train",
-            train,
-            lambda out: [*train(out), "--resume"],
-            must_match=("best.safetensors", "last.safetensors", "metrics.csv"),
+            lambda out: train(root, cache, out, epochs=2),
+            lambda out: [*train(root, cache, out, epochs=2), "--resume"],
+            must_match=("best.safetensors", "last.safetensors", "val/"),
+            invocation_fields={"*.json": ("resume",)},
             skip={"tensorboard/": "TensorBoard event files are named after the wall time"},
         ),
         "video": Scenario(
             "video",
             video,
             lambda out: [*video(out), "--resume"],
-            must_match=("results.json", "overlay.mp4"),
+            must_match=("results.json", "predictions.jsonl", "run_state.json", "overlay.mp4"),
+            invocation_fields={
+                "summary.json": (
+                    "resumed_from_frame",
+                    "frames_this_run",
+                    "frames_inferred_this_run",
+                )
+            },
         ),
     }
