@@ -12,6 +12,7 @@ Commands only parse and check their flags, call the library and print.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ import typer
 
 from runtime.clikit import new_app, run_app
 from runtime.errors import OmamaError, no_fastsam_error
-from runtime.locks import folder_lock
+from runtime.locks import file_lock, folder_lock
 
 app = new_app("omama-run: O-MaMa inference on ONNX Runtime or TensorRT, without torch.")
 
@@ -464,23 +465,29 @@ def register_eval(omama_app: typer.Typer) -> None:
         if root is not None and gallery is None:
             raise OmamaError("--root is only used with --gallery")
         check_direction(direction)
-        gt_annotations = load_gt(gt)
-        pred_takes = load_results(pred, direction)
-        report = evaluate_report(
-            gt_annotations, pred_takes, direction, protocol, workers, progress=True
-        )
-        report = {"gt_file": str(gt), "pred_file": str(pred), **report}
-        typer.echo(format_summary(report))
-        if per_observation:
-            typer.echo("")
-            typer.echo(format_observations(report))
-        if out is not None:
-            write_json(out, report, indent=2)
-            typer.echo(f"report written to {out}")
-        if gallery is not None:
-            from runtime.gallery import write_gallery
-
-            paths = write_gallery(
-                gallery, report, gt_annotations, pred_takes, root=root, per_group=gallery_per_group
+        with contextlib.ExitStack() as outputs:  # one writer per report and gallery
+            if out is not None:
+                outputs.enter_context(file_lock(out, "omama eval"))
+            if gallery is not None:
+                outputs.enter_context(folder_lock(gallery, "omama eval"))
+            gt_annotations = load_gt(gt)
+            pred_takes = load_results(pred, direction)
+            report = evaluate_report(
+                gt_annotations, pred_takes, direction, protocol, workers, progress=True
             )
-            typer.echo(f"gallery written to {paths['html']}")
+            report = {"gt_file": str(gt), "pred_file": str(pred), **report}
+            typer.echo(format_summary(report))
+            if per_observation:
+                typer.echo("")
+                typer.echo(format_observations(report))
+            if out is not None:
+                write_json(out, report, indent=2)
+                typer.echo(f"report written to {out}")
+            if gallery is not None:
+                from runtime.gallery import write_gallery
+
+                paths = write_gallery(
+                    gallery, report, gt_annotations, pred_takes, root=root,
+                    per_group=gallery_per_group,
+                )  # fmt: skip
+                typer.echo(f"gallery written to {paths['html']}")

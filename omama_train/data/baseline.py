@@ -98,12 +98,14 @@ def add_commands(data_app: typer.Typer) -> None:
         Example: omama data baseline --root data --direction exo2ego --kind oracle
         --out oracle.json
         """
+        from runtime.locks import file_lock
         from runtime.results import write_results
 
-        results, counts = predict_baseline(
-            root, split, direction, kind, seed=seed, pairs_file=pairs
-        )
-        write_results(out, results)
+        with file_lock(out, "omama data baseline"):
+            results, counts = predict_baseline(
+                root, split, direction, kind, seed=seed, pairs_file=pairs
+            )
+            write_results(out, results)
         typer.echo(
             f"{kind} baseline: {counts['pairs']} pairs, {counts['predicted_visible']} predicted "
             f"visible, {counts['no_candidates']} without candidates -> {out}"

@@ -75,3 +75,29 @@ def test_commands_refuse_a_folder_being_written(held, tmp_path, capsys):
         assert code == 1 and len(lines) == 1, (argv[0], lines)
         assert "is being written by another omama command" in lines[0]
     assert sorted(p.name for p in out.iterdir()) == [".omama.lock"]  # nothing was written
+
+
+def test_eval_and_baseline_refuse_an_output_being_written(tmp_path, capsys):
+    """omama eval --out/--gallery and omama data baseline --out: one writer per output."""
+    from filelock import FileLock
+
+    from runtime.locks import LOCK_NAME
+
+    fixtures = REPO / "tests" / "fixtures" / "eval_casa_gio"
+    report, gallery = tmp_path / "m.json", tmp_path / "gallery"
+    evaluate = ["eval", "--gt", str(fixtures / "exo2egoGT.json"), "--pred",
+                str(fixtures / "predictions_baseline.json"), "--direction", "exo2ego"]  # fmt: skip
+    baseline = ["data", "baseline", "--root", str(tmp_path / "root"), "--split", "test",
+                "--direction", "exo2ego", "--kind", "random", "--out", str(report)]  # fmt: skip
+    gallery.mkdir()
+    for argv, lock in (
+        ([*evaluate, "--out", str(report)], tmp_path / f".m.json{LOCK_NAME}"),
+        ([*evaluate, "--gallery", str(gallery)], gallery / LOCK_NAME),
+        (baseline, tmp_path / f".m.json{LOCK_NAME}"),
+    ):
+        with FileLock(lock, timeout=0):
+            code = run_app(build_app(), argv)
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert code == 1 and len(lines) == 1, lines
+        assert "is being written by another omama command" in lines[0]
+    assert not report.exists() and list(gallery.iterdir()) == [gallery / LOCK_NAME]
