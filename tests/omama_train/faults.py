@@ -19,61 +19,10 @@ and the training modules from outside: the library holds no fault-injection code
 from __future__ import annotations
 
 import os
-import re
 import sys
-import time
 from pathlib import Path
 
-KILLED = 137
-
-
-def die() -> None:
-    sys.stderr.write("faults: killed\n")
-    sys.stderr.flush()
-    os._exit(KILLED)
-
-
-def hook_replace(out: Path, regex: str, nth: int, when: str, flag: Path | None) -> None:
-    """Wrap ``os.replace`` and ``os.rename`` (every atomic write goes through them)."""
-    pattern, seen = re.compile(regex), [0]
-
-    def wrap(original):
-        def replace(src, dst, *args, **kwargs):
-            try:
-                rel = Path(os.path.abspath(dst)).relative_to(out).as_posix()
-            except ValueError:
-                rel = None
-            hit = rel is not None and pattern.search(rel) is not None
-            if hit:
-                seen[0] += 1
-                hit = seen[0] == nth
-            if hit and flag is not None:
-                flag.touch()
-                while flag.exists():
-                    time.sleep(0.05)
-            elif hit and when == "before":
-                die()
-            result = original(src, dst, *args, **kwargs)
-            if hit and when == "after":
-                die()
-            return result
-
-        return replace
-
-    os.replace, os.rename = wrap(os.replace), wrap(os.rename)
-
-
-def hook_call(module, name: str, nth: int) -> None:
-    """Die inside the ``nth`` call of ``module.name``."""
-    original, seen = getattr(module, name), [0]
-
-    def call(*args, **kwargs):
-        seen[0] += 1
-        if seen[0] == nth:
-            die()
-        return original(*args, **kwargs)
-
-    setattr(module, name, call)
+from tests.kill_instants import hook_call, hook_replace
 
 
 def install(spec: str, out: Path) -> None:

@@ -16,38 +16,10 @@ and the runtime's classes from outside: the runtime holds no fault-injection cod
 from __future__ import annotations
 
 import os
-import re
 import sys
 from pathlib import Path
 
-KILLED = 137
-
-
-def die() -> None:
-    sys.stderr.write("faults: killed\n")
-    sys.stderr.flush()
-    os._exit(KILLED)
-
-
-def hook_replace(out: Path, regex: str, nth: int, when: str) -> None:
-    pattern, seen, original = re.compile(regex), [0], os.replace
-
-    def replace(src, dst, *args, **kwargs):
-        try:
-            rel = Path(os.path.abspath(dst)).relative_to(out).as_posix()
-        except ValueError:
-            rel = None
-        matched = rel is not None and pattern.search(rel) is not None
-        seen[0] += matched
-        hit = matched and seen[0] == nth
-        if hit and when == "before":
-            die()
-        result = original(src, dst, *args, **kwargs)
-        if hit and when == "after":
-            die()
-        return result
-
-    os.replace = replace
+from tests.kill_instants import die, hook_replace
 
 
 def hook_overlay(nth: int) -> None:
