@@ -349,7 +349,7 @@ def _close(state: dict, reader: PrefetchReader, skips: _DecodeSkips, sink: Video
                 sink.close_overlay()
             # Complete = the end of the shorter video was reached (a --max-frames run is not).
             state["complete"] = reader.stop >= end
-        failed = False
+            failed = False  # an error of the loop itself (not finished) still drops the overlay
     finally:
         sink.finish(failed)
 

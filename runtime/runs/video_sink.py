@@ -9,6 +9,7 @@ interruptions, and nothing of a killed run's half-written video is needed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -233,6 +234,12 @@ class VideoSink:
         frames) and the checkpoint is only attempted: the failure is the error to report."""
         if self.writer is not None and (failed or not self.frames_rendered):
             self.writer.abort()
+        if self.error is not None:
+            # The thread stopped inside a frame (its predictions and counts half recorded):
+            # the last checkpoint on disk is the consistent one; the resume redoes the rest.
+            with contextlib.suppress(OSError):  # unwritten lines: the resume redoes them
+                self._details.close()
+            return
         try:
             self.checkpoint()
             self._details.close()

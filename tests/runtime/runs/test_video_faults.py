@@ -344,3 +344,53 @@ def test_resume_refuses_a_state_it_cannot_read_in_one_line(
     assert code == 1
     line = error_line(err)
     assert "run_state.json" in line and field in line and "without --resume" in line, line
+
+
+def test_disk_full_inside_a_frame_keeps_the_last_checkpoint(
+    assets, straight, tmp_path, capsys, monkeypatch
+):
+    """The encoder fails on frame 4 (annotated), after its predictions and counts were
+    recorded: saving them with a state that does not point past frame 4 made the resume
+    count them twice."""
+    from runtime.video import VideoWriter
+
+    out, real_write, calls = tmp_path / "run", VideoWriter.write, [0]
+
+    def failing_write(self, frame_rgb):
+        calls[0] += 1
+        if calls[0] == 5:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+        return real_write(self, frame_rgb)
+
+    monkeypatch.setattr(VideoWriter, "write", failing_write)
+    code, _, err = omama_run(capsys, *run_args(assets, out))
+    assert code == 1 and "disk full while writing overlay.mp4" in error_line(err)
+    monkeypatch.setattr(VideoWriter, "write", real_write)
+    code, _, err = omama_run(capsys, *run_args(assets, out, "--resume"))
+    assert code == 0, err
+    assert_same_run(straight, out)
+
+
+def test_an_error_of_the_run_itself_drops_the_overlay_and_resumes(
+    assets, straight, tmp_path, capsys, monkeypatch
+):
+    """Inference failing on frame 3 (not a write): the half-encoded overlay used to be left to
+    the encoder thread, its temporary video behind; now it is dropped like after a write error."""
+    from runtime.runs import video as video_run
+
+    out, real_frame, calls = tmp_path / "run", video_run._FrameMatcher.frame, [0]
+
+    def failing_frame(self, pair, keep_frames):
+        calls[0] += 1
+        if calls[0] == 4:
+            raise video_run.OmamaError("inference failed on this frame")
+        return real_frame(self, pair, keep_frames)
+
+    monkeypatch.setattr(video_run._FrameMatcher, "frame", failing_frame)
+    code, _, err = omama_run(capsys, *run_args(assets, out))
+    assert code == 1 and "inference failed on this frame" in error_line(err)
+    assert leftovers(out) == [] and not list(out.glob("overlay*"))
+    monkeypatch.setattr(video_run._FrameMatcher, "frame", real_frame)
+    code, _, err = omama_run(capsys, *run_args(assets, out, "--resume"))
+    assert code == 0, err
+    assert_same_run(straight, out)
