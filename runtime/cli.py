@@ -260,16 +260,16 @@ def video_command(
         dst_cam=dst_cam, take=take, candidates=candidates, max_frames=max_frames, resume=resume,
         overlay=overlay, checkpoint_every_frames=checkpoint_every_frames,
     )  # fmt: skip
-    with (
-        folder_lock(out, "omama-run video"),
-        _open_pipeline(
+    if resume and not out.is_dir():  # a mistyped --out is not a run killed while starting
+        raise OmamaError(f"--resume: {out} does not exist; run without --resume to start")
+    with folder_lock(out, "omama-run video"):  # metrics.json (--gt) is written under it too
+        with _open_pipeline(
             artifacts, backend, device, precision, threads, mask_size, weights_dirs
-        ) as pipe,
-    ):
-        summary = run_video(pipe, run)
-    typer.echo(format_video_summary(summary))
-    if gt is not None:
-        _print_metrics(gt, Path(summary["results"]), artifacts_direction, out)
+        ) as pipe:
+            summary = run_video(pipe, run)
+        typer.echo(format_video_summary(summary))
+        if gt is not None:
+            _print_metrics(gt, Path(summary["results"]), artifacts_direction, out)
 
 
 def _check_video_flags(artifacts: Path, direction: str | None, candidates: Path | None,

@@ -37,6 +37,8 @@ def run_folder(config: TrainConfig, ctx: Distributed) -> Iterator[None]:
         error = None
         if ctx.main:
             try:
+                if config.resume and not config.out.is_dir():  # a mistyped --out
+                    raise OmamaError(f"--resume: {config.out} does not exist; leave out --resume")
                 stack.enter_context(folder_lock(config.out, COMMAND))
                 prepare(config)
             except (OmamaError, OSError) as exc:

@@ -261,6 +261,9 @@ def test_mid_epoch_checkpoint_resumes_exactly(data, tmp_path, monkeypatch):
 
 
 def test_resume_refuses_other_settings_and_missing_state(data, tmp_path):
+    with pytest.raises(OmamaError, match="does not exist"):  # a mistyped --out
+        train(small_config(data, tmp_path / "typo", resume=True))
+    assert not (tmp_path / "typo").exists()
     (tmp_path / "none").mkdir()
     (tmp_path / "none" / "notes.txt").write_text("not a run")
     with pytest.raises(OmamaError, match="no run to continue"):

@@ -213,3 +213,10 @@ def test_resume_of_a_run_killed_before_its_first_write_starts_from_the_first_fra
     assert code == 0, err
     ours = json.loads((tmp_path / "out" / "results.json").read_text())
     assert ours == json.loads((tmp_path / "fresh" / "results.json").read_text())
+
+
+def test_resume_of_a_folder_that_does_not_exist_is_refused(assets, tmp_path, capsys):
+    out = tmp_path / "typo"  # a mistyped --out is not a run killed while starting
+    code, _, err = omama_run(capsys, *video_args(assets, out), "--resume")
+    assert code == 1 and "does not exist" in error_line(err)
+    assert not out.exists()
