@@ -7,9 +7,11 @@ import contextlib
 import fnmatch
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,17 +36,19 @@ def _has_output(folder: Path) -> bool:
 def timed_run(argv: list[str], out: Path) -> tuple[float, float]:
     """Run to completion: (seconds until the first output appeared, total seconds)."""
     start = time.monotonic()
-    proc = subprocess.Popen(
-        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env(), start_new_session=True
-    )
-    first = None
-    while proc.poll() is None:
-        if first is None and _has_output(out):
-            first = time.monotonic() - start
-        time.sleep(POLL_S)
-    total = time.monotonic() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"uninterrupted run failed: {proc.stderr.read().decode()[-2000:]}")
+    with tempfile.TemporaryFile() as stderr:  # a pipe nobody drains would block the command
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL, stderr=stderr, env=_env(), start_new_session=True
+        )
+        first = None
+        while proc.poll() is None:
+            if first is None and _has_output(out):
+                first = time.monotonic() - start
+            time.sleep(POLL_S)
+        total = time.monotonic() - start
+        if proc.returncode != 0:
+            stderr.seek(0)
+            raise SystemExit(f"uninterrupted run failed: {stderr.read().decode()[-2000:]}")
     return (first if first is not None else 0.0), total
 
 
@@ -128,9 +132,12 @@ def run_scenario(scenario: Scenario, work: Path, kills: int, rng: random.Random)
     volatile = volatile_fields(reference, again)
     for pattern, names in scenario.invocation_fields.items():
         for rel in fnmatch.filter(reference, pattern):
-            counted = {key for key in reference[rel] if key.rsplit(".", 1)[-1] in names}
-            volatile.setdefault(rel, set()).update(counted)
-    unstable = sorted(rel for rel in volatile if rel.startswith(scenario.must_match))
+            counted = {key for key in reference[rel] if set(re.split(r"[.\[\]]", key)) & set(names)}
+            if counted:
+                volatile.setdefault(rel, set()).update(counted)
+    unstable = sorted(
+        rel for rel in volatile if any(fnmatch.fnmatch(rel, p) for p in scenario.must_match)
+    )
     trials = []
     for i in range(kills):
         end_s, attempts = total_s, 0

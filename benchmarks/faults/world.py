@@ -27,9 +27,10 @@ class Scenario:
     name: str
     run: Callable[[Path], list[str]]
     resume: Callable[[Path], list[str]]
-    must_match: tuple[str, ...]
+    must_match: tuple[str, ...]  # patterns of the files two uninterrupted runs must agree on
     skip: dict[str, str] = field(default_factory=dict)  # path prefix -> why it is not compared
-    # file pattern -> names of fields that describe one invocation (not compared after a resume)
+    # file pattern -> names of fields (or of a parent) saying what one invocation did or how
+    # long it took: not compared after a resume
     invocation_fields: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
@@ -179,21 +180,21 @@ def scenarios(world: dict[str, Any]) -> dict[str, Scenario]:
             "prepare",
             prepare,
             prepare,
-            must_match=("processed/", "split.json"),
+            must_match=("processed/*", "split.json"),
             skip={"prepare_report.json": INVOCATION_REPORT},
         ),
         "features": Scenario(
             "features",
             features,
             features,
-            must_match=("chunks/", "meta.json"),
+            must_match=("chunks/*.npy", "backbone.safetensors"),
             skip={"report.json": INVOCATION_REPORT},
         ),
         "train": Scenario(
             "train",
             lambda out: train(root, cache, out, epochs=2),
             lambda out: [*train(root, cache, out, epochs=2), "--resume"],
-            must_match=("best.safetensors", "last.safetensors", "val/"),
+            must_match=("best.safetensors", "last.safetensors", "val/*"),
             invocation_fields={"*.json": ("resume",)},
             skip={"tensorboard/": "TensorBoard event files are named after the wall time"},
         ),
@@ -207,6 +208,11 @@ def scenarios(world: dict[str, Any]) -> dict[str, Scenario]:
                     "resumed_from_frame",
                     "frames_this_run",
                     "frames_inferred_this_run",
+                    "latency_ms",
+                    "wall_s",
+                    "fps_inferred",
+                    "fps_end_to_end",
+                    "peak_rss_mb",
                 )
             },
         ),
