@@ -20,7 +20,6 @@ next start.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -30,6 +29,7 @@ from pathlib import Path
 
 from runtime.atomic import temp_path_beside, write_json
 from runtime.errors import OmamaError
+from runtime.manifest import sha256_file
 
 FOLDER = "checkpoints"
 POINTER = "latest.json"
@@ -50,14 +50,6 @@ class Generation:
         if name not in self.contents["files"]:
             raise OmamaError(f"checkpoint {self.path} holds no {name}")
         return self.path / name
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fsync_path(path: Path) -> None:
@@ -149,7 +141,7 @@ def commit(run: Path, staged: Path, info: dict) -> Generation:
         if not path.is_file() or path.name == CONTENTS:
             raise OmamaError(f"{staged}: unexpected {path.name} in a checkpoint")
         fsync_path(path)
-        files[path.name] = {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
+        files[path.name] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
     contents = {"format": FORMAT, "generation": number, **info, "files": files}
     write_json(staged / CONTENTS, contents, indent=1)
     fsync_path(staged)
@@ -160,7 +152,7 @@ def commit(run: Path, staged: Path, info: dict) -> Generation:
     fsync_path(folder_of(run))
     write_json(
         folder_of(run) / POINTER,
-        {"generation": number, "contents_sha256": sha256_of(target / CONTENTS)},
+        {"generation": number, "contents_sha256": sha256_file(target / CONTENTS)},
     )
     fsync_path(folder_of(run))
     remove_stale(run)
@@ -176,7 +168,7 @@ def latest(run: Path) -> Generation | None:
     contents_path = path / CONTENTS
     if not contents_path.is_file():
         raise OmamaError(f"{folder_of(run) / POINTER} names {path.name}, which is missing")
-    if sha256_of(contents_path) != pointer["contents_sha256"]:
+    if sha256_file(contents_path) != pointer["contents_sha256"]:
         raise OmamaError(f"{contents_path} is not the contents.json the pointer names (sha256)")
     contents = json.loads(contents_path.read_text(encoding="utf-8"))
     present = sorted(p.name for p in path.iterdir() if p.name != CONTENTS)
@@ -187,7 +179,7 @@ def latest(run: Path) -> Generation | None:
         )
     for name, entry in contents["files"].items():
         file = path / name
-        if file.stat().st_size != entry["bytes"] or sha256_of(file) != entry["sha256"]:
+        if file.stat().st_size != entry["bytes"] or sha256_file(file) != entry["sha256"]:
             raise OmamaError(f"checkpoint file {file} differs from its contents.json (sha256)")
     return Generation(int(pointer["generation"]), path, contents)
 

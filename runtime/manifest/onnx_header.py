@@ -2,7 +2,7 @@
 the names, shapes and dtypes of its graph inputs and outputs.
 
 The runtime cross-checks ``manifest.json`` against these on every run
-(:mod:`runtime.manifest.crosscheck`), so reading them must stay cheap and torch-free (the
+(:mod:`runtime.manifest.facts`), so reading them must stay cheap and torch-free (the
 lean runtime has no ``onnx`` package). An ONNX file is one protobuf ``ModelProto``; this
 module walks its wire format (varint keys, length-delimited fields) and *seeks past*
 everything it does not need (nodes, initializer bytes), so a 350 MB backbone costs a few
