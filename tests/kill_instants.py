@@ -5,7 +5,10 @@ atexit, no flushing): the hooks the commands' fault runners (``tests.omama_train
 from __future__ import annotations
 
 import os
+import random
 import re
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -60,3 +63,18 @@ def hook_call(module, name: str, nth: int) -> None:
         return original(*args, **kwargs)
 
     setattr(module, name, call)
+
+
+def sigkill_after(proc: subprocess.Popen, marker: Path, max_delay_s: float) -> float:
+    """SIGKILL ``proc`` at a random instant up to ``max_delay_s`` after ``marker`` appears
+    (its first checkpoint, say); returns that delay."""
+    started = time.monotonic()
+    while not marker.exists() and proc.poll() is None:
+        assert time.monotonic() - started < 120, f"{marker} never appeared"
+        time.sleep(0.005)
+    delay_s = random.uniform(0.0, max_delay_s)
+    time.sleep(delay_s)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    print(f"SIGKILL {delay_s:.3f} s after {marker.name} appeared (exit {proc.returncode})")
+    return delay_s

@@ -12,8 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import random
-import signal
 import subprocess
 import sys
 import time
@@ -23,6 +21,7 @@ import pytest
 
 from omama_train.train.trainer import train
 from runtime.errors import OmamaError
+from tests.kill_instants import sigkill_after
 from tests.omama_train.test_train import REPO, build_data, run_cli, small_config
 
 POINTER = "latest.json"
@@ -129,16 +128,7 @@ def test_kill_at_an_instant_then_resume_is_bit_identical(data, straight, tmp_pat
 
 def test_sigkill_at_a_random_instant_then_resume_is_bit_identical(data, straight, tmp_path):
     out = tmp_path / "run"
-    proc = start_killable(data, out)
-    started = time.monotonic()
-    while not (out / "metrics.csv").exists() and proc.poll() is None:
-        assert time.monotonic() - started < 120
-        time.sleep(0.01)
-    delay_s = random.uniform(0.0, 2.0)
-    time.sleep(delay_s)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=60)
-    print(f"SIGKILL {delay_s:.3f} s after metrics.csv appeared (exit {proc.returncode})")
+    sigkill_after(start_killable(data, out), out / "metrics.csv", max_delay_s=2.0)
     assert run_cli([*train_args(data, out), "--resume"]) == 0
     assert_same_run(straight, out)
 

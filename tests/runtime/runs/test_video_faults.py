@@ -14,14 +14,12 @@ from __future__ import annotations
 import errno
 import json
 import os
-import random
 import resource
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +30,7 @@ pytest.importorskip("torch")  # the shared assets are exported with torch
 import av  # noqa: E402
 
 from runtime.video import VideoReader  # noqa: E402
+from tests.kill_instants import sigkill_after
 from tests.runtime.assets import EGO  # noqa: E402
 from tests.runtime.runs.cli import error_line, omama_run, video_args  # noqa: E402
 from tests.runtime.runs.test_video import _reencode_with_a_broken_frame  # noqa: E402
@@ -162,16 +161,7 @@ def test_a_frame_that_did_not_decode_stays_reported_after_a_kill(assets, tmp_pat
 
 def test_sigkill_at_a_random_instant_then_resume_matches(assets, straight, tmp_path, capsys):
     out = tmp_path / "run"
-    proc = start(run_args(assets, out))
-    started = time.monotonic()
-    while not (out / "predictions.jsonl").exists() and proc.poll() is None:
-        assert time.monotonic() - started < 120
-        time.sleep(0.005)
-    delay_s = random.uniform(0.0, 0.6)
-    time.sleep(delay_s)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=60)
-    print(f"SIGKILL {delay_s:.3f} s after predictions.jsonl appeared (exit {proc.returncode})")
+    sigkill_after(start(run_args(assets, out)), out / "predictions.jsonl", max_delay_s=0.6)
     assert_nothing_half_done(out)
     code, _, err = omama_run(capsys, *run_args(assets, out, "--resume"))
     assert code == 0, err
