@@ -50,8 +50,11 @@ N_IMAGES = 12
 
 @pytest.fixture(scope="session")
 def root(tmp_path_factory) -> Path:
+    return small_root(tmp_path_factory.mktemp("features"))
+
+
+def small_root(base: Path) -> Path:
     """Two small synthetic takes (train, test), 2 annotated frames each, pairs both ways."""
-    base = tmp_path_factory.mktemp("features")
     synthesize(base / "in", 2, small=True, seed=0, frames=6, annotate_every=3)
     for relations in sorted((base / "in" / "annotations").glob("relations_*.json")):
         prepare(relations, base / "in" / "takes", base / "root", progress=False)

@@ -21,18 +21,16 @@ import numpy as np
 import pytest
 import torch
 
-from omama_train.data.pairs import make_pairs
-from omama_train.data.prepare import prepare
-from omama_train.data.synth import synthesize
 from omama_train.features import build as build_module
 from omama_train.features.build import build_cache
 from omama_train.features.images import resolve_pairs_files, unique_images
 from omama_train.features.meta import BACKBONE_FILE
 from omama_train.features.reader import FeatureCache
 from omama_train.models.backbones import BACKBONES
-from runtime.egoexo import DIRECTIONS, ProcessedRoot, pairs_path, read_pairs, write_pairs
+from runtime.egoexo import pairs_path, read_pairs
 from runtime.errors import OmamaError
 from runtime.manifest import sha256_file
+from tests.omama_train.test_features import small_root
 
 torch.set_num_threads(1)
 
@@ -61,16 +59,7 @@ sys.exit(run_app(build_app(), sys.argv[2:]))
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("shared")
-    synthesize(base / "in", 2, small=True, seed=0, frames=6, annotate_every=3)
-    for relations in sorted((base / "in" / "annotations").glob("relations_*.json")):
-        prepare(relations, base / "in" / "takes", base / "root", progress=False)
-    index = ProcessedRoot(base / "root")
-    for split in index.splits():
-        for direction in DIRECTIONS:
-            pairs = make_pairs(index, split, direction).pairs
-            write_pairs(pairs_path(base / "root", split, direction), pairs, base / "root")
-    return base / "root"
+    return small_root(tmp_path_factory.mktemp("shared"))
 
 
 def maps(path: Path) -> dict[str, np.ndarray]:
