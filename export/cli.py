@@ -24,6 +24,23 @@ HELP = {
     "it as random.",
     "fp16": "Also write fp16 ONNX variants (fp32 I/O) and, with TensorRT and a CUDA GPU, "
     "TensorRT fp16 engines.",
+    "int8": "Also write int8 files (static post-training quantization to QDQ ONNX, calibrated "
+    "on --calib) of the backbones, and of FastSAM when its fidelity holds; the matcher stays "
+    "float. With TensorRT and a CUDA GPU, *_int8.engine files from the same QDQ files.",
+    "calib": "int8 calibration data: a prepared split (omama data prepare ROOT: frames per "
+    "view, sampled across takes) or a folder of images. Without it: synthetic frames, with a "
+    "warning that the result is not representative.",
+    "calib_frames": "int8 calibration frames in total, sampled across takes and views.",
+    "min_argmax": "Fail the export when the int8 pipeline's argmax agreement with fp32 (on "
+    "--parity-sets candidate sets) is below this.",
+    "random_shapes": "With --random-init: 'small' (the fast configuration) or 'official' "
+    "(ViT-B/14-reg at 700x700 / 532x952, the official matcher shapes, FastSAM-s; "
+    "--random-fastsam x for FastSAM-x), to measure latency before any weights are at hand.",
+    "random_fastsam": "With --random-init: FastSAM architecture n (YOLOv8n-seg stand-in), s "
+    "(FastSAM-s) or x (FastSAM-x); default n for small shapes, s for official ones.",
+    "weight_profile": "With --random-init: 'plain' random weights, or 'outlier' (random "
+    "weights with planted outlier channels and a high-norm token, as trained DINOv2 ViTs "
+    "have: the case that breaks fp16 and plain int8).",
     "engines": "Build TensorRT engines with --fp16 when possible.",
     "verify": "Check every file (ONNX checker, shape inference, parity with PyTorch).",
     "include_fastsam": "Export FastSAM (without it the runtime needs candidate masks from "
@@ -60,7 +77,20 @@ def export_command(
     fastsam: Path = typer.Option(None, "--fastsam", help=HELP["fastsam"]),
     backbone: str = typer.Option(None, "--backbone", help=HELP["backbone"]),
     random_init: bool = typer.Option(False, "--random-init", help=HELP["random_init"]),
+    random_shapes: str = typer.Option(
+        "small", "--random-shapes", metavar="small|official", help=HELP["random_shapes"]
+    ),
+    random_fastsam: str = typer.Option(
+        None, "--random-fastsam", metavar="n|s|x", help=HELP["random_fastsam"]
+    ),
+    weight_profile: str = typer.Option(
+        "plain", "--weight-profile", metavar="plain|outlier", help=HELP["weight_profile"]
+    ),
     fp16: bool = typer.Option(False, "--fp16", help=HELP["fp16"]),
+    int8: bool = typer.Option(False, "--int8", help=HELP["int8"]),
+    calib: Path = typer.Option(None, "--calib", metavar="ROOT|IMAGES", help=HELP["calib"]),
+    calib_frames: int = typer.Option(300, "--calib-frames", help=HELP["calib_frames"]),
+    min_argmax: float = typer.Option(0.99, "--min-argmax", help=HELP["min_argmax"]),
     engines: bool = typer.Option(True, "--engines/--no-engines", help=HELP["engines"]),
     verify: bool = typer.Option(True, "--verify/--no-verify", help=HELP["verify"]),
     include_fastsam: bool = typer.Option(
@@ -106,7 +136,14 @@ def export_command(
         matcher_weights=matcher,
         fastsam_weights=fastsam,
         random_init=random_init,
+        random_shapes=random_shapes,
+        random_fastsam=random_fastsam,
+        weight_profile=weight_profile,
         fp16=fp16,
+        int8=int8,
+        calib=calib,
+        calib_frames=calib_frames,
+        min_argmax=min_argmax,
         engines=engines,
         verify=verify,
         include_fastsam=include_fastsam,

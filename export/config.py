@@ -35,6 +35,12 @@ RANDOM_GRIDS: dict[str, tuple[int, int]] = {"exo": (10, 18), "ego": (12, 12)}  #
 MATCHER_INPUT_CHOICES = ("auto", "weights", "masks")
 FASTSAM_NMS_CHOICES = ("auto", "graph", "runtime")
 ATTENTION_CHOICES = ("standard", "folded")
+# --random-init's shapes: "small" (ViT-S/14 at the RANDOM_GRIDS, the YOLOv8n-seg stand-in)
+# or "official" (ViT-B/14-reg at 700x700 / 532x952, the official matcher, FastSAM-s or -x).
+RANDOM_SHAPES = ("small", "official")
+RANDOM_FASTSAM = ("n", "s", "x")
+CALIB_FRAMES = 300  # int8 calibration frames in total, sampled across takes and views
+MIN_ARGMAX = 0.99  # int8 fails below this argmax agreement with fp32
 MIN_OPSET = 17  # LayerNormalization as one op (and TensorRT's INormalizationLayer)
 
 
@@ -63,8 +69,14 @@ class ExportConfig:
     fastsam_weights: Path | None = None
     random_init: bool = False
     random_grids: dict[str, tuple[int, int]] = field(default_factory=lambda: dict(RANDOM_GRIDS))
-    random_fastsam: str = "n"
+    random_fastsam: str | None = None
+    random_shapes: str = "small"
+    weight_profile: str = "plain"
     fp16: bool = False
+    int8: bool = False
+    calib: Path | None = None
+    calib_frames: int = CALIB_FRAMES
+    min_argmax: float = MIN_ARGMAX
     engines: bool = True
     verify: bool = True
     include_fastsam: bool = True
@@ -78,6 +90,14 @@ class ExportConfig:
     seed: int = 0
     timing_cache: Path | None = None
     sign_key: Path | None = None
+
+    @property
+    def fastsam_variant(self) -> str:
+        """The random FastSAM's architecture: ``random_fastsam``, else ``n`` for the small
+        shapes and ``s`` (FastSAM-s) for the official ones."""
+        if self.random_fastsam is not None:
+            return self.random_fastsam
+        return "s" if self.random_shapes == "official" else "n"
 
 
 def fastsam_settings(config: ExportConfig) -> NmsSettings:
@@ -130,6 +150,35 @@ def validate(config: ExportConfig) -> None:
     if config.fastsam_imgsz % 32:
         raise OmamaError(f"FastSAM image size must be a multiple of 32, got {config.fastsam_imgsz}")
     _check_choice("--fastsam-nms", config.fastsam_nms, FASTSAM_NMS_CHOICES)
+    _check_choice("--random-shapes", config.random_shapes, RANDOM_SHAPES)
+    if config.random_fastsam is not None:
+        _check_choice("--random-fastsam", config.random_fastsam, RANDOM_FASTSAM)
+    from runtime.manifest import WEIGHT_PROFILES
+
+    _check_choice("--weight-profile", config.weight_profile, WEIGHT_PROFILES)
+    if not config.random_init:
+        random_only = [
+            flag
+            for flag, changed in (
+                ("--random-shapes", config.random_shapes != "small"),
+                ("--random-fastsam", config.random_fastsam is not None),
+                ("--weight-profile", config.weight_profile != "plain"),
+            )
+            if changed
+        ]
+        if random_only:
+            raise OmamaError(
+                f"{', '.join(random_only)} shape the random weights of --random-init; add "
+                "--random-init or drop them"
+            )
+    if not config.int8 and (config.calib is not None or config.calib_frames != CALIB_FRAMES):
+        raise OmamaError("--calib and --calib-frames calibrate the int8 files: add --int8")
+    if config.calib_frames < 1:
+        raise OmamaError(f"--calib-frames must be at least 1, got {config.calib_frames}")
+    if not 0.0 < config.min_argmax <= 1.0:
+        raise OmamaError(f"--min-argmax must be in (0, 1], got {config.min_argmax}")
+    if config.calib is not None and not Path(config.calib).exists():
+        raise OmamaError(f"--calib {config.calib}: no such file or folder")
     given = [
         flag
         for flag, value in (

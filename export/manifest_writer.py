@@ -167,9 +167,9 @@ def _fastsam_spec(run: _Export) -> FastSAMSpec:
 def _fastsam_variant(config: ExportConfig) -> str:
     if not config.random_init:
         return Path(config.fastsam_weights).stem
-    if config.random_fastsam == "n":
+    if config.fastsam_variant == "n":
         return "YOLOv8n-seg stand-in, random weights"
-    return f"FastSAM-{config.random_fastsam} architecture, random weights"
+    return f"FastSAM-{config.fastsam_variant} architecture, random weights"
 
 
 def _matcher_inputs_doc(form: str) -> dict[str, str]:

@@ -120,11 +120,11 @@ def _fastsam(config: ExportConfig, workdir: Path) -> tuple[Path | None, WeightsR
     from omama_train.models.fastsam import VARIANT_YAML, build_random_fastsam
 
     fastsam = build_random_fastsam(
-        workdir / f"fastsam-{config.random_fastsam}-random.pt",
-        config.random_fastsam,
+        workdir / f"fastsam-{config.fastsam_variant}-random.pt",
+        config.fastsam_variant,
         seed=config.seed,
     )
-    architecture = VARIANT_YAML[config.random_fastsam].removesuffix(".yaml")
+    architecture = VARIANT_YAML[config.fastsam_variant].removesuffix(".yaml")
     return fastsam, WeightsRecord(random=True, seed=config.seed, architecture=architecture)
 
 

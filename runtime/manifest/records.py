@@ -19,7 +19,14 @@ MANIFEST_NAME = "manifest.json"
 FORMAT = "omama.artifacts"
 SCHEMA_VERSION = 3
 FILE_FORMATS = ("onnx", "tensorrt")
-PRECISIONS = ("fp32", "fp16")
+# Precisions of model files; a run may also ask for bf16, which runs the fp32 files with
+# bfloat16 arithmetic on a backend that offers it (OpenVINO on a CPU with AVX-512 BF16/AMX).
+PRECISIONS = ("fp32", "fp16", "int8")
+RUN_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+# Models an int8 export may leave in float (the matcher stays float unless it gains and
+# keeps parity; FastSAM when its int8 fidelity does not hold): an int8 run uses their fp32
+# files. Every other run precision needs a file of its own precision (bf16: the fp32 one).
+WEIGHT_PROFILES = ("plain", "outlier")
 MATCHER_INPUTS = ("weights", "masks")
 DIRECTIONS = ("exo2ego", "ego2exo")
 ROLES = ("src", "dst")
@@ -124,6 +131,42 @@ class GraphRecord:
 
 
 @dataclass(frozen=True)
+class CalibrationRecord:
+    """What calibrated an int8 file: ``source`` ``frames`` (frames of a prepared split under
+    ``path``), ``images`` (an image folder / cache at ``path``) or ``synthetic`` (generated
+    frames: not representative, the export warns); ``frames`` per view kind (ego | exo) or
+    per model input; ``takes`` how many takes they were sampled across; ``seed``."""
+
+    source: str
+    frames: dict[str, int]
+    path: str | None = None
+    takes: int | None = None
+    seed: int = 0
+    representative: bool = True
+
+
+@dataclass(frozen=True)
+class QuantizationRecord:
+    """How an int8 file was made from its fp32 file (``from_file``): the ``tool`` and its
+    version, the ``method`` (e.g. ``static QDQ, per-channel symmetric weights``), the
+    activation calibration (``calibration_method``: MinMax, percentile, ...), the
+    SmoothQuant-style scale migration (``smooth_quant_alpha``, None: off), the nodes kept
+    in float (``kept_float``: name patterns, and why in ``kept_float_reason``) and the
+    ``calibration`` data."""
+
+    from_file: str
+    tool: str
+    tool_version: str
+    method: str
+    calibration: CalibrationRecord
+    calibration_method: str = ""
+    smooth_quant_alpha: float | None = None
+    kept_float: tuple[str, ...] = ()
+    kept_float_reason: str = ""
+    weight_profile: str = "plain"
+
+
+@dataclass(frozen=True)
 class ArtifactFile:
     """One model file: an ONNX graph or a TensorRT engine of one model at one precision.
 
@@ -142,6 +185,7 @@ class ArtifactFile:
     external_data: tuple[FileRef, ...] = ()
     graph: GraphRecord | None = None
     engine: EngineRecord | None = None
+    quantization: QuantizationRecord | None = None  # int8 files: how they were made
 
     def file_refs(self) -> list[FileRef]:
         """The file itself and its external-data files."""
@@ -455,6 +499,22 @@ class Manifest:
                 f"artifacts have no {format} {precision} file for {model!r} (available: {have})"
             )
         return entry
+
+    def run_file(self, model: str, format: str, run_precision: str) -> ArtifactFile:
+        """The file a run at ``run_precision`` uses for ``model``: the file of that precision;
+        for ``bf16`` the fp32 file (bf16 is arithmetic, not a file); for ``int8`` the int8 file,
+        or the fp32 one of a model the int8 export kept in float (the matcher by default)."""
+        if run_precision not in RUN_PRECISIONS:
+            raise OmamaError(
+                f"precision must be one of {', '.join(RUN_PRECISIONS)}, got {run_precision!r}"
+            )
+        if run_precision == "bf16":
+            return self.select(model, format, "fp32")
+        if run_precision == "int8":
+            if not any(f.precision == "int8" and f.format == format for f in self.files):
+                self.select(model, format, "int8")  # raises, naming what the folder has
+            return self.find(model, format, "int8") or self.select(model, format, "fp32")
+        return self.select(model, format, run_precision)
 
     def path_of(self, entry: ArtifactFile | FileRef | GoldenFile) -> Path:
         """Absolute path of a file entry (needs a manifest loaded from a folder)."""

@@ -221,7 +221,7 @@ def test_golden_files_are_hash_checked(folder):
         ),  # fmt: skip
         (lambda d: d["files"][0].update(path="../outside.onnx"), "inside the folder"),
         (lambda d: d["files"][1].update(path="backbone_ego.onnx"), "listed twice"),
-        (lambda d: d["files"][0].update(precision="int8"), "precision 'int8'"),
+        (lambda d: d["files"][0].update(precision="bf16"), "precision 'bf16' not in"),
         (lambda d: d["descriptor"].pop("context_px"), "missing field descriptor.context_px"),
     ],
 )
