@@ -221,7 +221,7 @@ class Pipeline:
         files = []
         try:
             for role, model in manifest.role_models().items():
-                entry = manifest.select(model, self.plan.file_format, self.precision)
+                entry = manifest.run_file(model, self.plan.file_format, self.precision)
                 files.append(entry.path)
                 session = open_artifact(self.choice, manifest, entry, threads, weights_dirs)
                 self.sessions[role] = wrap_session(role, session) if wrap_session else session

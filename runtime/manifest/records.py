@@ -84,7 +84,8 @@ class WeightsRecord:
     ``random``: a seeded random initialisation (``seed``; ``architecture`` names the
     random FastSAM network); otherwise the file ``file`` with ``sha256``.
     ``from_random_init``: that file holds random-init weights itself (a feature cache's
-    ``backbone.safetensors``), with its ``seed``.
+    ``backbone.safetensors``), with its ``seed``. ``profile``: the random weights' profile,
+    ``plain`` or ``outlier`` (planted outlier channels and a high-norm token).
     """
 
     random: bool
@@ -93,6 +94,7 @@ class WeightsRecord:
     sha256: str | None = None
     architecture: str | None = None
     from_random_init: bool = False
+    profile: str = "plain"  # random weights: "plain" or "outlier" (WEIGHT_PROFILES)
 
 
 @dataclass(frozen=True)

@@ -195,7 +195,7 @@ def verify_folder(
     echo(f"verifying {manifest.root} on {plan.backend} {plan.device} {plan.precision}")
     records = []
     for model in manifest.role_models().values():
-        entry = manifest.select(model, plan.file_format, plan.precision)
+        entry = manifest.run_file(model, plan.file_format, plan.precision)
         with open_artifact(plan.choice, manifest, entry, threads, weights_dirs) as session:
             records.append(replay_model(session, manifest, entry.path, model, plan.precision))
         echo(f"  {entry.path}: {'ok' if records[-1].passed else 'FAILED'}")
