@@ -313,12 +313,19 @@ def seeded_projection(spec: BackboneSpec, seed: int) -> dict[str, torch.Tensor]:
     return {f"proj.{k}": v.detach().clone() for k, v in conv.state_dict().items()}
 
 
-def random_backbone_state(spec: str | BackboneSpec, seed: int) -> dict[str, torch.Tensor]:
+def random_backbone_state(
+    spec: str | BackboneSpec, seed: int, profile: str = "plain"
+) -> dict[str, torch.Tensor]:
     """The one random initialisation of a backbone: the whole ``Backbone`` state
     (``trunk.*``, ``proj.*``) of timm's initialisation under ``torch.manual_seed(seed)``,
     built at the pretraining grid (37 x 37 tokens for DINOv2) so that its positional table is
     square and loads at any image size like an official file (the global RNG is left as it
     was).
+
+    ``profile`` (``runtime.manifest.WEIGHT_PROFILES``): ``"plain"`` is that initialisation
+    as it is; ``"outlier"`` plants in it the massive activations, LayerNorm-gain outlier
+    channels and high-norm token of trained DINOv2 ViTs, from the same seed
+    (:mod:`omama_train.models.outliers`).
 
     ``omama features --random-init``, ``omama export --random-init`` and the torch backend
     rebuilding a random-init export all call :func:`build_random_backbone`, which loads this
@@ -327,12 +334,29 @@ def random_backbone_state(spec: str | BackboneSpec, seed: int) -> dict[str, torc
     from runtime.preprocess import model_input_size
 
     spec = spec if isinstance(spec, BackboneSpec) else get_spec(spec)
+    check_profile(profile)
     side = PRETRAIN_GRID * 14
     size = model_input_size(side, side, spec.patch_size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         model = Backbone(spec, size, None)
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if profile == "plain":
+        return state
+    from omama_train.models.outliers import plant_outliers
+
+    return plant_outliers(state, spec.family, seed)
+
+
+def check_profile(profile: str) -> str:
+    """``profile`` when it is one of ``runtime.manifest.WEIGHT_PROFILES``, else OmamaError."""
+    from runtime.manifest import WEIGHT_PROFILES
+
+    if profile not in WEIGHT_PROFILES:
+        raise OmamaError(
+            f"weight profile must be one of {', '.join(WEIGHT_PROFILES)}, got {profile!r}"
+        )
+    return profile
 
 
 def build_random_backbone(
@@ -341,16 +365,18 @@ def build_random_backbone(
     seed: int,
     pos_resize: PosResize | None = None,
     state: Mapping[str, torch.Tensor] | None = None,
+    profile: str = "plain",
 ) -> Backbone:
     """A random-init backbone for images of ``image_size`` = (H, W) px, in eval mode:
-    :func:`random_backbone_state` (or ``state``, when already computed for this seed) loaded
-    with the regular loader, which interpolates the square positional table to the grid."""
+    :func:`random_backbone_state` of ``seed`` and ``profile`` (or ``state``, when already
+    computed for them) loaded with the regular loader, which interpolates the square
+    positional table to the grid."""
     spec = spec if isinstance(spec, BackboneSpec) else get_spec(spec)
     model = Backbone(spec, image_size, pos_resize)
     load_backbone_state(
         model,
-        random_backbone_state(spec, seed) if state is None else state,
-        source=f"random init (seed {seed})",
+        random_backbone_state(spec, seed, profile) if state is None else state,
+        source=f"random init (seed {seed}, {check_profile(profile)} profile)",
     )
     return model.eval()
 
