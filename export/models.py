@@ -38,9 +38,11 @@ class ExportModels:
     matcher_weights: WeightsRecord
     fastsam_record: WeightsRecord | None
     notes: list[str] = field(default_factory=list)  # warning lines the export prints
+    random_label: str = "random weights"  # what random init built (random_weights_label)
 
     def describe(self, random_init: bool) -> str:
-        """One line: the direction, and each view's kind, size and token grid."""
+        """One line: the direction, each view's kind, size and token grid, and for random
+        init what was built (e.g. ``random weights, official shapes, outlier profile``)."""
         src, dst = self.views["src"], self.views["dst"]
         return (
             f"exporting {self.direction}: source {src.kind} "
@@ -48,13 +50,45 @@ class ExportModels:
             f"({src.feat_grid[0]}x{src.feat_grid[1]} tokens), destination {dst.kind} "
             f"{dst.image_size[0]}x{dst.image_size[1]} px "
             f"({dst.feat_grid[0]}x{dst.feat_grid[1]} tokens)"
-            + (", random weights" if random_init else "")
+            + (f", {self.random_label}" if random_init else "")
         )
 
 
-def _weights_record(path: Path | None, seed: int) -> WeightsRecord:
+def random_weights_label(config: ExportConfig) -> str:
+    """``random weights, official shapes`` (``--random-shapes official``) or ``random
+    weights``, plus ``, outlier profile`` for ``--weight-profile outlier``."""
+    shapes = ", official shapes" if config.random_shapes == "official" else ""
+    profile = f", {config.weight_profile} profile" if config.weight_profile != "plain" else ""
+    return f"random weights{shapes}{profile}"
+
+
+def random_setup(config: ExportConfig) -> tuple[str, dict[str, tuple[int, int]]]:
+    """The backbone name and token grids per view kind (ego | exo) of a random-init export.
+
+    ``small``: ``config.backbone`` or ViT-S/14-reg, at ``config.random_grids``. ``official``:
+    the official structure, ``config.backbone`` or DINOv2 ViT-B/14-reg at the official grids
+    (ego 50x50 tokens = 700x700 px, exo 38x68 = 532x952 px); the matcher then has the
+    official shapes (``design/matcher_state_dict.txt``) and FastSAM is ``config.fastsam_variant``
+    (s unless ``--random-fastsam``). The same as ``ExportConfig(backbone="dinov2_vitb14_reg",
+    random_grids=OFFICIAL_GRIDS, random_fastsam=...)`` with small shapes.
+    """
+    from omama_train.models.matcher import DEFAULT_BACKBONE, OFFICIAL_GRIDS
+
+    chosen = config.backbone
+    if config.random_shapes == "official":
+        name = DEFAULT_BACKBONE if chosen is None else _name_of(chosen)
+        return name, dict(OFFICIAL_GRIDS)
+    name = RANDOM_BACKBONE if chosen is None else _name_of(chosen)
+    return name, dict(config.random_grids)
+
+
+def _name_of(backbone) -> str:
+    return backbone if isinstance(backbone, str) else backbone.name
+
+
+def _weights_record(path: Path | None, seed: int, profile: str = "plain") -> WeightsRecord:
     if path is None:
-        return WeightsRecord(random=True, seed=seed)
+        return WeightsRecord(random=True, seed=seed, profile=profile)
     return WeightsRecord(random=False, file=Path(path).name, sha256=sha256_file(path))
 
 
@@ -67,15 +101,15 @@ def build_models(config: ExportConfig, workdir: Path) -> ExportModels:
     if config.random_init:
         direction = check_direction(config.direction or "exo2ego")
         src_kind, dst_kind = view_kinds(direction)
+        default_backbone, grids = random_setup(config)
         matcher = random_matcher(
             direction,
-            config.random_grids[src_kind],
-            config.random_grids[dst_kind],
+            grids[src_kind],
+            grids[dst_kind],
             config.seed,
             attention=config.attention,
-            backbone=RANDOM_BACKBONE,
+            backbone=default_backbone,
         )
-        default_backbone = RANDOM_BACKBONE
     else:
         matcher = load_matcher(config.matcher_weights, config.direction)
         matcher.CROSS_context_attn.mode = config.attention
@@ -107,6 +141,7 @@ def build_models(config: ExportConfig, workdir: Path) -> ExportModels:
         ),
         fastsam_record=fastsam_record,
         notes=_projection_notes(config, backbones[src_kind]),
+        random_label=random_weights_label(config),
     )
 
 
@@ -180,8 +215,8 @@ def _build_backbones(
     Real weights: both views load the file; a file without the 1x1 projection gets
     ``seeded_projection(spec, config.seed)`` in both (what ``omama features --seed`` computes
     a cache with). Random init: the registry's one random initialisation for ``config.seed``
-    (``build_random_backbone``, as ``omama features --random-init --seed`` builds it), at
-    each view's size.
+    and ``config.weight_profile`` (``build_random_backbone``, as ``omama features
+    --random-init --seed --weight-profile`` builds it), at each view's size.
     """
     from omama_train.models.backbones import (
         build_backbone,
@@ -189,7 +224,11 @@ def _build_backbones(
         random_backbone_state,
     )
 
-    state = random_backbone_state(spec, config.seed) if config.random_init else None
+    state = (
+        random_backbone_state(spec, config.seed, config.weight_profile)
+        if config.random_init
+        else None
+    )
     backbones: dict[str, object] = {}
     for view in views.values():
         if config.random_init:
@@ -222,8 +261,11 @@ def _backbone_record(config: ExportConfig, spec: BackboneSpec, model) -> Backbon
     from omama_train.models.backbones import FEATURE_DIM, backbone_file_info
 
     weights = _weights_record(None if config.random_init else config.backbone_weights,
-                              config.seed)  # fmt: skip
-    if not config.random_init:
+                              config.seed, config.weight_profile)  # fmt: skip
+    description = spec.description
+    if config.random_init:
+        description = f"{spec.description}; {random_weights_label(config)}"
+    else:
         # A file written by `omama features --random-init` (or a fine-tuning run) says what
         # it holds: carry that over, so a random-weight backbone is never taken for a real one.
         info = backbone_file_info(config.backbone_weights)
@@ -234,6 +276,7 @@ def _backbone_record(config: ExportConfig, spec: BackboneSpec, model) -> Backbon
                 sha256=weights.sha256,
                 from_random_init=True,
                 seed=info.get("seed"),
+                profile=str(info.get("profile", "plain")),
             )
     projection, projection_seed = None, None
     if spec.embed_dim != FEATURE_DIM:
@@ -252,7 +295,7 @@ def _backbone_record(config: ExportConfig, spec: BackboneSpec, model) -> Backbon
         embed_dim=spec.embed_dim,
         out_channels=FEATURE_DIM,
         weights=weights,
-        description=spec.description,
+        description=description,
         projection=projection,
         projection_seed=projection_seed,
         pos_resize=model.pos_resize,

@@ -19,7 +19,7 @@ of ``omama_train.models.artifact_modules`` from the manifest's records (backbone
 architecture, view sizes, matcher grids, attention order, descriptor parameters, matcher
 input form) and the original weights: files recorded by name and sha256, searched in the
 given folders, ``$OMAMA_WEIGHTS`` and the artifacts folder; random weights from their
-recorded seed with the same recipes the export used (``build_random_backbone``,
+recorded seed (and weight profile) with the same recipes the export used (``build_random_backbone``,
 ``random_matcher``, ``build_random_fastsam``). The export replays its golden files on this
 backend, so a manifest records whether the rebuild gives the exported numbers.
 """
@@ -244,7 +244,8 @@ def _cached(kind: str, manifest: Any, dirs: tuple[Path, ...], build) -> Any:
 
 def _backbones(manifest: Any, dirs: tuple[Path, ...]) -> dict[str, Any]:
     """{camera: Backbone} of an artifacts folder, built as the export built them: the
-    registry's one random initialisation (``build_random_backbone``) or the weights file."""
+    registry's one random initialisation of the recorded seed and weight profile
+    (``build_random_backbone``) or the weights file."""
     from omama_train.models.backbones import build_backbone, build_random_backbone
 
     spec = _backbone_spec(manifest)
@@ -255,7 +256,7 @@ def _backbones(manifest: Any, dirs: tuple[Path, ...]) -> dict[str, Any]:
         seed = _random_seed(weights, "backbone")
         from omama_train.models.backbones import random_backbone_state
 
-        state = random_backbone_state(spec, seed)
+        state = random_backbone_state(spec, seed, weights.profile)
         for view in manifest.views.values():
             out[view.kind] = build_random_backbone(
                 spec, view.image_size, seed, record.pos_resize, state=state

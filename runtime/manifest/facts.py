@@ -1,7 +1,8 @@
 """The manifest's facts stamped into each ONNX file, and the cross-check of a folder.
 
 ``manifest.json`` is plain JSON beside the models: editing its ``direction``,
-``random_init`` or ``descriptor.context_px`` used to be accepted, and the runs mislabelled
+``random_init``, ``descriptor.context_px`` or a random backbone's weight profile used to be
+accepted, and the runs mislabelled
 (or miscomputed) their outputs. ``omama export`` therefore writes the values that decide
 what a run computes or how it labels it (:data:`FACT_PATHS`, plus each file's model and
 precision) into every ONNX file's ``metadata_props``, as ``omama.<manifest path>`` ->
@@ -59,6 +60,8 @@ FACT_PATHS = (
     "matcher.weights.sha256",
     "backbone.name",
     "backbone.weights.sha256",
+    # Random weights have no sha256: their profile (plain | outlier) says which ones they are.
+    "backbone.weights.profile",
     "fastsam.included",
     "fastsam.imgsz",
     "fastsam.conf",
