@@ -49,6 +49,7 @@ def build_cache(
     backbone_weights: str | os.PathLike | None = None,
     random_init: bool = False,
     seed: int = 0,
+    weight_profile: str = "plain",
     pos_resize: str | None = None,
     device: str | None = None,
     batch_size: int | None = None,
@@ -62,9 +63,10 @@ def build_cache(
 
     ``pairs_files``: the pairs JSON files whose images (both views) are cached.
     ``backbone_weights`` (a checkpoint ``load_backbone_weights`` reads) or ``random_init``
-    (seeded by ``seed``). ``device`` defaults to cuda when available; ``batch_size`` to 16
-    on CUDA, 4 on CPU. ``limit`` stops after that many new images (a trial run; the rest
-    follows on the next run). Returns the report (also written to ``report_path(out, shard)``).
+    (seeded by ``seed``, of ``weight_profile`` ``plain`` or ``outlier``). ``device``
+    defaults to cuda when available; ``batch_size`` to 16 on CUDA, 4 on CPU. ``limit``
+    stops after that many new images (a trial run; the rest follows on the next run).
+    Returns the report (also written to ``report_path(out, shard)``).
     """
     started = time.perf_counter()
     root, out = Path(root), Path(out)
@@ -73,7 +75,12 @@ def build_cache(
     index = ProcessedRoot(root)
     work = _Work.of(index, pairs_files, shard)
     bw = BackboneWeights.resolve(
-        backbone, backbone_weights, random_init=random_init, seed=seed, pos_resize=pos_resize
+        backbone,
+        backbone_weights,
+        random_init=random_init,
+        seed=seed,
+        pos_resize=pos_resize,
+        profile=weight_profile,
     )
     meta = _new_meta(index, work.images, bw, pos_resize)
     kinds = list(meta["views"])
@@ -343,7 +350,8 @@ def summary_text(report: dict) -> str:
     if weights.get("saved_file"):
         path = Path(report["cache"]) / weights["saved_file"]["name"]
         lines.append(
-            f"backbone weights (random init, seed {weights['seed']}): {path} "
+            f"backbone weights (random init, seed {weights['seed']}, "
+            f"{weights.get('profile', 'plain')} profile): {path} "
             f"(export with --backbone-weights {path})"
         )
     elif weights.get("random_init") is False and weights.get("seed") is not None:

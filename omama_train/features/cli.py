@@ -47,6 +47,15 @@ RandomInit = Annotated[
 Seed = Annotated[
     int, Opt("--seed", help="Seed of --random-init (and of a 1x1 projection a file lacks).")
 ]
+WeightProfile = Annotated[
+    str,
+    Opt(
+        "--weight-profile",
+        metavar="plain|outlier",
+        help="With --random-init: 'plain' random weights, or 'outlier' (planted outlier "
+        "channels and a high-norm token, as trained DINOv2 ViTs have); as omama export's.",
+    ),
+]
 PosResize = Annotated[
     str | None,
     Opt(
@@ -81,6 +90,7 @@ def features_command(
     backbone_weights: BackboneWeights = None,
     random_init: RandomInit = False,
     seed: Seed = 0,
+    weight_profile: WeightProfile = "plain",
     pos_resize: PosResize = None,
     shard: Shard = "0/1",
     device: Device = None,
@@ -110,6 +120,7 @@ def features_command(
         backbone_weights=backbone_weights,
         random_init=random_init,
         seed=seed,
+        weight_profile=weight_profile,
         pos_resize=pos_resize,
         device=device,
         batch_size=batch_size,

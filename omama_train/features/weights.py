@@ -3,7 +3,9 @@
 Random initialisation (tests, demos, benchmarks; no checkpoint needed): the backbone is
 built at its pretraining grid (37 x 37 tokens) under ``torch.manual_seed(seed)``, and that
 state is loaded into each view's model through the regular checkpoint loader, so both views
-share one set of weights with the official positional interpolation. That state is also
+share one set of weights with the official positional interpolation; ``profile``
+(``plain`` | ``outlier``, ``omama_train.models.outliers``) says which random weights. That
+state is also
 written to ``CACHE/backbone.safetensors`` (recorded in ``meta.json`` with its sha256; a
 resumed run checks it), the file to export the cache's backbone with (``omama export
 --backbone-weights``); read back by ``--backbone-weights`` it gives the same weights sha256, so the
@@ -47,6 +49,7 @@ class BackboneWeights:
     ``build(image_size_hw)`` returns a ``Backbone`` for that size holding exactly those
     weights (the positional table interpolated by the regular loader). ``projection_seeded``:
     the file has no 1x1 projection to 768, so ``seeded_projection(spec, seed)`` is used.
+    ``profile``: the random weights' profile (``plain`` for a weights file).
     """
 
     spec: BackboneSpec
@@ -57,6 +60,7 @@ class BackboneWeights:
     sha256: str
     projection_seeded: bool = False
     _state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    profile: str = "plain"
 
     @classmethod
     def resolve(
@@ -67,10 +71,12 @@ class BackboneWeights:
         random_init: bool = False,
         seed: int = 0,
         pos_resize: str | None = None,
+        profile: str = "plain",
     ) -> BackboneWeights:
         from omama_train.models.backbone_checkpoints import read_state_dict
         from omama_train.models.backbones import (
             POS_RESIZES,
+            check_profile,
             get_spec,
             random_backbone_state,
             seeded_projection,
@@ -85,9 +91,15 @@ class BackboneWeights:
             raise OmamaError(
                 "pass either --backbone-weights PATH or --random-init (not both, not neither)"
             )
+        if check_profile(profile) != "plain" and not random_init:
+            raise OmamaError(
+                f"--weight-profile {profile} shapes the random weights of --random-init; a "
+                "weights file is what it is: add --random-init or drop --weight-profile"
+            )
         if random_init:
-            state = random_backbone_state(spec, seed)
-            return cls(spec, pos_resize, None, True, seed, weights_sha256(state), False, state)
+            state = random_backbone_state(spec, seed, profile)
+            sha = weights_sha256(state)
+            return cls(spec, pos_resize, None, True, seed, sha, False, state, profile)
         path = Path(backbone_weights)  # type: ignore[arg-type]
         state = read_state_dict(path)
         proj = {} if any(k.startswith("proj.") for k in state) else seeded_projection(spec, seed)
@@ -119,6 +131,7 @@ class BackboneWeights:
             "random_init": self.random_init,
             "seed": self.seed if self.random_init or self.projection_seeded else None,
             "file": None if self.file is None else str(self.file),
+            "profile": self.profile,
         }
 
 
@@ -169,6 +182,7 @@ def write_backbone_file(out: Path, bw: BackboneWeights) -> dict:
             "backbone": backbone_identity(bw.spec, bw.pos_resize),
             "random_init": True,
             "seed": bw.seed,
+            "profile": bw.profile,
             "weights_sha256": bw.sha256,
         }
         save_backbone_weights(bw.state, path, info)
