@@ -53,6 +53,7 @@ def _heading(report: dict) -> list[str]:
         if art["random_init"]
         else "."
     )
+    weights += f" Weight profile: {art['weight_profile']}." if art.get("weight_profile") else ""
     fastsam = f"FastSAM {art.get('fastsam') or 'not exported'}" + (
         f" at {art['fastsam_imgsz']} px" if art.get("fastsam") else ""
     )
