@@ -17,8 +17,8 @@ in the weights, deterministically from the seed:
   Fix-Reg-Mean table), but no ViT-B magnitude we could find.
 - **High-norm tokens** (Darcet et al. 2024, "Vision Transformers Need Registers", ICLR 2024,
   arXiv:2309.16588). DINOv2 without registers has about 2% of patch tokens whose output norm
-  is far above the rest (a bimodal norm distribution, outliers roughly 10x the typical norm);
-  trained with registers, the high norms move to the register tokens.
+  is far above the rest (a bimodal norm distribution; secondary summaries put the outliers
+  near 10x the typical norm); trained with registers, the high norms move to the registers.
 - **LayerNorm gains that expose them** (Wei et al. 2022, "Outlier Suppression", NeurIPS 2022,
   arXiv:2209.13325): the LayerNorm scale gamma is large in a few embedding channels, so the
   inputs of the Linear layers after it carry outliers in those channels for every token
@@ -37,14 +37,17 @@ What is planted (the numbers are :data:`MASSIVE_VALUE`, :data:`LN_GAIN`, ...):
    bias at half the carrier's value; every other token stays far below zero) and writes
    :data:`MASSIVE_VALUE` = 1000 (with the outlier channels' signs) into the residual stream
    through fc2: a register neuron (Jiang et al. 2025, "Vision Transformers Don't Need Trained
-   Registers", arXiv:2506.08010). From that block on, the carrier holds +-1000 in both
-   channels: about 1000x the median magnitude of the stream (the ViT-G magnitude of Sun et
-   al.; no ViT-B number found) and a token norm ~90x the median (Darcet et al.'s outliers
-   are ~10x; Sun et al.'s massive activations alone give far more).
+   Registers", arXiv:2506.08010). From that block on, the carrier holds about +-1000 in both
+   channels (the ViT-G magnitude of Sun et al.; no ViT-B number found): measured at block 2
+   with seed 0, 2241x the median magnitude of the stream and a token norm 77x the median
+   in ViT-B/14-reg at 224x224 px (ViT-S/14-reg at 168x168: 2576x and 122x). Darcet et al.'s
+   high-norm tokens are milder; a token holding massive activations is necessarily this far
+   out.
 5. LayerNorm gains of :data:`LN_GAIN` = 20 at the outlier channels in ``norm1`` and ``norm2``
    of that block and every later one: a normal token's normalised value (|x| up to ~4)
-   becomes up to ~80 at the Linear inputs, Wei et al.'s "close to 100". The final norm is
-   left plain, so the features a matcher sees keep their usual scale.
+   becomes up to ~80 at the Linear inputs (measured: 55 in ViT-S, other channels < 5),
+   Wei et al.'s "close to 100". The final norm is left plain, so the features a matcher
+   sees keep their usual scale.
 
 Only the ViT families have tokens and a residual stream: a ResNet backbone is refused.
 """
