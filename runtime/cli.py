@@ -24,7 +24,7 @@ from runtime.clikit import new_app, run_app
 from runtime.errors import OmamaError, no_fastsam_error
 from runtime.locks import file_lock, folder_lock
 
-app = new_app("omama-run: O-MaMa inference on ONNX Runtime or TensorRT, without torch.")
+app = new_app("omama-run: O-MaMa inference on ONNX Runtime, TensorRT or OpenVINO, without torch.")
 
 # The options every command that opens artifacts takes.
 Artifacts = Annotated[
@@ -40,8 +40,9 @@ Backend = Annotated[
     str,
     typer.Option(
         "--backend",
-        help="auto (TensorRT engines with a GPU, else ONNX Runtime), tensorrt, onnxruntime or "
-        "torch.",
+        help="auto (TensorRT engines with a GPU, else ONNX Runtime; on a CPU, bf16 and int8 on "
+        "OpenVINO when installed), tensorrt, onnxruntime, openvino (CPU: fp32, bf16, int8; "
+        "pip install 'omama[openvino]') or torch.",
     ),
 ]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
@@ -49,7 +50,10 @@ Precision = Annotated[
     str,
     typer.Option(
         "--precision",
-        help="auto (fp16 engines on TensorRT, fp32 ONNX otherwise), fp32 or fp16 (*_fp16 files).",
+        help="auto (fp16 engines on TensorRT, else fp32: bf16 and int8 change the answers "
+        "slightly, so they are never picked for you), fp32, fp16 (*_fp16 files, for GPUs), "
+        "bf16 (the fp32 files in bfloat16 arithmetic: openvino, on CPUs with AVX-512 BF16 or "
+        "AMX) or int8 (the files of `omama export --int8`: onnxruntime, openvino, tensorrt).",
     ),
 ]
 Threads = Annotated[int | None, typer.Option("--threads", min=1, help="Threads per model.")]
@@ -389,6 +393,8 @@ def verify_command(
     Exits 1 naming the first output that failed.
 
     Example: omama-run verify artifacts --backend onnxruntime --device cpu --precision fp16
+
+    Example: omama-run verify artifacts --backend openvino --precision bf16
 
     Example: omama-run verify artifacts --trust omama_signing.pub
     """

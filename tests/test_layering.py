@@ -103,9 +103,16 @@ SESSION_MAKERS = frozenset(
         "engine_from_path",
         "EngineFromNetwork",
         "engine_from_network",
-        "compile_model",  # openvino
+        "Core",  # openvino
+        "read_model",
+        "compile_model",
+        "CompiledModel",
+        "create_infer_request",
+        "AsyncInferQueue",
     }
 )
+# Libraries whose only use is running models: imported by runtime/sessions/ alone.
+MODEL_RUNNERS = ("openvino",)
 SESSION_OWNER = "runtime/sessions/"  # a folder: every module in it
 
 
@@ -132,6 +139,10 @@ def test_the_session_check_catches_each_way_of_constructing_a_session():
     ]
     assert session_makers_in("from polygraphy.backend.trt import TrtRunner, EngineFromBytes\n")
     assert session_makers_in("engine = runtime.deserialize_cuda_engine(data)\n")
+    assert session_makers_in("import openvino as ov\nov.Core().compile_model('m.onnx')\n") == [
+        "Core (line 2)",
+        "compile_model (line 2)",
+    ]
     assert session_makers_in("from runtime.sessions import OrtSession\nOrtSession(p)\n") == []
 
 
@@ -152,3 +163,16 @@ def test_only_runtime_sessions_constructs_sessions():
     }
     assert any(name.startswith("InferenceSession") for name in owner["ort.py"])
     assert any(name.startswith("TrtRunner") for name in owner["trt.py"])
+    assert any(name.startswith("compile_model") for name in owner["openvino.py"])
+
+
+def test_only_runtime_sessions_imports_openvino():
+    offenders = {
+        rel: sorted(found)
+        for package in (*LAYERS, "scripts")
+        for path in _python_files(package)
+        if not (rel := path.relative_to(REPO).as_posix()).startswith(SESSION_OWNER)
+        and (found := _imported_top_levels(path) & set(MODEL_RUNNERS))
+    }
+    assert not offenders, f"run OpenVINO through runtime.sessions: {offenders}"
+    assert "openvino" in _imported_top_levels(REPO / SESSION_OWNER / "openvino.py")

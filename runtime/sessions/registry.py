@@ -1,8 +1,11 @@
-"""The backend registry and :func:`select_backend`: ``auto | tensorrt | onnxruntime | torch``.
+"""The backend registry and :func:`select_backend`:
+``auto | tensorrt | onnxruntime | openvino | torch``.
 
-``onnxruntime`` and ``tensorrt`` are registered here; ``torch`` (the PyTorch reference) is
-registered by a higher layer through the entry-point group ``omama.backends`` (``runtime``
-never imports torch), or by calling :func:`register_backend`.
+``onnxruntime``, ``tensorrt`` and ``openvino`` are registered here; ``torch`` (the PyTorch
+reference) is registered by a higher layer through the entry-point group ``omama.backends``
+(``runtime`` never imports torch), or by calling :func:`register_backend`.
+
+What ``auto`` picks on a CPU is one table, :data:`CPU_AUTO` (see :func:`cpu_auto_backend`).
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ from typing import Any
 
 from runtime.errors import OmamaError
 from runtime.sessions.base import Session, check_device
+from runtime.sessions.openvino import OpenVinoSession, openvino_unavailable
 from runtime.sessions.ort import ORT_PROVIDERS_GPU, OrtSession, import_ort, ort_unavailable
 from runtime.sessions.trt import TrtSession, trt_unavailable
 
 log = logging.getLogger(__name__)
 
-BACKENDS: tuple[str, ...] = ("auto", "tensorrt", "onnxruntime", "torch")
+BACKENDS: tuple[str, ...] = ("auto", "tensorrt", "onnxruntime", "openvino", "torch")
 ENTRY_POINT_GROUP = "omama.backends"
 
 SessionFactory = Callable[..., Session]
@@ -65,6 +69,20 @@ def _discover() -> None:
 
 register_backend("onnxruntime", OrtSession, ort_unavailable)
 register_backend("tensorrt", TrtSession, trt_unavailable)
+register_backend("openvino", OpenVinoSession, openvino_unavailable)
+
+# What `--backend auto` runs on a CPU, per run precision: the first installed backend of each
+# row. The rows are the measurements' (ViT-B/14-reg at 700x700 px, random weights, 2 threads,
+# one run each on a shared 2-core machine): ONNX Runtime fp32 3124 ms; OpenVINO f32 2539 ms
+# (one run: not enough to move fp32 off ONNX Runtime, the better-trodden path), bf16 664 ms;
+# an NNCF int8 QDQ file: OpenVINO 968 ms, ONNX Runtime 1765 ms. bf16 exists on OpenVINO
+# only; fp16 files are for GPUs (the openvino backend refuses them).
+CPU_AUTO: dict[str, tuple[str, ...]] = {
+    "fp32": ("onnxruntime", "openvino"),
+    "fp16": ("onnxruntime",),
+    "bf16": ("openvino",),
+    "int8": ("openvino", "onnxruntime"),
+}
 
 
 def backend_status(device: str = "auto") -> dict[str, str | None]:
@@ -101,13 +119,19 @@ class BackendChoice:
 
 
 def select_backend(
-    name: str = "auto", device: str = "auto", engines_available: bool = True
+    name: str = "auto",
+    device: str = "auto",
+    engines_available: bool = True,
+    precision: str = "fp32",
 ) -> BackendChoice:
     """Pick the backend for ``--backend NAME --device DEVICE`` and log the choice.
 
     ``auto``: TensorRT engines when TensorRT and a GPU are present (and the artifacts hold
-    engines, ``engines_available``), else ONNX Runtime with the best execution provider
-    for the device. A named backend that cannot run is an :class:`OmamaError` saying why.
+    engines of the run's precision, ``engines_available``); else on a GPU ONNX Runtime with
+    its GPU providers; else on the CPU the first installed backend of
+    :data:`CPU_AUTO`'s row for ``precision`` (a run precision: fp32, fp16, bf16 or int8).
+    bf16 runs on the CPU whatever GPU there is (no GPU backend here computes in bf16). A
+    named backend that cannot run is an :class:`OmamaError` saying why.
     """
     if name not in BACKENDS:
         raise OmamaError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
@@ -122,14 +146,41 @@ def select_backend(
             raise OmamaError(f"backend {name} unavailable: {why_not}")
         choice = BackendChoice(name, _resolve_device(name, device), "asked for")
     else:
-        choice = _auto(device, engines_available)
+        choice = _auto(device, engines_available, precision)
     # What auto picked is news; a backend the user named is only confirmed (debug).
     level = logging.INFO if name == "auto" else logging.DEBUG
     log.log(level, "backend: %s on %s (%s)", choice.name, choice.device, choice.reason)
     return choice
 
 
-def _auto(device: str, engines_available: bool) -> BackendChoice:
+def cpu_auto_backend(precision: str) -> tuple[str, str]:
+    """``(backend, why)``: the first backend of ``CPU_AUTO[precision]`` that can run on the
+    CPU; an :class:`OmamaError` listing why none can."""
+    if precision not in CPU_AUTO:
+        raise OmamaError(f"precision must be one of {', '.join(CPU_AUTO)}, got {precision!r}")
+    skipped = []
+    for name in CPU_AUTO[precision]:
+        backend = _REGISTRY.get(name)
+        why_not = backend.unavailable("cpu") if backend else f"{name} is not registered"
+        if why_not is None:
+            first = "" if not skipped else f" ({'; '.join(skipped)})"
+            return name, f"{name} runs {precision} on the CPU{first}"
+        skipped.append(why_not)
+    offered = " or ".join(CPU_AUTO[precision])
+    raise OmamaError(
+        f"no backend can run {precision} on the CPU: {precision} runs on {offered} "
+        f"({'; '.join(skipped)})"
+    )
+
+
+def _auto(device: str, engines_available: bool, precision: str) -> BackendChoice:
+    if precision == "bf16":
+        if device.startswith("cuda"):
+            raise OmamaError(
+                "bf16 runs on the CPU (the openvino backend): use --device cpu, or fp16 on the GPU"
+            )
+        name, why = cpu_auto_backend(precision)
+        return BackendChoice(name, "cpu", why)
     trt_why_not = trt_unavailable(device)
     if trt_why_not is None and not engines_available:
         trt_why_not = "the artifacts hold no TensorRT engines"
@@ -138,11 +189,16 @@ def _auto(device: str, engines_available: bool) -> BackendChoice:
             "tensorrt", _resolve_device("tensorrt", device), "TensorRT and a GPU found"
         )
     ort_why_not = ort_unavailable(device)
+    on_gpu = device.startswith("cuda") or (
+        device == "auto" and ort_why_not is None and _resolve_device("onnxruntime", device) != "cpu"
+    )
+    if not on_gpu:
+        name, why = cpu_auto_backend(precision)
+        return BackendChoice(name, "cpu", f"{trt_why_not}; {why}")
     if ort_why_not is not None:
         raise OmamaError(f"no backend can run on {device}: {trt_why_not}; {ort_why_not}")
     ort_device = _resolve_device("onnxruntime", device)
-    provider = "GPU providers" if ort_device.startswith("cuda") else "CPU"
-    return BackendChoice("onnxruntime", ort_device, f"{trt_why_not}; onnxruntime on {provider}")
+    return BackendChoice("onnxruntime", ort_device, f"{trt_why_not}; onnxruntime on GPU providers")
 
 
 def _resolve_device(backend: str, device: str) -> str:
@@ -151,6 +207,8 @@ def _resolve_device(backend: str, device: str) -> str:
         return device
     if backend == "tensorrt":
         return "cuda"
+    if backend == "openvino":
+        return "cpu"
     if backend == "onnxruntime":
         available = import_ort().get_available_providers()
         return "cuda" if any(p in available for p in ORT_PROVIDERS_GPU) else "cpu"
