@@ -22,11 +22,18 @@ Artifacts = Annotated[
 Backends = Annotated[
     str,
     typer.Option(
-        "--backends", help="Comma-separated backends to measure: torch, onnxruntime, tensorrt."
+        "--backends",
+        help="Comma-separated backends to measure: torch, onnxruntime, tensorrt, openvino (CPU).",
     ),
 ]
 Precisions = Annotated[
-    str, typer.Option("--precisions", help="Comma-separated precisions: fp32, fp16.")
+    str,
+    typer.Option(
+        "--precisions",
+        help="Comma-separated run precisions: fp32, fp16, bf16 (openvino, on CPUs with "
+        "bfloat16 units), int8 (the files of `omama export --int8`). Rows a backend cannot "
+        "run are reported with the reason.",
+    ),
 ]
 Device = Annotated[
     str, typer.Option("--device", help="cpu, cuda or auto (cuda when an NVIDIA GPU is visible).")
@@ -132,7 +139,7 @@ def bench_command(
     timeout_s: TimeoutS = 3600.0,
     compare: Compare = None,
 ) -> None:
-    """Benchmark PyTorch vs ONNX Runtime vs TensorRT on an artifacts folder.
+    """Benchmark PyTorch vs ONNX Runtime vs TensorRT vs OpenVINO on an artifacts folder.
 
     For every backend x precision (unavailable ones get a row with the reason), after
     warm-up: latency per stage (preprocess, FastSAM, backbone src/dst, descriptors,
@@ -144,6 +151,9 @@ def bench_command(
 
     Example: omama bench --artifacts artifacts --backends torch,onnxruntime --device cpu
     --num-pairs 10 --out bench_cpu
+
+    Example: omama bench --artifacts artifacts --backends torch,onnxruntime,openvino
+    --precisions fp32,bf16,int8 --device cpu --out bench_cpu_precisions
 
     Example: omama bench --compare bench_cpu/report.json bench_gpu/report.json
     """

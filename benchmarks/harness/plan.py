@@ -3,9 +3,10 @@
 :class:`BenchConfig` holds the command's options (validated by :func:`validate_config`);
 :func:`plan_rows` turns the asked backends x precisions (and the O-MaMa reference row)
 into :class:`RowPlan` records, each runnable or with the reason it is not (backend not
-installed, no GPU, no fp16 files in the artifacts, ...), so unavailable rows still get a
-line in the report. :func:`candidate_source` and :func:`fastsam_conf` settle, once for
-every row, where the timed runs' candidates come from.
+installed, no GPU, no fp16 or int8 files in the artifacts, a precision the backend does
+not offer, ...), so unavailable rows still get a line in the report.
+:func:`candidate_source` and :func:`fastsam_conf` settle, once for every row, where the
+timed runs' candidates come from.
 """
 
 from __future__ import annotations
@@ -19,8 +20,12 @@ from typing import Any
 from runtime.errors import OmamaError
 from runtime.fastsam_post import RANDOM_WEIGHTS_CONF, nms_thresholds
 
-BACKEND_CHOICES = ("torch", "onnxruntime", "tensorrt")
-PRECISION_CHOICES = ("fp32", "fp16")
+BACKEND_CHOICES = ("torch", "onnxruntime", "tensorrt", "openvino")
+PRECISION_CHOICES = ("fp32", "fp16", "bf16", "int8")  # run precisions (runtime.manifest)
+# What `omama bench` measures unless told: the GPU comparison. CPU rows are asked for, e.g.
+# --backends torch,onnxruntime,openvino --precisions fp32,bf16,int8.
+DEFAULT_BACKENDS = ("torch", "onnxruntime", "tensorrt")
+DEFAULT_PRECISIONS = ("fp32", "fp16")
 CANDIDATE_SOURCES = ("auto", "fastsam", "synthetic")
 REFERENCE_ROW = "reference"
 TORCH_ROW = "torch fp32"  # the fidelity reference of every other row
@@ -36,8 +41,8 @@ class BenchConfig:
 
     artifacts: Path
     out_dir: Path = Path("bench")
-    backends: list[str] = field(default_factory=lambda: list(BACKEND_CHOICES))
-    precisions: list[str] = field(default_factory=lambda: list(PRECISION_CHOICES))
+    backends: list[str] = field(default_factory=lambda: list(DEFAULT_BACKENDS))
+    precisions: list[str] = field(default_factory=lambda: list(DEFAULT_PRECISIONS))
     device: str = "auto"
     num_pairs: int = 10
     objects_per_frame: int = 4
@@ -160,27 +165,28 @@ def fastsam_conf(
 
 
 def row_files(manifest: Any, backend: str, precision: str) -> tuple[list[Any], str | None]:
-    """The artifact files a row runs (torch: the fp32 ONNX files, whose weights it holds),
-    or the reason they are not there."""
+    """The artifact files a row runs (torch: the fp32 ONNX files, whose weights it holds;
+    otherwise ``Manifest.run_file``'s: bf16 the fp32 files, int8 the int8 files and the
+    float ones an int8 export kept), or the reason they are not there."""
     fmt = "tensorrt" if backend == "tensorrt" else "onnx"
     wanted = "fp32" if backend == "torch" else precision
     files, missing = [], []
     for model in dict.fromkeys(manifest.role_models().values()):
-        entry = manifest.find(model, fmt, wanted)
-        if entry is None:
+        try:
+            files.append(manifest.run_file(model, fmt, wanted))
+        except OmamaError:
             missing.append(model)
-        else:
-            files.append(entry)
     if not missing:
         return files, None
+    kind = "fp32" if wanted == "bf16" else wanted
     if fmt == "tensorrt":
         engines = manifest.engines
         why = engines.reason or engines.note or "exported without engines"
         return files, (
-            f"no TensorRT {wanted} engine for {', '.join(missing)} in the artifacts ({why})"
+            f"no TensorRT {kind} engine for {', '.join(missing)} in the artifacts ({why})"
         )
-    hint = " (export with --fp16)" if wanted == "fp16" else ""
-    return files, f"no {wanted} ONNX file for {', '.join(missing)} in the artifacts{hint}"
+    hint = {"fp16": " (export with --fp16)", "int8": " (export with --int8)"}.get(kind, "")
+    return files, f"no {kind} ONNX file for {', '.join(missing)} in the artifacts{hint}"
 
 
 def backend_reasons(device: str) -> dict[str, str | None]:
@@ -219,6 +225,22 @@ def _plan(
     return plan
 
 
+def precision_reason(backend: str, precision: str) -> str | None:
+    """Why ``backend`` (installed and usable on the device) cannot run ``precision`` here:
+    a precision it does not offer, or bf16 on a CPU without bfloat16 units."""
+    from runtime.sessions import bf16_unsupported, precision_refusal
+
+    if backend == "torch" and precision != "fp32":
+        return (
+            f"the torch backend is the fp32 reference ({precision} runs from the exported "
+            "ONNX files and engines)"
+        )
+    refusal = precision_refusal(backend, precision)
+    if refusal is None and backend == "openvino" and precision == "bf16":
+        refusal = bf16_unsupported()
+    return refusal
+
+
 def plan_rows(config: BenchConfig, manifest: Any, device: str) -> list[RowPlan]:
     """Every requested backend x precision (and the reference row), runnable or with the
     reason it is not."""
@@ -226,12 +248,7 @@ def plan_rows(config: BenchConfig, manifest: Any, device: str) -> list[RowPlan]:
     plans = []
     for backend in config.backends:
         for precision in config.precisions:
-            reason = reasons[backend]
-            if not reason and backend == "torch" and precision != "fp32":
-                reason = (
-                    "the torch backend is the fp32 reference (fp16 runs from the "
-                    "exported ONNX files and engines)"
-                )
+            reason = reasons[backend] or precision_reason(backend, precision)
             label = f"{backend} {precision}"
             plans.append(_plan(label, "pipeline", backend, precision, manifest, reason))
     if config.reference:
