@@ -1,0 +1,93 @@
+"""One batch of requests through one pipeline, without Ray: each destination frame is
+encoded once, each (source, destination) pair gets one matcher call, the answers equal
+``Pipeline.match_frame``'s, and a refused frame costs only its own requests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+torch.set_num_threads(1)
+
+from runtime import rle  # noqa: E402
+from runtime.candidates import Candidates  # noqa: E402
+from runtime.pipeline import STAGES, Pipeline  # noqa: E402
+from runtime.serve.batching import BatchCounters, group_batch, run_batch  # noqa: E402
+from runtime.serve.protocol import MatchRequest, RequestError, check_match  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def pipe(assets):
+    with Pipeline(assets.random, backend="onnxruntime", device="cpu", threads=1) as pipe:
+        yield pipe
+
+
+def request(src, dst, queries, src_key="s", dst_key="d", candidates=None) -> MatchRequest:
+    return MatchRequest(src, dst, list(queries), candidates, src_key=src_key, dst_key=dst_key)
+
+
+def test_grouping_is_by_destination_then_source_in_arrival_order():
+    a = np.zeros((1, 1, 3), np.uint8)
+    batch = [request(a, a, [], "s1", "d1"), request(a, a, [], "s2", "d2"),
+             request(a, a, [], "s1", "d1"), request(a, a, [], "s2", "d1")]  # fmt: skip
+    assert group_batch(batch) == {"d1": {"s1": [0, 2], "s2": [3]}, "d2": {"s2": [1]}}
+
+
+def test_a_batch_encodes_each_destination_once_and_answers_as_match_frame(pipe, frames):
+    src, dst, queries, _ = frames
+    masks = list(queries.values())
+    other_dst = np.ascontiguousarray(dst[::-1])  # another destination frame, same size
+    batch = [
+        request(src, dst, masks[:1]),
+        request(src, dst, masks[1:2] or masks[:1]),
+        request(src, other_dst, masks[:1], dst_key="d2"),
+    ]
+    counters = BatchCounters()
+    answers = run_batch(pipe, batch, counters)
+    assert counters.to_json() == {"requests": 3, "batches": 1, "dst_encodes": 2,
+                                  "src_encodes": 2, "matcher_calls": 2}  # fmt: skip
+    assert [a["batch"] for a in answers] == [
+        {"shared_src": 2, "requests": 3, "shared_dst": 2},
+        {"shared_src": 2, "requests": 3, "shared_dst": 2},
+        {"shared_src": 1, "requests": 3, "shared_dst": 1},
+    ]
+    for item, answer in zip(batch, answers, strict=True):
+        alone = pipe.match_frame(item.src_rgb, item.dst_rgb, item.queries)
+        assert len(answer["objects"]) == len(alone) == 1
+        got, want = answer["objects"][0], alone[0]
+        assert got["rle"] == rle.encode(want.mask) and got["candidate"] == want.candidate
+        assert got["confidence"] == pytest.approx(want.confidence, abs=1e-6)
+        assert got["mask_size_hw"] == list(dst.shape[:2])
+        assert set(answer["latency_ms"]) == {*STAGES, "total", "queue"}
+        assert answer["latency_ms"]["backbone_dst"] > 0 and answer["latency_ms"]["matcher"] > 0
+
+
+def test_a_refused_destination_fails_only_its_own_requests(pipe, frames):
+    src, dst, queries, _ = frames
+    mask = next(iter(queries.values()))
+    wrong = Candidates.from_masks(np.ones((1, 10, 40), np.uint8))  # 4:1, the frame is 1:1
+    batch = [request(src, dst, [mask], dst_key="bad", candidates=wrong),
+             request(src, dst, [mask])]  # fmt: skip
+    answers = run_batch(pipe, batch)
+    assert isinstance(answers[0], RequestError) and answers[0].status == 422
+    assert "candidate masks are 40x10 px" in str(answers[0])
+    assert answers[1]["objects"][0]["candidate"] >= 0
+
+
+def test_check_match_refuses_what_the_model_cannot_take(pipe, frames):
+    src, dst, queries, _ = frames
+    mask = next(iter(queries.values()))
+    check_match(request(src, dst, [mask]), pipe)  # a good request passes
+    small = mask[::2, ::2]  # the same aspect ratio at half the resolution: accepted
+    check_match(request(src, dst, [small]), pipe)
+    cases = [
+        (request(src, dst, [mask, np.zeros_like(mask)]), "queries[1]: the query mask is empty"),
+        (request(src, dst, [mask[:, : mask.shape[1] // 2]]), "queries[0]: the query mask is"),
+        (request(dst, dst, [mask]), "src_image is 448x448 px"),
+        (request(src, src, [mask]), "dst_image is 896x504 px"),
+    ]
+    for item, words in cases:
+        with pytest.raises(RequestError, match=r"^" + words.replace("[", r"\[")) as info:
+            check_match(item, pipe)
+        assert info.value.status == 422
