@@ -6,12 +6,18 @@ cam) pair is one matcher call for all its objects. With a candidates folder (wha
 data masks`` writes, e.g. ``ROOT/Masks_<SPLIT>_<DIRECTION>``) its candidates are used where
 present, FastSAM elsewhere; without one, FastSAM everywhere. Writes ``results.json`` and
 ``summary.json`` (and when scoring, ``gt.json`` and ``metrics.json``).
+
+One take's work is two functions that ``omama-run dataset`` calls too: :func:`predict_take`
+(the model calls, on any subset of a take's observations, with images from any reader) and
+:func:`collect_take` (its predictions as the take's results and GT entries).
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +35,13 @@ from runtime.errors import OmamaError, no_fastsam_error
 from runtime.images import read_rgb
 from runtime.info import peak_rss_mb
 from runtime.latency import format_latency
-from runtime.pipeline import DestinationFrame, Match, Pipeline, ViewFrame
+from runtime.pipeline import DestinationFrame, Pipeline, ViewFrame
 from runtime.results import add_gt_annotation, add_prediction, new_gt, new_results, write_results
-from runtime.runs.records import RESULTS_NAME, SUMMARY_NAME, Skips
+from runtime.runs.records import RESULTS_NAME, SKIPS_LISTED, SUMMARY_NAME, Skips
 from runtime.sizing import working_size
+
+ImageReader = Callable[[str, int], np.ndarray]
+"""``(cam, frame) -> (H, W, 3) uint8 RGB`` of the take; raises OmamaError when unreadable."""
 
 
 class _FrameViews:
@@ -40,9 +49,9 @@ class _FrameViews:
     frame forgets the last one's); counts the destination frames by candidate source."""
 
     def __init__(self, pipeline: Pipeline, index: ProcessedRoot, take: str,
-                 candidates: Path | None) -> None:  # fmt: skip
+                 candidates: Path | None, read_image: ImageReader) -> None:  # fmt: skip
         self.pipeline, self.index, self.take = pipeline, index, take
-        self.candidates = candidates
+        self.candidates, self.read_image = candidates, read_image
         self.counts = {"precomputed_frames": 0, "fastsam_frames": 0}
         self._cache: dict[tuple[str, str], ViewFrame] = {}
         self._frame: int | None = None
@@ -54,14 +63,14 @@ class _FrameViews:
     def src(self, cam: str, frame: int) -> ViewFrame:
         self._forget_unless(frame)
         if ("src", cam) not in self._cache:
-            rgb = read_rgb(self.index.image_path(self.take, cam, frame))
+            rgb = self.read_image(cam, frame)
             self._cache[("src", cam)] = self.pipeline.encode_src(rgb)
         return self._cache[("src", cam)]
 
     def dst(self, cam: str, frame: int) -> DestinationFrame:
         self._forget_unless(frame)
         if ("dst", cam) not in self._cache:
-            rgb = read_rgb(self.index.image_path(self.take, cam, frame))
+            rgb = self.read_image(cam, frame)
             candidates = None
             if self.candidates is not None:
                 masks_path, boxes_path = frame_candidate_files(
@@ -92,8 +101,9 @@ def _usable_queries(pipeline: Pipeline, index: ProcessedRoot, take: str, src: Vi
     return usable, queries
 
 
-def _select(index: ProcessedRoot, take: str, direction: str,
-            max_frames: int | None) -> tuple[list[TakeObservation], list[int]]:  # fmt: skip
+def select_observations(
+    index: ProcessedRoot, take: str, direction: str, max_frames: int | None
+) -> tuple[list[TakeObservation], list[int]]:
     """The observations of the first ``max_frames`` annotated frames, and those frames."""
     observations = take_observations(index, take, direction)
     if not observations:
@@ -105,42 +115,151 @@ def _select(index: ProcessedRoot, take: str, direction: str,
     return observations, frames
 
 
-class _TakeOutputs:
-    """Predictions, the GT of the scored observations, and the counts of a take run."""
+@dataclass
+class TakePredictions:
+    """What :func:`predict_take` produced for some observations of a take (JSON-ready).
+
+    ``predictions`` holds one dict per predicted observation, in the order predicted:
+    ``object``, ``src_cam``, ``dst_cam``, ``frame``, ``mask`` (RLE at the output size),
+    ``confidence``, ``visible``, ``candidate`` (-1: the frame had no candidates).
+    """
+
+    predictions: list[dict] = field(default_factory=list)
+    skips: Skips = field(default_factory=Skips)
+    view_counts: dict = field(default_factory=lambda: {"precomputed_frames": 0,
+                                                       "fastsam_frames": 0})  # fmt: skip
+
+    def to_json(self) -> dict:
+        return {"predictions": self.predictions, "skipped": self.skips.to_json(),
+                **self.view_counts}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, record: dict) -> TakePredictions:
+        counts = {k: int(record[k]) for k in ("precomputed_frames", "fastsam_frames")}
+        return cls(list(record["predictions"]), Skips.from_json(record["skipped"]), counts)
+
+    def extend(self, other: TakePredictions) -> None:
+        """Append ``other`` (the take's next frames): predictions, skips and counts."""
+        self.predictions.extend(other.predictions)
+        for item in other.skips.listed:
+            if len(self.skips.listed) < SKIPS_LISTED:
+                self.skips.listed.append(item)
+        self.skips.count += other.skips.count
+        for key, value in other.view_counts.items():
+            self.view_counts[key] += value
+
+
+def predict_take(
+    pipeline: Pipeline,
+    index: ProcessedRoot,
+    take: str,
+    observations: Iterable[TakeObservation],
+    candidates: str | os.PathLike | None = None,
+    read_image: ImageReader | None = None,
+    on_group: Callable[[int], object] | None = None,
+) -> TakePredictions:
+    """Predict ``observations`` of ``take``, frame by frame (see the module docstring).
+
+    Arguments:
+        candidates: the candidates folder (``<candidates>/<take>/<cam>/<frame>_masks.npz``);
+            None: FastSAM for every destination frame.
+        read_image: where the frames come from (default: the processed JPEGs).
+        on_group: called with the number of observations of each (frame, source camera,
+            destination camera) group once it is done.
+    """
+    if read_image is None:
+        read_image = lambda cam, frame: read_rgb(index.image_path(take, cam, frame))  # noqa: E731
+    groups: dict[tuple[int, str, str], list[TakeObservation]] = {}
+    for obs in observations:
+        groups.setdefault((obs.frame, obs.src_cam, obs.dst_cam), []).append(obs)
+    views = _FrameViews(pipeline, index, take, Path(candidates) if candidates else None,
+                        read_image)  # fmt: skip
+    out = TakePredictions()
+    for (frame, src_cam, dst_cam), group in sorted(groups.items()):
+        try:
+            src, dst = views.src(src_cam, frame), views.dst(dst_cam, frame)
+        except OmamaError as exc:
+            for obs in group:
+                out.skips.add(object=obs.obj, cams=f"{src_cam}->{dst_cam}", frame=frame,
+                              reason=str(exc))  # fmt: skip
+        else:
+            usable, queries = _usable_queries(pipeline, index, take, src, group, out.skips)
+            matches = pipeline.match(src, dst, queries) if usable else []
+            out.predictions.extend(
+                {
+                    "object": obs.obj,
+                    "src_cam": obs.src_cam,
+                    "dst_cam": obs.dst_cam,
+                    "frame": obs.frame,
+                    "mask": rle.encode(match.mask),
+                    "confidence": float(match.confidence),
+                    "visible": bool(match.visible),
+                    "candidate": int(match.candidate),
+                }  # fmt: skip
+                for obs, match in zip(usable, matches, strict=True)
+            )
+        if on_group is not None:
+            on_group(len(group))
+    out.view_counts = dict(views.counts)
+    return out
+
+
+class TakeOutputs:
+    """A take's predictions as its results entry, and the GT of those observations (taken
+    from the processed annotation), with the counts of what was predicted."""
 
     def __init__(self, take: str, direction: str, score: bool) -> None:
         self.take, self.score = take, score
         self.results, self.gt = new_results(direction), new_gt()
         self.counts = {"observations": 0, "visible": 0, "no_candidates": 0}
 
-    def add(
-        self, index: ProcessedRoot, obs: TakeObservation, query: np.ndarray, match: Match
-    ) -> None:
-        add_prediction(self.results, self.take, obs.obj, obs.src_cam, obs.dst_cam, obs.frame,
-                       match.mask, match.confidence)  # fmt: skip
+    def add(self, index: ProcessedRoot, prediction: dict) -> None:
+        """Record one dict of :attr:`TakePredictions.predictions`."""
+        obj, src_cam, frame = prediction["object"], prediction["src_cam"], prediction["frame"]
+        dst_cam = prediction["dst_cam"]
+        add_prediction(self.results, self.take, obj, src_cam, dst_cam, frame,
+                       prediction["mask"], prediction["confidence"])  # fmt: skip
         self.counts["observations"] += 1
-        self.counts["visible"] += int(match.visible)
-        self.counts["no_candidates"] += int(match.candidate < 0)
+        self.counts["visible"] += int(prediction["visible"])
+        self.counts["no_candidates"] += int(prediction["candidate"] < 0)
         if self.score:
-            add_gt_annotation(self.gt, self.take, obs.obj, obs.src_cam, obs.frame, query)
-            target = index.mask_rle(self.take, obs.obj, obs.dst_cam, obs.frame)
-            add_gt_annotation(self.gt, self.take, obs.obj, obs.dst_cam, obs.frame, target)
+            for cam in (src_cam, dst_cam):
+                add_gt_annotation(self.gt, self.take, obj, cam, frame,
+                                  index.mask_rle(self.take, obj, cam, frame))  # fmt: skip
+
+    def results_entry(self) -> dict | None:
+        """The take's entry of the results (None when nothing was predicted)."""
+        return next(iter(self.results.values()))["results"].get(self.take)
+
+    def gt_entry(self) -> dict | None:
+        """The take's GT entry, annotated frames in frame order (as `omama data gt`)."""
+        entry = self.gt["annotations"].get(self.take)
+        for per_cam in (entry or {}).get("annotated_frames", {}).values():
+            for frame_list in per_cam.values():
+                frame_list.sort()
+        return entry
 
 
-def _write_score(outputs: _TakeOutputs, direction: str, out: Path) -> dict:
+def collect_take(index: ProcessedRoot, take: str, direction: str, predicted: TakePredictions,
+                 score: bool) -> TakeOutputs:  # fmt: skip
+    """The :class:`TakeOutputs` of ``predicted`` (the whole take's, in frame order)."""
+    outputs = TakeOutputs(take, direction, score)
+    for prediction in predicted.predictions:
+        outputs.add(index, prediction)
+    return outputs
+
+
+def _write_score(outputs: TakeOutputs, direction: str, out: Path) -> dict:
     """Write ``gt.json`` (and ``metrics.json`` when anything was predicted); the summary's
     ``gt``, ``metrics`` and ``report`` entries."""
     from runtime.evaluate import evaluate_report
 
-    for entry in outputs.gt["annotations"].values():  # frame order, as `omama data gt`
-        for per_cam in entry["annotated_frames"].values():
-            for frame_list in per_cam.values():
-                frame_list.sort()
-    write_json(out / "gt.json", outputs.gt)
+    entry = outputs.gt_entry()
+    write_json(out / "gt.json", {"annotations": {outputs.take: entry} if entry else {}})
     scored: dict = {}
     if outputs.counts["observations"]:
-        predictions = outputs.results[next(iter(outputs.results))]["results"]
-        report = evaluate_report(outputs.gt["annotations"], predictions, direction, workers=1)
+        predictions = {outputs.take: outputs.results_entry()}
+        report = evaluate_report({outputs.take: entry}, predictions, direction, workers=1)
         write_json(out / "metrics.json", report, indent=2)
         scored = {"metrics": report["aggregated_metrics"], "report": report}
     return {**scored, "gt": str(out / "gt.json")}
@@ -177,31 +296,15 @@ def run_take(
     if candidates is None and not pipeline.has_fastsam:
         raise no_fastsam_error(pipeline.manifest.root)
     direction = pipeline.direction
-    observations, frames = _select(index, take, direction, max_frames)
-    groups: dict[tuple[int, str, str], list[TakeObservation]] = {}
-    for obs in observations:
-        groups.setdefault((obs.frame, obs.src_cam, obs.dst_cam), []).append(obs)
-    views = _FrameViews(pipeline, index, take, Path(candidates) if candidates else None)
-    outputs, skips = _TakeOutputs(take, direction, score), Skips()
+    observations, frames = select_observations(index, take, direction, max_frames)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pipeline.reset_latency()
     bar = tqdm(total=len(observations), desc=f"take {take[:8]}", unit="obs", disable=not progress)
     with bar:
-        for (frame, src_cam, dst_cam), group in sorted(groups.items()):
-            bar.update(len(group))
-            try:
-                src, dst = views.src(src_cam, frame), views.dst(dst_cam, frame)
-            except OmamaError as exc:
-                for obs in group:
-                    skips.add(object=obs.obj, cams=f"{src_cam}->{dst_cam}", frame=frame,
-                              reason=str(exc))  # fmt: skip
-                continue
-            usable, queries = _usable_queries(pipeline, index, take, src, group, skips)
-            if usable:
-                matches = pipeline.match(src, dst, queries)
-                for obs, query, match in zip(usable, queries, matches, strict=True):
-                    outputs.add(index, obs, query, match)
+        predicted = predict_take(pipeline, index, take, observations, candidates,
+                                 on_group=bar.update)  # fmt: skip
+    outputs = collect_take(index, take, direction, predicted, score)
     write_results(out / RESULTS_NAME, outputs.results)
     summary = {
         "results": str(out / RESULTS_NAME),
@@ -211,8 +314,8 @@ def run_take(
         "frames": len(frames),
         "observations_total": len(observations),
         **outputs.counts,
-        **views.counts,
-        "skipped": skips.to_json(),
+        **predicted.view_counts,
+        "skipped": predicted.skips.to_json(),
         "wall_s": round(time.perf_counter() - started, 3),
         "latency_ms": pipeline.latency.summary(),
         "peak_rss_mb": round(peak_rss_mb(), 1),
