@@ -1,0 +1,287 @@
+"""The Ray Serve application of ``omama serve``: the deployment, starting it and stopping it.
+
+One deployment, ``omama``, at route prefix ``/``: each replica is a Ray actor holding one
+:class:`runtime.serve.service.MatchService` (the artifacts opened once) and declaring its
+resources (``num_cpus``, and ``num_gpus`` when it runs on CUDA), so Ray places replicas
+next to other workloads without oversubscribing a node. ``POST /v1/match`` requests go
+through an ``@serve.batch`` method: requests arriving within ``batch_wait_ms`` of each
+other (up to ``max_batch``) run as one :func:`runtime.serve.batching.run_batch`, in a
+thread so that ``/healthz`` and ``/v1/info`` answer while the models run.
+
+Ray Serve restarts a replica whose actor dies or whose ``check_health`` fails (every
+10 s, 30 s timeout: Serve's defaults); a replica whose constructor fails is retried 3
+times (a folder that does not open on a node will not open on the fourth try either).
+
+Ray is imported inside the functions: importing this module needs no Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from runtime.errors import OmamaError
+from runtime.serve.protocol import HEALTH_PATH, INFO_PATH, MATCH_PATH, RequestError, error_body
+from runtime.serve.service import MatchService, ServeConfig
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "omama"
+RAY_MISSING = "needs Ray: pip install 'omama[ray]'"
+CONSTRUCTOR_RETRIES = 3
+
+
+def require_ray() -> None:
+    """One line when the ``ray`` extra (Ray Serve) is not installed."""
+    try:
+        import ray  # noqa: F401
+        from ray import serve  # noqa: F401
+    except ImportError as exc:
+        raise OmamaError(RAY_MISSING) from exc
+
+
+@dataclass(frozen=True)
+class Resources:
+    """How many replicas and what each declares to Ray (``gpus_per_replica`` only counts
+    when the replicas run on CUDA: 0.5 puts two replicas on each GPU)."""
+
+    replicas: int = 1
+    cpus_per_replica: float = 1.0
+    gpus_per_replica: float = 1.0
+
+
+def uses_gpu(device: str, cluster_gpus: float) -> bool:
+    """Whether replicas of ``--device`` ask Ray for GPUs (``auto``: when the cluster has some)."""
+    return device.startswith("cuda") or (device == "auto" and cluster_gpus > 0)
+
+
+def deployment_options(config: ServeConfig, resources: Resources, cluster_gpus: float) -> dict:
+    """The deployment's Ray Serve options: replicas, their resources, how many requests
+    each may hold (one batch running while the next fills)."""
+    actor: dict[str, float] = {"num_cpus": resources.cpus_per_replica}
+    if uses_gpu(config.device, cluster_gpus):
+        actor["num_gpus"] = resources.gpus_per_replica
+    return {
+        "num_replicas": resources.replicas,
+        "ray_actor_options": actor,
+        "max_ongoing_requests": 2 * config.max_batch,
+        "max_constructor_retry_count": CONSTRUCTOR_RETRIES,
+    }
+
+
+# ----------------------------------------------------------------------------- HTTP
+
+
+async def read_body(request, max_bytes: int) -> bytes:
+    """The request body, or 413 when it exceeds ``max_bytes``.
+
+    A body over the limit is still read to its end (and dropped): clients without
+    ``Expect: 100-continue`` (urllib, requests) send all of it before reading the answer,
+    and a connection closed under them reads as "connection reset", not as the 413."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size <= max_bytes:
+            chunks.append(chunk)
+    if size > max_bytes:
+        chunks.clear()
+        raise RequestError(413, f"the body is {size / 2**20:.1f} MB; the limit is "
+                           f"{max_bytes / 2**20:g} MB (--max-body-mb)")  # fmt: skip
+    return b"".join(chunks)
+
+
+async def respond(service: MatchService, match_batch: Callable, request) -> tuple[int, dict]:
+    """(status, JSON) of one HTTP request; ``match_batch`` is the batched match call."""
+    path, method = request.url.path.rstrip("/") or "/", request.method
+    routes = {HEALTH_PATH: "GET", INFO_PATH: "GET", MATCH_PATH: "POST"}
+    if path not in routes:
+        return 404, error_body(f"no route {path}: use POST {MATCH_PATH}, GET {INFO_PATH} or "
+                               f"GET {HEALTH_PATH}")  # fmt: skip
+    if method != routes[path]:
+        return 405, error_body(f"{path} takes {routes[path]}, not {method}")
+    if path == HEALTH_PATH:
+        return (200, {"status": "ok"}) if service.healthy() else (503, error_body("not ready"))
+    if path == INFO_PATH:
+        return 200, service.info()
+    try:
+        body = await read_body(request, service.config.max_body_bytes)
+        content_type = request.headers.get("content-type", "")
+        parsed = await asyncio.to_thread(service.prepare, body, content_type)
+        result = await match_batch(parsed)
+    except RequestError as exc:
+        return exc.status, exc.body()
+    if isinstance(result, RequestError):
+        return result.status, result.body()
+    return 200, result
+
+
+def build_app(config: ServeConfig, options: dict):
+    """The bound Ray Serve application (``serve.run`` target)."""
+    from ray import serve
+    from starlette.responses import JSONResponse
+
+    @serve.deployment(name=APP_NAME)
+    class OmamaDeployment:
+        def __init__(self, config: ServeConfig) -> None:
+            self.service = MatchService(config)
+            self.match_batch.set_max_batch_size(config.max_batch)
+            self.match_batch.set_batch_wait_timeout_s(config.batch_wait_ms / 1e3)
+
+        @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+        async def match_batch(self, requests: list) -> list:
+            return await asyncio.to_thread(self.service.run_batch, requests)
+
+        def check_health(self) -> None:
+            self.service.check_health()
+
+        async def __call__(self, request):
+            try:
+                status, body = await respond(self.service, self.match_batch, request)
+            except Exception as exc:  # one JSON line for the client; the traceback in the log
+                log.exception("omama serve: request failed")
+                status, body = 500, error_body(f"internal error: {type(exc).__name__}: {exc}")
+            return JSONResponse(body, status_code=status)
+
+        def __del__(self) -> None:
+            service = getattr(self, "service", None)
+            if service is not None:
+                service.close()
+
+    return OmamaDeployment.options(**options).bind(config)
+
+
+# ----------------------------------------------------------------------------- lifecycle
+
+
+@dataclass
+class RunningService:
+    """A started application: its URL and whether this process started Ray (then stopping
+    it shuts Serve and Ray down; on a shared cluster it only deletes the application)."""
+
+    url: str
+    started_ray: bool
+    options: dict
+
+    def stop(self) -> None:
+        import ray
+        from ray import serve
+
+        try:
+            if self.started_ray:
+                serve.shutdown()
+            else:
+                serve.delete(APP_NAME)
+        finally:
+            if ray.is_initialized():
+                ray.shutdown()
+
+
+def check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise OmamaError(
+                f"cannot listen on {host}:{port} ({exc.strerror}): choose another --port or --host"
+            ) from exc
+
+
+def start_service(
+    config: ServeConfig,
+    resources: Resources,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    ray_address: str | None = None,
+    after_ray_init: Callable[[], None] | None = None,
+) -> RunningService:
+    """Start (or join, with ``ray_address``) Ray, Serve on ``host:port`` and the
+    application; returns once every replica has opened the artifacts.
+
+    ``after_ray_init`` runs right after ``ray.init`` (which installs its own SIGTERM handler:
+    :func:`serve_until_signal` puts its own back there). An interrupt while starting stops
+    what was started and propagates."""
+    require_ray()
+    import ray
+    from ray import serve
+
+    if ray_address is None:
+        check_port_free(host, port)
+    running = RunningService(f"http://{host}:{port}", ray_address is None, {})
+    try:
+        ray.init(address=ray_address or "local")
+        if after_ray_init is not None:
+            after_ray_init()
+        gpus = float(ray.cluster_resources().get("GPU", 0.0))
+        running.options = deployment_options(config, resources, gpus)
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(build_app(config, running.options), name=APP_NAME, route_prefix="/")
+    except BaseException as exc:
+        running.stop()
+        if isinstance(exc, Exception) and not isinstance(exc, OmamaError):
+            first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+            raise OmamaError(f"omama serve did not start: {first.strip()}") from exc
+        raise
+    return running
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def serve_until_signal(
+    config: ServeConfig,
+    resources: Resources,
+    host: str,
+    port: int,
+    ray_address: str | None = None,
+    echo: Callable[[str], None] = print,
+) -> RunningService:
+    """Start the service, call ``echo`` with where it listens, block until SIGINT (Ctrl-C) or
+    SIGTERM, then stop it cleanly (Serve's replicas drain and close their models).
+
+    Both signals mean "stop" from the first instant: while starting they interrupt the
+    start (a replica Ray cannot place would otherwise wait forever), once serving they end
+    the wait. Ray's own SIGTERM handler aborts the process with a stack dump; it is
+    replaced right after ``ray.init``."""
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+
+    def arm() -> None:
+        for sig in signals:
+            signal.signal(sig, _interrupt)
+
+    arm()
+    try:
+        try:
+            running = start_service(config, resources, host, port, ray_address, arm)
+        except KeyboardInterrupt:
+            echo("interrupted while starting: stopped")
+            raise
+        echo(started_line(running, config, resources))
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            echo("stopping omama serve")
+        running.stop()
+        echo("stopped")
+        return running
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def started_line(running: RunningService, config: ServeConfig, resources: Resources) -> str:
+    actor = running.options["ray_actor_options"]
+    each = ", ".join(f"{k} {v:g}" for k, v in actor.items())
+    return (
+        f"omama serve: {running.url} ({resources.replicas} replica"
+        f"{'s' * (resources.replicas > 1)}, {each} each; max batch {config.max_batch}, wait "
+        f"{config.batch_wait_ms:g} ms): POST /v1/match, GET /v1/info, GET /healthz; Ctrl-C "
+        "to stop"
+    )
