@@ -416,7 +416,8 @@ def dataset_command(
         None,
         "--cpus-per-worker",
         min=0.01,
-        help="CPUs Ray reserves per actor (default: with a GPU 1, else a share of the CPUs).",
+        help="CPUs Ray reserves per actor (default: an equal share of all CPUs but one, "
+        "0.25 to 1).",
     ),
     gpus_per_worker: float | None = typer.Option(
         None,

@@ -250,9 +250,9 @@ class _Collector:
     def add(self, answer: dict) -> None:
         item = Item.from_json(answer["item"])
         key = (item.take, item.direction)
-        chunks = self.received.setdefault(key, {})
-        if key not in self.plan.pending or item.chunk in chunks:
+        if key not in self.plan.pending or item.chunk in self.received.get(key, {}):
             return  # a retried item answered twice, or a take already written
+        chunks = self.received.setdefault(key, {})
         chunks[item.chunk] = answer
         if self.first_result_s is None:
             self.first_result_s = time.perf_counter() - self.started

@@ -79,9 +79,8 @@ def worker_resources(
     """``(cpus, gpus)`` per actor, declared to Ray; refuses what the cluster cannot hold
     (Ray would wait for it forever).
 
-    Defaults: a GPU per actor when ``device`` is CUDA (or auto on a cluster with GPUs) and
-    then a CPU beside it; on CPUs, an equal share of all CPUs but one (kept for reading
-    frames), between 0.25 and 1.
+    Defaults: a GPU per actor when ``device`` is CUDA (or auto on a cluster with GPUs); an
+    equal share of all CPUs but one (kept for reading frames), between 0.25 and 1.
     """
     cpus_total, gpus_total = float(cluster.get("CPU", 0)), float(cluster.get("GPU", 0))
     if gpus is None:
@@ -97,7 +96,7 @@ def worker_resources(
         )
     if cpus is None:
         share = math.floor(4 * (cpus_total - 1) / workers) / 4
-        cpus = 1.0 if gpus > 0 else min(1.0, max(0.25, share))
+        cpus = min(1.0, max(0.25, share))
     if cpus * workers + READ_CPUS > cpus_total:
         raise OmamaError(
             f"{workers} workers of {cpus:g} CPU and a frame reader of "
@@ -207,12 +206,16 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _failure(exc: BaseException) -> str:
-    """One line for a failed Ray job: the OmamaError a worker raised, if any, else the
-    first line of Ray's error."""
+    """One line for a failed Ray job: the OmamaError a worker raised, if any (as an object in
+    the cause chain, or in the text of the traceback Ray carries), else the first line of
+    Ray's error."""
     seen, cause = set(), exc
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
         if isinstance(cause, OmamaError):
             return f"a Ray worker failed: {_first_line(cause)}"
+        for line in str(cause).splitlines():
+            if f"{OmamaError.__name__}: " in line:
+                return f"a Ray worker failed: {line.split(f'{OmamaError.__name__}: ', 1)[1]}"
         cause = getattr(cause, "cause", None) or cause.__cause__ or cause.__context__
     return f"the Ray job failed: {type(exc).__name__}: {_first_line(exc)}"
