@@ -5,8 +5,10 @@ One deployment, ``omama``, at route prefix ``/``: each replica is a Ray actor ho
 resources (``num_cpus``, and ``num_gpus`` when it runs on CUDA), so Ray places replicas
 next to other workloads without oversubscribing a node. ``POST /v1/match`` requests go
 through an ``@serve.batch`` method: requests arriving within ``batch_wait_ms`` of each
-other (up to ``max_batch``) run as one :func:`runtime.serve.batching.run_batch`, in a
-thread so that ``/healthz`` and ``/v1/info`` answer while the models run.
+other (up to ``max_batch``) form a batch, and the batches that wait while the models run are
+merged (:class:`runtime.serve.batching.BatchMerger`) into one
+:func:`runtime.serve.batching.run_batch` call, in a thread so that ``/healthz`` and
+``/v1/info`` answer meanwhile.
 
 Ray Serve restarts a replica whose actor dies or whose ``check_health`` fails (every
 10 s, 30 s timeout: Serve's defaults); a replica whose constructor fails is retried 3
@@ -26,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from runtime.errors import OmamaError
+from runtime.serve.batching import BatchMerger
 from runtime.serve.protocol import HEALTH_PATH, INFO_PATH, MATCH_PATH, RequestError, error_body
 from runtime.serve.service import MatchService, ServeConfig
 
@@ -34,6 +37,8 @@ log = logging.getLogger(__name__)
 APP_NAME = "omama"
 RAY_MISSING = "needs Ray: pip install 'omama[ray]'"
 CONSTRUCTOR_RETRIES = 3
+# Batches @serve.batch may hand over at once: they wait in the merger, not in Ray's queue.
+CONCURRENT_BATCHES = 4
 
 
 def require_ray() -> None:
@@ -62,14 +67,14 @@ def uses_gpu(device: str, cluster_gpus: float) -> bool:
 
 def deployment_options(config: ServeConfig, resources: Resources, cluster_gpus: float) -> dict:
     """The deployment's Ray Serve options: replicas, their resources, how many requests
-    each may hold (one batch running while the next fills)."""
+    each may hold (``CONCURRENT_BATCHES`` batches: one running, the others merging)."""
     actor: dict[str, float] = {"num_cpus": resources.cpus_per_replica}
     if uses_gpu(config.device, cluster_gpus):
         actor["num_gpus"] = resources.gpus_per_replica
     return {
         "num_replicas": resources.replicas,
         "ray_actor_options": actor,
-        "max_ongoing_requests": 2 * config.max_batch,
+        "max_ongoing_requests": CONCURRENT_BATCHES * config.max_batch,
         "max_constructor_retry_count": CONSTRUCTOR_RETRIES,
     }
 
@@ -129,12 +134,13 @@ def build_app(config: ServeConfig, options: dict):
     class OmamaDeployment:
         def __init__(self, config: ServeConfig) -> None:
             self.service = MatchService(config)
+            self.merger = BatchMerger(self.service.run_batch, config.max_batch)
             self.match_batch.set_max_batch_size(config.max_batch)
             self.match_batch.set_batch_wait_timeout_s(config.batch_wait_ms / 1e3)
 
-        @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+        @serve.batch(max_batch_size=1, max_concurrent_batches=CONCURRENT_BATCHES)
         async def match_batch(self, requests: list) -> list:
-            return await asyncio.to_thread(self.service.run_batch, requests)
+            return await self.merger.submit(requests)
 
         def check_health(self) -> None:
             self.service.check_health()

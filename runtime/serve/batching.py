@@ -10,13 +10,20 @@ pair, as :meth:`runtime.pipeline.Pipeline.match_frame` does for the queries of o
 
 A request's latency is the stages of its group: a shared encode counts for every request
 that used it (it is what each of them waited for); ``queue`` is the time from arrival to
-the start of the batch. Nothing here imports Ray.
+the start of the batch.
+
+:class:`BatchMerger` runs the batches one at a time and merges those that wait meanwhile:
+Ray Serve 2.60's ``@serve.batch`` forms the next batch while one runs (from what arrives
+within ``batch_wait_timeout_s`` of its first request), so under load every batch would
+hold one or two requests while the others queue behind the model. Nothing here imports
+Ray.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from runtime.errors import OmamaError
@@ -109,3 +116,48 @@ def _match_group(pipeline, requests, indices, dst, dst_ms, out, counters) -> Non
             matches[offset : offset + count], latency, {"shared_src": len(indices)}
         )
         offset += count
+
+
+class BatchMerger:
+    """Run ``run(items) -> results`` (a blocking call, in a thread) for one batch at a time;
+    batches submitted while one runs are merged, in arrival order, into the next call of at
+    most ``max_items`` items (one asyncio loop: a replica's).
+
+    One worker task drains the queue, so a submitter that goes away (a client closing its
+    connection) never stops a call that other requests wait for."""
+
+    def __init__(self, run: Callable[[list], list], max_items: int) -> None:
+        self._run = run
+        self._max_items = max(1, max_items)
+        self._pending: list[tuple[object, asyncio.Future]] = []
+        self._worker: asyncio.Task | None = None
+
+    async def submit(self, items: Sequence) -> list:
+        """The results of ``items``, in order; the exception of a call that ran one of them
+        is raised."""
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in items]
+        self._pending += zip(items, futures, strict=True)
+        if self._worker is None or self._worker.done():
+            self._worker = loop.create_task(self._drain())
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return results
+
+    async def _drain(self) -> None:
+        while self._pending:
+            taken = self._pending[: self._max_items]
+            del self._pending[: self._max_items]
+            live = [(i, f) for i, (_, f) in enumerate(taken) if not f.done()]
+            try:
+                results = await asyncio.to_thread(self._run, [item for item, _ in taken])
+            except Exception as exc:
+                for _, future in live:
+                    if not future.done():  # its submitter may have gone away meanwhile
+                        future.set_exception(exc)
+                continue
+            for i, future in live:
+                if not future.done():
+                    future.set_result(results[i])

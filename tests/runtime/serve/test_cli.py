@@ -56,4 +56,4 @@ def test_replicas_declare_cpus_and_gpus_on_cuda(device, cluster_gpus, actor):
     options = deployment_options(config, Resources(3, 0.5, 0.25), cluster_gpus)
     assert options["ray_actor_options"] == actor
     assert options["num_replicas"] == 3
-    assert options["max_ongoing_requests"] == 8  # one batch running, the next filling
+    assert options["max_ongoing_requests"] == 16  # 4 batches: one running, 3 merging
