@@ -28,7 +28,6 @@ from pathlib import Path
 
 from benchmarks.common import RESULTS_DIR, load_average, machine_record, write_result
 
-OFFICIAL_GRIDS = {"exo": (38, 68), "ego": (50, 50)}
 ATTENTION_SHAPES = ((1, 1), (1, 64), (1, 256), (16, 64))
 
 
@@ -53,9 +52,7 @@ def random_config(out: Path, small: bool, **overrides):
     reg, 38x68 / 50x50 tokens, the FastSAM-x architecture), or ``--random-init``'s."""
     from export.config import ExportConfig
 
-    official = dict(
-        backbone="dinov2_vitb14_reg", random_grids=dict(OFFICIAL_GRIDS), random_fastsam="x"
-    )
+    official = dict(random_shapes="official", random_fastsam="x")
     return ExportConfig(out_dir=out, random_init=True, **({} if small else official), **overrides)
 
 
@@ -119,7 +116,7 @@ def run_attention(workdir: Path, small: bool, threads: int) -> list[dict]:
 
     from export.config import RANDOM_GRIDS
     from export.graphs import export_matcher, finalize_onnx, onnxruntime_cpu
-    from omama_train.models.matcher import OMaMaMatcher
+    from omama_train.models.matcher import OFFICIAL_GRIDS, OMaMaMatcher
     from runtime.manifest import ViewSpec
     from runtime.timing import median_ms
 

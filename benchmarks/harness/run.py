@@ -194,6 +194,7 @@ def _artifacts_record(config: BenchConfig, manifest: Any) -> dict[str, Any]:
         "path": str(config.artifacts),
         "direction": manifest.direction,
         "random_init": manifest.random_init,
+        "weight_profile": manifest.backbone.weights.profile if manifest.random_weights else None,
         "views": {role: view.to_dict() for role, view in manifest.views.items()},
         "matcher_input": manifest.matcher.input,
         "attention": manifest.matcher.attention,
