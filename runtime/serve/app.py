@@ -188,7 +188,11 @@ class RunningService:
 
 
 def check_port_free(host: str, port: int) -> None:
+    """One line when something listens on ``host:port`` already (Serve's proxy would fail
+    to start and Serve would wait for it). Connections of a stopped server, lingering in
+    TIME_WAIT, do not count: the probe reuses the address as uvicorn does."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:

@@ -42,6 +42,20 @@ def test_a_busy_port_is_refused_in_one_line():
             check_port_free("127.0.0.1", port)
 
 
+def test_connections_of_a_stopped_server_do_not_make_its_port_busy():
+    """A service stopped and started again on its port (TIME_WAIT connections remain)."""
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn listens
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()  # the server side closes first: its end lingers in TIME_WAIT
+        client.close()
+    check_port_free("127.0.0.1", port)
+
+
 @pytest.mark.parametrize(
     ("device", "cluster_gpus", "actor"),
     [
