@@ -368,7 +368,7 @@ def run_dataset(config: DatasetConfig, echo: Echo = print) -> dict:
         if line := _resume_line(plan, len(takes), config.out):
             echo(line)
         frames = sum(p["frames"] for p in plan.pending.values())
-        progress = _Progress(frames, len(plan.pending), config.progress)
+        progress = _Progress(frames, len(plan.pending), config.progress and frames > 0)
         collector = _Collector(index, config, settings, plan, progress)
         how: dict = {"executor": "none: every take was done"}
         try:

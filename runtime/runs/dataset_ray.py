@@ -19,6 +19,7 @@ import dataclasses
 import json
 import logging
 import math
+import socket
 import time
 from collections.abc import Callable, Iterator
 
@@ -62,6 +63,8 @@ def ray_connection(address: str | None) -> Iterator[object]:
     if ray.is_initialized():
         yield ray
         return
+    if address:
+        _check_reachable(address)
     try:
         ray.init(address=address, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -71,6 +74,21 @@ def ray_connection(address: str | None) -> Iterator[object]:
         yield ray
     finally:
         ray.shutdown()
+
+
+def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Refuse a ``HOST:PORT`` nobody answers on (``ray.init`` would wait for it for minutes,
+    silently); other address forms (``auto``, ``ray://``) are left to Ray."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise OmamaError(
+            f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}): start it "
+            f"there with `ray start --head --port {port}`, or give its address"
+        ) from exc
 
 
 def worker_resources(

@@ -88,3 +88,18 @@ def test_a_failed_ray_job_ends_with_the_workers_own_line():
     wrapped.__cause__ = OmamaError("take t1 has no exo2ego observations")
     assert _failure(wrapped) == "a Ray worker failed: take t1 has no exo2ego observations"
     assert _failure(ValueError("lost\nmore")) == "the Ray job failed: ValueError: lost"
+
+
+@pytest.mark.timeout(60)
+def test_a_cluster_that_is_not_there_is_one_line_at_once():
+    import socket
+
+    from runtime.runs.dataset_ray import ray_connection
+
+    pytest.importorskip("ray")
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(OmamaError, match=f"cannot reach the Ray cluster at 127.0.0.1:{port}"):
+        with ray_connection(f"127.0.0.1:{port}"):
+            pass
