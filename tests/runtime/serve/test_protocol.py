@@ -70,6 +70,8 @@ def test_json_request_decodes_images_and_rle_and_png_queries(images):
     for query in request.queries:
         np.testing.assert_array_equal(query, mask)
     assert request.candidates is None
+    data_url = "data:image/png;base64," + body(images)["dst_image"]
+    np.testing.assert_array_equal(parse(body(images, dst_image=data_url)).dst_rgb, dst)
 
 
 def test_png_query_rules_match_the_pair_command(images):
