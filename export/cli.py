@@ -30,7 +30,9 @@ HELP = {
     "calib": "int8 calibration data: a prepared split (omama data prepare ROOT: frames per "
     "view, sampled across takes) or a folder of images. Without it: synthetic frames, with a "
     "warning that the result is not representative.",
-    "calib_frames": "int8 calibration frames in total, sampled across takes and views.",
+    "calib_frames": "int8 calibration frames in total: from a prepared root half per view, "
+    "sampled across its train takes; from an image folder up to this many images, each "
+    "feeding both views; synthetic frames (no --calib): at most 32.",
     "min_argmax": "Fail the export when the int8 pipeline's argmax agreement with fp32 (on "
     "--parity-sets candidate sets) is below this.",
     "random_shapes": "With --random-init: 'small' (the fast configuration) or 'official' "

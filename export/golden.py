@@ -14,7 +14,14 @@ from export.config import ExportConfig
 from export.models import ExportModels
 from export.tensorrt import PROFILE_CANDIDATES
 from runtime.manifest import ArtifactFile, GoldenFile, Manifest, NmsSettings, file_ref
-from runtime.sessions import BackendChoice, Session, select_backend
+from runtime.sessions import (
+    ArtifactPlan,
+    BackendChoice,
+    Session,
+    backend_status,
+    plan_artifacts,
+    select_backend,
+)
 from runtime.verification import golden as golden_io
 from runtime.verification.compare import model_kind, reference_record
 
@@ -63,7 +70,9 @@ def write_golden_file(
 
 def replay_runs(manifest: Manifest) -> list[tuple[BackendChoice, ArtifactFile]]:
     """(backend, file) pairs the golden files are replayed on: every file on its own backend
-    (TensorRT on CUDA, ONNX on ONNX Runtime CPU), and every fp32 ONNX file on torch CPU."""
+    (TensorRT on CUDA, ONNX on ONNX Runtime CPU), every fp32 ONNX file on torch CPU, and
+    every int8 ONNX file on OpenVINO CPU too when OpenVINO is installed (the CPU backend
+    ``--backend auto`` picks for int8 there)."""
     runs = [
         (
             select_backend(
@@ -77,7 +86,22 @@ def replay_runs(manifest: Manifest) -> list[tuple[BackendChoice, ArtifactFile]]:
     torch_choice = select_backend("torch", "cpu")
     runs += [(torch_choice, e) for e in manifest.files if e.format == "onnx"
              and e.precision == "fp32"]  # fmt: skip
+    int8 = [e for e in manifest.files if e.format == "onnx" and e.precision == "int8"]
+    if int8 and backend_status("cpu").get("openvino") is None:
+        openvino = select_backend("openvino", "cpu")
+        runs += [(openvino, e) for e in int8]
     return runs
+
+
+def int8_plans(manifest: Manifest) -> list[ArtifactPlan]:
+    """The int8 runs whose pipeline agreement the export records on the golden files (what
+    ``omama-run verify --precision int8`` checks): ONNX Runtime CPU, and OpenVINO CPU when
+    installed; none without int8 files."""
+    if not any(e.precision == "int8" and e.format == "onnx" for e in manifest.files):
+        return []
+    backends = ["onnxruntime"] + (["openvino"] if backend_status("cpu").get("openvino")
+                                  is None else [])  # fmt: skip
+    return [plan_artifacts(manifest, backend, "cpu", "int8") for backend in backends]
 
 
 def weights_dirs(config: ExportConfig) -> list[Path]:

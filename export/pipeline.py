@@ -12,15 +12,19 @@ The stages of :class:`_Export`, in the order they run, each file written atomica
    parity with the torch backend checked (``export.verify``) on the file opened through
    ``runtime.sessions`` as ``omama-run`` opens it;
 3. ``fp16``: with ``fp16``, the ``*_fp16.onnx`` variants (``export.fp16``);
-4. ``tensorrt``: TensorRT fp16 engines when TensorRT and a CUDA GPU are present, else one
-   line saying why they were skipped (``export.tensorrt``);
-5. ``write_golden``: ``golden/<model>.npz``, golden inputs at the real sizes and the torch
+4. ``int8``: with ``int8``, the ``*_int8.onnx`` files of the backbones (and FastSAM when
+   its checks hold), calibrated, verified and gated by the int8 pipeline's agreement with
+   fp32 (``export.int8.stage``);
+5. ``tensorrt``: TensorRT engines (fp16; int8 from the QDQ files) when TensorRT and a CUDA
+   GPU are present, else one line saying why they were skipped (``export.tensorrt``);
+6. ``write_golden``: ``golden/<model>.npz``, golden inputs at the real sizes and the torch
    fp32 records (``export.golden``);
-6. the manifest (``export.manifest_writer``) with hashes, shapes, tools and the verification
+7. the manifest (``export.manifest_writer``) with hashes, shapes, tools and the verification
    records: the parity runs, and (``replay``) the golden files replayed through the same
    code ``omama-run verify`` runs on every file and on the torch backend rebuilt from the
-   manifest. Before the replay, the manifest's facts are stamped into each ONNX file's
-   metadata (``export.stamp``), which the runtime cross-checks.
+   manifest, and with int8 the pipeline agreement on the golden files (what ``omama-run
+   verify --precision int8`` checks). Before the replay, the manifest's facts are stamped
+   into each ONNX file's metadata (``export.stamp``), which the runtime cross-checks.
 
 A failed check still writes the manifest (it records the failure, and the runtime refuses
 the folder) and then raises an OmamaError naming the offending outputs.
@@ -29,16 +33,21 @@ the folder) and then raises an OmamaError naming the offending outputs.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
-
 from export.config import ExportConfig, fastsam_settings, validate
 from export.folder import clear_previous, temporary_dir
-from export.golden import golden_cases, replay_runs, weights_dirs, write_golden_file
+from export.golden import (
+    golden_cases,
+    int8_plans,
+    replay_runs,
+    weights_dirs,
+    write_golden_file,
+)
 from export.graphs import (
     MATCHER_POOLING_PREFIXES,
     FinalGraph,
@@ -70,13 +79,15 @@ from runtime.manifest import (
     Manifest,
     NmsDecision,
     NmsSettings,
+    QuantizationRecord,
     VerificationRecord,
     file_entry,
     write_manifest,
 )
 from runtime.manifest.signing import sign_folder
-from runtime.sessions import BackendChoice, Session, open_artifact, select_backend
+from runtime.sessions import Session, open_artifact
 from runtime.verification import golden as golden_io
+from runtime.verification.agreement import golden_agreement
 from runtime.verification.replay import replay_model, session_record
 from runtime.verification.tolerances import TOLERANCES, format_table
 
@@ -111,6 +122,7 @@ class _Export:
         self.ultralytics_version: str | None = None
         self.engines = EnginesRecord(built=False, note="")
         self.golden: list[GoldenFile] = []
+        self.int8_stage = None  # export.int8.stage.Int8Stage with --int8
         self.timings: dict[str, dict[str, float]] = {}
 
     @contextlib.contextmanager
@@ -143,10 +155,12 @@ class _Export:
         graph: GraphRecord | None = None,
         engine: EngineRecord | None = None,
         external_data: list[str] = (),
+        quantization: QuantizationRecord | None = None,
     ) -> ArtifactFile:
         inputs, outputs = io_specs(io_from or self.out / path)
         entry = file_entry(self.out, path, model, fmt, precision, inputs, outputs,
                            external_data=external_data, graph=graph, engine=engine)  # fmt: skip
+        entry = dataclasses.replace(entry, quantization=quantization)
         self.files.append(entry)
         status = ""
         if record is not None:
@@ -378,96 +392,18 @@ class _Export:
                           external_data=report["external_data"])  # fmt: skip
             self.step(name)
 
+    def int8(self) -> None:
+        """The ``*_int8.onnx`` files, verified and gated (``export.int8.stage``)."""
+        from export.int8.stage import Int8Stage
+
+        self.int8_stage = Int8Stage(self)
+        self.int8_stage()
+
     def tensorrt(self) -> None:
-        """Build and verify TensorRT fp16 engines when possible; fills ``self.engines``."""
-        from export.tensorrt import skipped_engines
+        """TensorRT engines when possible (``export.engines``); fills ``self.engines``."""
+        from export.engines import EngineStage
 
-        skipped = skipped_engines(self.config.fp16, self.config.engines)
-        if skipped is not None:
-            self.engines = skipped
-            if self.config.fp16:
-                self.echo(skipped.note)
-            return
-        cache = Path(self.config.timing_cache or self.out / "trt_timing.cache")
-        backend = select_backend("tensorrt", "cuda")
-        built = []
-        for model, fp32_name in self.fp32_files.items():
-            engine = self._engine(model, fp32_name, cache, backend)
-            built.append(f"{model}_fp16.engine")
-        note = f"engines: built {', '.join(built)} (TensorRT {engine.tensorrt_version}, " + (
-            f"{engine.gpu_name})"
-        )
-        self.echo(note)
-        self.engines = EnginesRecord(
-            built=True,
-            note=note,
-            files=tuple(built),
-            timing_cache=cache.name,
-            tensorrt_version=engine.tensorrt_version,
-            gpu_name=engine.gpu_name,
-        )
-
-    def _engine(
-        self, model: str, fp32_name: str, cache: Path, backend: BackendChoice
-    ) -> EngineRecord:
-        """Build ``<model>_fp16.engine`` from the fp32 ONNX file; with ``--verify``, its parity
-        and its comparison with the ONNX file on ONNX Runtime (both recorded)."""
-        from export.tensorrt import (
-            build_engine,
-            comparison_record,
-            comparison_tolerances,
-            dynamic_profile,
-            engine_record,
-        )
-
-        name = f"{model}_fp16.engine"
-        onnx_path = self.out / fp32_name
-        with self.timed(name, "export_s"):
-            made = build_engine(
-                onnx_path,
-                self.out / name,
-                dynamic_profile(io_specs(onnx_path)[0]),
-                fp16=True,
-                timing_cache=cache,
-                fp32_layer_prefixes=self.fp32_prefixes(model),
-            )
-        engine = engine_record(made)
-        record = None
-        with self.timed(name, "verify_s"):
-            if self.config.verify:
-                built_with = {"tensorrt": engine.tensorrt_version, "gpu": engine.gpu_name}
-                with (
-                    backend.open(self.out / name, name=model, built_with=built_with) as session,
-                    onnxruntime_cpu(onnx_path, model) as onnx_session,
-                ):
-                    record = self.parity(model, session, name, "fp16")
-                    tolerances = comparison_tolerances(model, self.fastsam_in_graph)
-                    self.records.append(
-                        comparison_record(
-                            session,
-                            onnx_session,
-                            name,
-                            model,
-                            self._comparison_feeds(model),
-                            tolerances,
-                        )  # fmt: skip
-                    )
-        self.add_file(name, model, "tensorrt", "fp16", record, io_from=onnx_path,
-                      engine=engine)  # fmt: skip
-        return engine
-
-    def _comparison_feeds(self, model: str) -> list[dict]:
-        """Inputs of the TensorRT vs ONNX Runtime comparison."""
-        from runtime.verification.inputs import random_images
-
-        rng = np.random.default_rng([self.config.seed, 9])
-        if model == "matcher":
-            return self.matcher_parity.fixed_feeds()
-        if model == "fastsam":
-            size = self.config.fastsam_imgsz
-            return [{"images": rng.random((1, 3, size, size), dtype=np.float32)}]
-        backbone = self.models.backbones[model.removeprefix("backbone_")]
-        return [{"image": random_images(rng, 1, backbone.image_size)}]
+        self.engines = EngineStage(self)()
 
     def write_golden(self) -> None:
         """``golden/<model>.npz`` of every model: golden inputs at the real sizes and the
@@ -495,6 +431,9 @@ class _Export:
             ):
                 records.append(replay_model(session, manifest, entry.path, entry.model,
                                             entry.precision))  # fmt: skip
+        for plan in int8_plans(manifest):
+            with self.timed(f"int8 pipeline ({plan.backend})", "golden_s"):
+                records.append(golden_agreement(manifest, plan))
         return records
 
 
@@ -516,7 +455,7 @@ def export_artifacts(
     out.mkdir(parents=True, exist_ok=True)
     with folder_lock(out, "omama export"):
         models_count = 3 + int(config.include_fastsam)
-        total = 5 + models_count * (2 if config.fp16 else 1)
+        total = 5 + models_count * (1 + int(config.fp16)) + int(config.int8) * (models_count - 1)
         bar = tqdm(total=total, desc="export", unit="step", disable=not progress, leave=False)
 
         def step(label: str) -> None:
@@ -539,6 +478,8 @@ def export_artifacts(
                     run.fastsam()
                 if config.fp16:
                     run.fp16()
+                if config.int8:
+                    run.int8()
                 run.tensorrt()
                 step("engines")
                 run.write_golden()
@@ -563,8 +504,10 @@ def export_artifacts(
         if failures:
             named = "; ".join(failures[:3])
             more = f" (+{len(failures) - 3} more)" if len(failures) > 3 else ""
+            hints = "".join(f"{h}; " for h in (run.int8_stage.hints if run.int8_stage else ()))
             raise OmamaError(
-                f"verification failed: {named}{more}; {out / MANIFEST_NAME} records every result"
+                f"verification failed: {named}{more}; {hints}{out / MANIFEST_NAME} records "
+                "every result"
             )
         if config.sign_key is not None:  # the finished folder, as it is now, and nothing else
             result.signature = sign_folder(out, config.sign_key)

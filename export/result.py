@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from export.verify.int8 import AGREEMENT_INPUTS
 from runtime.manifest import Manifest, VerificationRecord
 
 
@@ -38,5 +39,15 @@ class ExportResult:
         signed = f"; signed ({self.signature.name}, --trust verifies it)" if self.signature else ""
         return (
             f"artifacts: {out} ({len(manifest.files)} files, {total_mb:.1f} MB), {verified}; "
-            f"{self.engines_note}{signed}"
+            f"{self.int8_note()}{self.engines_note}{signed}"
         )
+
+    def int8_note(self) -> str:
+        """``int8: N files, argmax agreement X% with fp32; `` with int8 files, else empty."""
+        int8 = [f for f in self.manifest.files if f.precision == "int8" and f.format == "onnx"]
+        if not int8:
+            return ""
+        gate = next((c for r in self.records if r.inputs == AGREEMENT_INPUTS for c in r.checks
+                     if c.metric == "argmax agreement"), None)  # fmt: skip
+        agreement = f", argmax agreement {100 * gate.value:.2f}% with fp32" if gate else ""
+        return f"int8: {len(int8)} files{agreement}; "

@@ -1,11 +1,13 @@
-"""TensorRT fp16 engines built with polygraphy, and the TensorRT vs ONNX Runtime comparison.
+"""TensorRT engines built with polygraphy, and the TensorRT vs ONNX Runtime comparison.
 
-Engines are built from the fp32 ONNX graphs with ``CreateConfig(fp16=True)``, so TensorRT
+fp16 engines are built from the fp32 ONNX graphs with ``CreateConfig(fp16=True)``, so TensorRT
 picks fp16 kernels where it may while the layers that need range or accumulation
 (normalisation, softmax, reductions, and named subgraphs such as the in-graph pooling
 weights) are pinned to fp32 with precision constraints. Dynamic axes get one optimisation
 profile each (:data:`PROFILE_CANDIDATES`, :data:`PROFILE_OBJECTS`). One timing cache is
 shared by all builds of an export, so later builds reuse the kernel timings of earlier ones.
+int8 engines are built from the int8 QDQ files with ``CreateConfig(int8=True)``: an
+explicitly quantized network carries its scales, no calibrator is needed.
 
 Written against the TensorRT 10 Python API and polygraphy's documented loaders
 (``network_from_onnx_path``, ``CreateConfig``, ``Profile``, ``engine_bytes_from_network``,
@@ -67,12 +69,14 @@ def tensorrt_status() -> tuple[bool, str]:
     return True, f"TensorRT {trt.__version__} on {torch.cuda.get_device_name(0)}"
 
 
-def skipped_engines(fp16: bool, engines: bool) -> EnginesRecord | None:
+def skipped_engines(fp16: bool, engines: bool, int8: bool = False) -> EnginesRecord | None:
     """The manifest's engines record when an export builds none (not requested without
-    ``fp16``, ``--no-engines``, or no TensorRT / CUDA GPU here); None when it builds them."""
-    if not fp16:
+    ``fp16`` or ``int8``, ``--no-engines``, or no TensorRT / CUDA GPU here); None when it
+    builds them."""
+    if not fp16 and not int8:
         return EnginesRecord(
-            built=False, note="engines: not requested (--fp16 builds TensorRT fp16 engines)"
+            built=False,
+            note="engines: not requested (--fp16 builds TensorRT fp16 engines, --int8 int8 ones)",
         )
     if not engines:
         return EnginesRecord(built=False, note="engines: skipped (--no-engines)")
@@ -131,10 +135,13 @@ def build_engine(
     fp16: bool = True,
     timing_cache: str | os.PathLike | None = None,
     fp32_layer_prefixes: tuple[str, ...] = (),
+    int8: bool = False,
 ) -> dict:
     """Build and serialise a TensorRT engine from ``onnx_path``; returns its manifest record.
 
     ``profile``: shape ranges of the dynamic inputs (empty for static graphs).
+    ``int8``: an explicitly quantized (QDQ) graph's int8 layers run in int8; its Q/DQ
+    scales are the calibration, so no calibrator is given.
     ``timing_cache``: read when present, then updated, so builds share kernel timings.
     ``fp32_layer_prefixes``: layer-name prefixes kept in fp32 besides the normalisation,
     softmax and reduction layers.
@@ -164,6 +171,7 @@ def build_engine(
     cache = Path(timing_cache) if timing_cache is not None else None
     config = CreateConfig(
         fp16=fp16,
+        int8=int8,
         profiles=profiles or None,
         precision_constraints="prefer" if pinned else None,
         load_timing_cache=str(cache) if cache is not None and cache.is_file() else None,
@@ -190,7 +198,7 @@ def build_engine(
     return {
         **gpu_record(),
         "built_from": Path(onnx_path).name,
-        "precision_flags": ["fp16"] if fp16 else [],
+        "precision_flags": [flag for flag, on in (("fp16", fp16), ("int8", int8)) if on],
         "fp32_pinned_layers": pinned,
         "profiles": [{name: r.to_dict() for name, r in profile.items()}] if profile else [],
         "timing_cache": cache.name if cache is not None else None,
@@ -283,18 +291,21 @@ def compare_sessions(
     return report
 
 
-def comparison_tolerances(model: str, fastsam_nms_in_graph: bool = False) -> dict[str, float]:
-    """``relative`` of :func:`compare_sessions` for ``model``'s outputs (fp16 tolerances)."""
-    fp16 = TOLERANCES["fp16"]
+def comparison_tolerances(
+    model: str, fastsam_nms_in_graph: bool = False, precision: str = "fp16"
+) -> dict[str, float]:
+    """``relative`` of :func:`compare_sessions` for ``model``'s outputs: the engine's
+    ``precision`` tolerances (fp32 engines: fp16's, TensorRT picks its own kernels)."""
+    tol = TOLERANCES["fp16" if precision == "fp32" else precision]
     if model == "matcher":
-        return {"similarities": fp16["similarities_max_abs"]}
+        return {"similarities": tol["similarities_max_abs"]}
     if model == "fastsam" and fastsam_nms_in_graph:
         # Detection rows come out in score order and tie-decided: compared element-wise
         # they would differ on a swapped tie. The parity run matches them instead.
-        return {"output1": fp16["fastsam_rel"]}
+        return {"output1": tol["fastsam_rel"]}
     if model == "fastsam":
-        return {"output0": fp16["fastsam_rel"], "output1": fp16["fastsam_rel"]}
-    return {"feats": fp16["feats_rel"]}
+        return {"output0": tol["fastsam_rel"], "output1": tol["fastsam_rel"]}
+    return {"feats": tol["feats_rel"]}
 
 
 def comparison_record(
@@ -304,16 +315,21 @@ def comparison_record(
     model: str,
     feeds: Iterable[Mapping[str, np.ndarray]],
     relative: Mapping[str, float],
+    precision: str = "fp16",
 ) -> VerificationRecord:
     """The verification record of :func:`compare_sessions` on ``feeds``: one check per
-    output, the engine's max abs error against its fp32 ONNX graph on ONNX Runtime."""
+    output, the engine's max abs error against the ONNX graph it was built from (fp32, or
+    int8 QDQ for int8 engines) on ONNX Runtime."""
     report = compare_sessions(engine_session, onnx_session, feeds, relative)
+    graph = "int8" if precision == "int8" else "fp32"
+    metric = f"max abs err vs onnxruntime {graph}"
     checks = [
-        check(output, "max abs err vs onnxruntime fp32", values["max_abs_err"], values["allowed"])
+        check(output, metric, values["max_abs_err"], values["allowed"])
         for output, values in report.items()
     ]
-    return session_record(engine_session, file, model, "fp16", "onnxruntime fp32 outputs",
-                          TOLERANCES["fp16"], checks)  # fmt: skip
+    return session_record(engine_session, file, model, precision,
+                          f"onnxruntime {graph} outputs", TOLERANCES[precision],
+                          checks)  # fmt: skip
 
 
 def _one_line(exc: BaseException) -> str:

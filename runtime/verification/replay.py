@@ -8,7 +8,8 @@ runs each golden case, compares the outputs with the stored torch fp32 records u
 manifest's tolerances (:mod:`runtime.verification.compare`) and writes
 ``verify_<backend>_<precision>.json`` beside the manifest. The export runs the same
 :func:`replay_model` on its own files, so the manifest's records and this file's mean the
-same thing.
+same thing. An int8 run also gets the pipeline agreement of the int8 files with the fp32
+ones on the golden files (:func:`runtime.verification.agreement.golden_agreement`).
 
 :func:`missing_verification` tells the pipeline when the backend / precision / device it is
 about to run has no passing record in the folder.
@@ -199,6 +200,11 @@ def verify_folder(
         with open_artifact(plan.choice, manifest, entry, threads, weights_dirs) as session:
             records.append(replay_model(session, manifest, entry.path, model, plan.precision))
         echo(f"  {entry.path}: {'ok' if records[-1].passed else 'FAILED'}")
+    if plan.precision == "int8":  # quantized files: do they still pick what fp32 picks?
+        from runtime.verification.agreement import golden_agreement
+
+        records.append(golden_agreement(manifest, plan, threads, weights_dirs))
+        echo(f"  int8 pipeline vs fp32: {'ok' if records[-1].passed else 'FAILED'}")
     path = Path(manifest.root) / verify_file_name(plan.backend, plan.precision)
     write_json(path, _verify_document(manifest, plan, records), indent=2)
     return VerifyReport(plan, records, path)
