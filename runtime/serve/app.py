@@ -41,13 +41,21 @@ CONSTRUCTOR_RETRIES = 3
 CONCURRENT_BATCHES = 4
 
 
-def require_ray() -> None:
-    """One line when the ``ray`` extra (Ray Serve) is not installed."""
+def ray_serve() -> tuple:
+    """``(ray, ray.serve, starlette's JSONResponse)``: the only place this package imports
+    them, so the lean runtime (and its image) need none; one line without the ray extra."""
     try:
-        import ray  # noqa: F401
-        from ray import serve  # noqa: F401
+        import ray
+        from ray import serve
+        from starlette.responses import JSONResponse
     except ImportError as exc:
         raise OmamaError(RAY_MISSING) from exc
+    return ray, serve, JSONResponse
+
+
+def require_ray() -> None:
+    """One line when the ``ray`` extra (Ray Serve) is not installed."""
+    ray_serve()
 
 
 @dataclass(frozen=True)
@@ -127,8 +135,7 @@ async def respond(service: MatchService, match_batch: Callable, request) -> tupl
 
 def build_app(config: ServeConfig, options: dict):
     """The bound Ray Serve application (``serve.run`` target)."""
-    from ray import serve
-    from starlette.responses import JSONResponse
+    _, serve, JSONResponse = ray_serve()
 
     @serve.deployment(name=APP_NAME)
     class OmamaDeployment:
@@ -174,9 +181,7 @@ class RunningService:
     options: dict
 
     def stop(self) -> None:
-        import ray
-        from ray import serve
-
+        ray, serve, _ = ray_serve()
         try:
             if self.started_ray:
                 serve.shutdown()
@@ -215,10 +220,7 @@ def start_service(
     ``after_ray_init`` runs right after ``ray.init`` (which installs its own SIGTERM handler:
     :func:`serve_until_signal` puts its own back there). An interrupt while starting stops
     what was started and propagates."""
-    require_ray()
-    import ray
-    from ray import serve
-
+    ray, serve, _ = ray_serve()
     if ray_address is None:
         check_port_free(host, port)
     running = RunningService(f"http://{host}:{port}", ray_address is None, {})
