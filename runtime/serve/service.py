@@ -105,10 +105,11 @@ class MatchService:
                 f"run `omama-run verify {manifest.root} --backend {pipe.backend} --device "
                 f"{pipe.device} --precision {pipe.precision}` on this machine"
             )
+        # With --trust the replica does not start unless the signature verifies.
         signature = (
-            {"checked": True, "trusted_key": self.config.trust}
+            {"verified": True, "public_key": self.config.trust}
             if self.config.trust
-            else {"checked": False, "reason": "started without --trust"}
+            else {"verified": False, "reason": "not checked: started without --trust"}
         )
         return {
             **pipe.describe(),

@@ -91,3 +91,28 @@ def test_check_match_refuses_what_the_model_cannot_take(pipe, frames):
         with pytest.raises(RequestError, match=r"^" + words.replace("[", r"\[")) as info:
             check_match(item, pipe)
         assert info.value.status == 422
+
+
+def test_a_replica_with_trust_opens_a_signed_folder_and_refuses_a_changed_one(assets, tmp_path):
+    pytest.importorskip("model_signing", reason="signing is the omama[signing] extra")
+    import shutil
+
+    from runtime.errors import OmamaError
+    from runtime.manifest.signing import sign_folder
+    from runtime.serve.service import MatchService, ServeConfig
+    from tests.signing_keys import write_key_pair
+
+    folder = tmp_path / "artifacts"
+    shutil.copytree(assets.random, folder)
+    private, public = write_key_pair(tmp_path, "signer")
+    sign_folder(folder, private)
+    config = ServeConfig(str(folder), backend="onnxruntime", device="cpu", threads=1,
+                         trust=str(public))  # fmt: skip
+    service = MatchService(config)
+    try:
+        assert service.info()["signature"] == {"verified": True, "public_key": str(public)}
+    finally:
+        service.close()
+    (folder / "extra.txt").write_text("added after signing")
+    with pytest.raises(OmamaError):
+        MatchService(config)

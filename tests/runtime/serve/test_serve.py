@@ -120,7 +120,9 @@ def test_info_and_health(service, assets):
     assert (described["direction"], described["backend"], described["device"],
             described["precision"]) == ("exo2ego", "onnxruntime", "cpu", "fp32")  # fmt: skip
     assert described["verification"]["verified"] is True  # the export verified ORT fp32 CPU
-    assert described["signature"]["checked"] is False
+    assert described["signature"] == {
+        "verified": False, "reason": "not checked: started without --trust"
+    }  # fmt: skip
     assert "num_cpus 0.5 each" in service.output()
 
 
