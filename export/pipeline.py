@@ -489,6 +489,8 @@ def export_artifacts(
                 stamp_facts(manifest)  # before the replay: it runs the stamped files
                 if config.verify:
                     records = [*run.records, *run.replay(manifest)]
+                    if run.int8_stage is not None:  # an int8 replay failed: which layers?
+                        records += run.int8_stage.explain(records)
                     manifest.verification = verification_section(config, records, run.golden)
                 step("golden replay")
                 write_manifest(out, manifest)

@@ -7,8 +7,9 @@
    ``TOLERANCES["int8"]`` like every file;
 3. the gate (``export.verify.int8``): the int8 pipeline against fp32 on ``--parity-sets``
    candidate sets, argmax agreement at ``--min-argmax`` and mean final-mask IoU. It runs
-   with ``--no-verify`` too: it decides whether the int8 files are fit to ship. When it or
-   a backbone's parity fails, the per-block error growth of each int8 backbone
+   with ``--no-verify`` too: it decides whether the int8 files are fit to ship. When it, a
+   backbone's parity or (after the golden replay, :meth:`Int8Stage.explain`) an int8 file's
+   golden record fails, the per-block error growth of each int8 backbone
    (``export.int8.sensitivity``) is recorded and the blocks that hurt most are named in the
    export's error line;
 4. FastSAM: quantized and kept only when its checks against the torch backend pass
@@ -59,7 +60,9 @@ class Int8Stage:
         self.run = run
         self.config = run.config
         self.int8_files: dict[str, str] = {}  # model -> int8 file name
-        self.hints: list[str] = []  # what the export's error line adds when the gate fails
+        self.hints: list[str] = []  # what the export's error line adds when a check fails
+        self.agreement: PipelineAgreement | None = None  # the gate's images and sets
+        self.models: dict[str, str] = {}  # role -> backbone model
 
     def __call__(self) -> None:
         run = self.run
@@ -123,6 +126,7 @@ class Int8Stage:
             seed=config.seed,
         )
         models = {role: f"backbone_{views[role].kind}" for role in views}
+        self.agreement, self.models = agreement, models
         files = [self.int8_files[models["src"]], self.int8_files[models["dst"]], "matcher.onnx"]
         tolerances = dict(TOLERANCES[INT8]) | {"argmax_agreement": config.min_argmax}
         with run.timed(pipeline_file(files), "verify_s"):
@@ -149,26 +153,30 @@ class Int8Stage:
         argmax = next(c for c in record.checks if c.metric == "argmax agreement")
         run.echo(f"  int8 pipeline vs fp32: argmax agreement {100 * argmax.value:.2f}% on "
                  f"{config.parity_sets} candidate sets, {status}")  # fmt: skip
-        if any(not r.passed for r in run.records if r.precision == INT8):
-            self._sensitivity(agreement, models)
+        run.records += self.explain(run.records)
 
-    def _sensitivity(self, agreement: PipelineAgreement, models: dict[str, str]) -> None:
-        """Per-block error growth of each int8 backbone on the gate's images (recorded), and
-        the :data:`TOP_LAYERS` largest jumps for the error line."""
+    def explain(self, records: list[VerificationRecord]) -> list[VerificationRecord]:
+        """When an int8 check in ``records`` failed (the gate, a parity, a golden replay):
+        the per-block error growth of each int8 backbone on the gate's images, one record
+        per file, and the :data:`TOP_LAYERS` largest jumps for the error line. Measured
+        once; nothing when every int8 check passed."""
+        if self.hints or all(r.passed for r in records if r.precision == INT8):
+            return []
         run = self.run
-        worst = []
-        for role, model in models.items():
-            feeds = [{"image": image[None]} for image in agreement.images(role)]
+        worst, found = [], []
+        for role, model in self.models.items():
+            feeds = [{"image": image[None]} for image in self.agreement.images(role)]
             fp32, int8 = run.out / run.fp32_files[model], run.out / self.int8_files[model]
             errors = block_errors(fp32, int8, feeds, run.work)
             with onnxruntime_cpu(int8, model) as session:
-                run.records.append(session_record(session, int8.name, model, INT8,
-                                                  SENSITIVITY_INPUTS, {},
-                                                  sensitivity_checks(errors)))  # fmt: skip
+                found.append(session_record(session, int8.name, model, INT8,
+                                            SENSITIVITY_INPUTS, {},
+                                            sensitivity_checks(errors)))  # fmt: skip
             worst += [(e, int8.name) for e in errors]
         top = sorted(worst, key=lambda pair: pair[0].jump, reverse=True)[:TOP_LAYERS]
-        named = [f"{file} {e.block} (+{e.jump:.3f})" for e, file in top]
+        named = [f"{file} {e.block} ({e.jump:+.3f})" for e, file in top]
         self.hints.append("int8 layers that hurt most (relative error jump): " + ", ".join(named))
+        return found
 
     # -- FastSAM ----------------------------------------------------------------------------
     def _fastsam(self, calib: Calibration) -> None:

@@ -56,7 +56,7 @@ def test_broken_quantization_fails_naming_outputs_and_blocks(tmp_path, monkeypat
     assert "int8 layers that hurt most (relative error jump): " in message
     named = message.split("hurt most (relative error jump): ")[1].split(";")[0].split(", ")
     assert len(named) == 3 and all(n.split()[0].endswith("_int8.onnx") for n in named)
-    assert any(" blocks.0 (+" in n for n in named)
+    assert any(" blocks.0 (+" in n for n in named)  # its jump, signed
     manifest = load_manifest(out)
     assert manifest.verification.passed is False
     gate = [r for r in manifest.verification.records if r.inputs == "int8 pipeline vs fp32"]
@@ -70,6 +70,27 @@ def test_broken_quantization_fails_naming_outputs_and_blocks(tmp_path, monkeypat
         assert layers.checks[0].value >= layers.checks[-1].value  # largest jump first
     with pytest.raises(OmamaError, match="failed its export verification"):
         check_artifacts(out)
+
+
+def test_a_failed_int8_golden_replay_names_the_blocks_too(tmp_path, monkeypatch):
+    import export.pipeline as pipeline
+
+    build = pipeline.build_manifest
+
+    def tightened(run):  # after the int8 stage passed: only the golden replays fail
+        monkeypatch.setitem(TOLERANCES["int8"], "feats_rel", 1e-9)
+        return build(run)
+
+    monkeypatch.setattr(pipeline, "build_manifest", tightened)
+    out = tmp_path / "artifacts"
+    config = small_config(out, direction="exo2ego", int8=True, include_fastsam=False,
+                          matcher_input="weights", parity_sets=20, parity_large_n=4)  # fmt: skip
+    with pytest.raises(OmamaError, match=r"int8 layers that hurt most .*blocks\.0 \(\+"):
+        export_artifacts(config, echo=lambda line: None, progress=False)
+    records = load_manifest(out).verification.records
+    failed = {r.inputs for r in records if not r.passed}
+    assert failed == {"golden"}
+    assert sum(r.inputs == "layer sensitivity" for r in records) == 2
 
 
 class _Matcher(Session):
