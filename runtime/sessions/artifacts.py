@@ -137,10 +137,11 @@ def plan_artifacts(
         )
     if backend in BACKEND_PRECISIONS and precision != "auto":
         _check_backend_offers(backend, precision)
-    engines = {f.precision for f in manifest.files if f.format == "tensorrt"}
-    has_engines = bool(engines) if precision == "auto" else precision in engines
+    missing = missing_engine(manifest, "fp16" if precision == "auto" else precision)
     wanted = "fp32" if precision == "auto" else precision
-    choice = select_backend(backend, device, engines_available=has_engines, precision=wanted)
+    choice = select_backend(backend, device, engines_available=missing is None, precision=wanted)
+    if missing is not None and choice.reason.startswith(NO_ENGINES):
+        choice = replace(choice, reason=missing + choice.reason[len(NO_ENGINES) :])
     file_format = "tensorrt" if choice.name == "tensorrt" else "onnx"
     if precision == "auto":
         precision = "fp16" if choice.name == "tensorrt" else "fp32"
@@ -152,6 +153,26 @@ def plan_artifacts(
         arithmetic = "bf16" if precision == "bf16" else "f32"
         choice = replace(choice, options={**choice.options, "inference_precision": arithmetic})
     return ArtifactPlan(choice, file_format, precision)
+
+
+NO_ENGINES = "the artifacts hold no TensorRT engines"  # the registry's reason
+
+
+def missing_engine(manifest: Any, precision: str) -> str | None:
+    """None when ``Manifest.run_file`` finds a TensorRT file for every role model of the
+    pipeline at run ``precision``, else why not (naming the first model without one).
+
+    A partial set is no set: ``--int8`` builds fp32 engines only for the models it kept in
+    float, and TensorRT cannot run a pipeline some of whose models have no engine.
+    """
+    if precision == "bf16":
+        return "bf16 is not a TensorRT precision"
+    for model in manifest.role_models().values():
+        try:
+            manifest.run_file(model, "tensorrt", precision)
+        except OmamaError:
+            return f"the artifacts hold no {precision} TensorRT engine for {model}"
+    return None
 
 
 def _check_files(manifest: Any, file_format: str, precision: str) -> None:

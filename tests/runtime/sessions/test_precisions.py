@@ -9,11 +9,25 @@ openvino installed."""
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from runtime.errors import OmamaError
+from runtime.manifest import (
+    ArtifactFile,
+    BackboneRecord,
+    DescriptorSpec,
+    EnginesRecord,
+    FastSAMSpec,
+    InputDecision,
+    Manifest,
+    MatcherSpec,
+    PreprocessSpec,
+    ToolsRecord,
+    VerificationSection,
+    ViewSpec,
+    WeightsRecord,
+)
 from runtime.sessions import artifacts, plan_artifacts, registry
 from runtime.sessions.artifacts import PRECISION_CHOICES
 from runtime.sessions.openvino import NOT_INSTALLED, OpenVinoSession
@@ -21,13 +35,33 @@ from runtime.sessions.openvino import NOT_INSTALLED, OpenVinoSession
 MODELS = ("backbone_exo", "backbone_ego", "matcher")
 
 
-def _manifest(*precisions: str, engines: tuple[str, ...] = ()) -> SimpleNamespace:
-    files = [
-        SimpleNamespace(model=m, format="onnx", precision=p) for p in precisions for m in MODELS
-    ]
-    files += [SimpleNamespace(model=m, format="tensorrt", precision=p) for p in engines
-              for m in MODELS]  # fmt: skip
-    return SimpleNamespace(files=files, root=Path("art"))
+def _manifest(*precisions: str, engines: tuple[str, ...] = (), models=MODELS) -> Manifest:
+    """A manifest whose files are ``models`` at each ONNX precision and engine precision
+    (planning reads only the files and the models' roles)."""
+    random = WeightsRecord(random=True, seed=0)
+
+    def file(model: str, fmt: str, precision: str) -> ArtifactFile:
+        return ArtifactFile(f"{model}.{precision}.{fmt}", model, fmt, precision, "0", 0, (), ())
+
+    files = [file(m, "onnx", p) for p in precisions for m in MODELS]
+    files += [file(m, "tensorrt", p) for p in engines for m in models]
+    return Manifest(
+        direction="exo2ego",
+        random_init=True,
+        views={"src": ViewSpec("exo", (28, 28), (2, 2)), "dst": ViewSpec("ego", (28, 28), (2, 2))},
+        preprocess=PreprocessSpec(14, (0.5, 0.5, 0.5), (0.2, 0.2, 0.2)),
+        descriptor=DescriptorSpec(reduction=4, context_px=100, feature_dim=8, descriptor_dim=16),
+        matcher=MatcherSpec(
+            "weights", InputDecision("weights", "given"), "folded", 8, 1, (2, 2), (2, 2), random
+        ),  # fmt: skip
+        fastsam=FastSAMSpec(included=False),
+        backbone=BackboneRecord("dinov2_vitb14_reg", "dinov2", 768, 768, random),
+        files=files,
+        tools=ToolsRecord({}, 17, "torch.onnx.export"),
+        engines=EnginesRecord(built=bool(engines), note=""),
+        verification=VerificationSection(verified=True, seed=0, records=()),
+        root=Path("art"),
+    )
 
 
 @pytest.fixture()
@@ -152,4 +186,34 @@ def test_auto_picks_int8_engines_only_when_the_folder_has_them(monkeypatch, fres
     plan = plan_artifacts(_manifest("fp32", "int8", engines=("fp16",)), "auto", "cuda", "int8")
     assert (plan.backend, plan.file_format, plan.precision) == ("onnxruntime", "onnx", "int8")
     plan = plan_artifacts(_manifest("fp32", engines=("fp16",)), "auto", "cuda")
+    assert (plan.backend, plan.precision) == ("tensorrt", "fp16")
+
+
+@pytest.fixture()
+def trt_and_gpu(monkeypatch, fresh_registry):
+    monkeypatch.setattr(registry, "trt_unavailable", lambda device: None)
+    monkeypatch.setattr(registry, "ort_unavailable", lambda device: None)
+    monkeypatch.setattr(registry, "_resolve_device", lambda backend, device: device)
+
+
+@pytest.mark.usefixtures("trt_and_gpu")
+def test_auto_needs_an_engine_for_every_model_at_the_run_precision():
+    # --int8 builds fp32 engines only for the models it kept in float (the matcher).
+    partial = _manifest("fp32", "int8", engines=("int8",), models=("matcher",))
+    partial.files.append(ArtifactFile("m.engine", "matcher", "tensorrt", "fp32", "0", 0, (), ()))
+    plan = plan_artifacts(partial, "auto", "cuda", "fp32")
+    assert (plan.backend, plan.file_format, plan.precision) == ("onnxruntime", "onnx", "fp32")
+    assert plan.choice.reason.startswith(
+        "the artifacts hold no fp32 TensorRT engine for backbone_exo; "
+    )
+    # int8 engines but no fp16 ones: auto (fp16 on TensorRT) runs ONNX Runtime fp32.
+    plan = plan_artifacts(_manifest("fp32", "int8", engines=("int8",)), "auto", "cuda", "auto")
+    assert (plan.backend, plan.precision) == ("onnxruntime", "fp32")
+    assert "no fp16 TensorRT engine for backbone_exo" in plan.choice.reason
+    # The matcher kept in float: its fp32 engine completes an int8 run's set.
+    int8 = _manifest("fp32", "int8", engines=("int8",), models=MODELS[:2])
+    int8.files.append(ArtifactFile("m.engine", "matcher", "tensorrt", "fp32", "0", 0, (), ()))
+    plan = plan_artifacts(int8, "auto", "cuda", "int8")
+    assert (plan.backend, plan.precision) == ("tensorrt", "int8")
+    plan = plan_artifacts(_manifest("fp32", "fp16", engines=("fp16",)), "auto", "cuda", "auto")
     assert (plan.backend, plan.precision) == ("tensorrt", "fp16")
