@@ -52,6 +52,15 @@ GpusPerReplica = Annotated[
 MaxBodyMb = Annotated[
     float, typer.Option("--max-body-mb", min=0.0, help="Larger request bodies get 413.")
 ]
+MaxPixels = Annotated[
+    int,
+    typer.Option(
+        "--max-pixels",
+        min=1,
+        help="Larger images and masks get 413, read from their headers before decoding; a "
+        "request's arrays together at most 16 times this.",
+    ),
+]
 RayAddress = Annotated[
     str | None,
     typer.Option(
@@ -80,6 +89,7 @@ def register(omama_app: typer.Typer) -> None:
         cpus_per_replica: CpusPerReplica = 1.0,
         gpus_per_replica: GpusPerReplica = 1.0,
         max_body_mb: MaxBodyMb = 50.0,
+        max_pixels: MaxPixels = 64_000_000,
         weights_dirs: WeightsDirs = [],  # noqa: B006 - typer copies list defaults
         trust: Trust = None,
         ray_address: RayAddress = None,
@@ -111,6 +121,7 @@ def register(omama_app: typer.Typer) -> None:
             max_batch=max_batch,
             batch_wait_ms=batch_wait_ms,
             max_body_mb=max_body_mb,
+            max_pixels=max_pixels,
         )
         resources = Resources(replicas, cpus_per_replica, gpus_per_replica)
         serve_until_signal(config, resources, host, port, ray_address, echo=typer.echo)

@@ -4,7 +4,7 @@
 
 - JSON: ``{"src_image": b64, "dst_image": b64, "queries": [QUERY, ...],
   "candidates": {"masks": [RLE, ...], "boxes": [[x1, y1, w, h], ...]}}`` where images are
-  encoded files (PNG, JPEG: anything OpenCV decodes) in base64, a QUERY is a COCO RLE
+  PNG or JPEG files in base64, a QUERY is a COCO RLE
   ``{"size": [H, W], "counts": str}`` or a base64 PNG mask, and ``candidates`` (optional,
   boxes optional too: tight boxes of the masks) are the destination image's candidates;
 - or ``multipart/form-data``: files ``src_image``, ``dst_image`` and one or more ``query``
@@ -16,6 +16,12 @@
 then checks it against the opened model (image aspect ratios, each query at the source
 image's size or a resolution of its aspect ratio, non-empty, not vanishing at the model
 size) as ``omama-run pair`` does. Nothing here imports Ray.
+
+What a request decodes to is bounded before anything is decoded: an RLE's size and a PNG
+or JPEG header's dimensions are read first (a 44-byte RLE or a small PNG can claim
+gigabytes), each array is at most ``max_pixels`` (``--max-pixels``), all of a request's
+arrays together at most ``REQUEST_PIXELS_FACTOR`` times that, and queries and candidates
+are counted before they are decoded (413 otherwise).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import email.parser
 import email.policy
 import hashlib
 import json
+import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -43,6 +50,9 @@ MATCH_PATH, INFO_PATH, HEALTH_PATH = "/v1/match", "/v1/info", "/healthz"
 JSON_TYPE = "application/json"
 MULTIPART_TYPE = "multipart/form-data"
 MAX_QUERIES = 256  # per request: the matcher runs them in one call
+MAX_CANDIDATES = 1024  # per request: FastSAM keeps far fewer
+MAX_PIXELS = 64_000_000  # per decoded image or mask (--max-pixels): 8x a 3840x2160 frame
+REQUEST_PIXELS_FACTOR = 16  # every array of a request together: 16 x --max-pixels
 
 
 class RequestError(OmamaError):
@@ -85,6 +95,71 @@ class MatchRequest:
 # ----------------------------------------------------------------------------- decoding
 
 
+class PixelBudget:
+    """What one request may still decode: each array at most ``max_pixels``, all of them
+    together at most ``REQUEST_PIXELS_FACTOR * max_pixels`` (413 beyond either)."""
+
+    def __init__(self, max_pixels: int = MAX_PIXELS) -> None:
+        self.max_pixels = max_pixels
+        self.left = REQUEST_PIXELS_FACTOR * max_pixels
+
+    def take(self, height: int, width: int, what: str) -> None:
+        pixels = height * width
+        if pixels > self.max_pixels:
+            raise RequestError(413, f"{what} is {width}x{height} pixels; the limit is "
+                               f"{self.max_pixels} pixels (--max-pixels)")  # fmt: skip
+        if pixels > self.left:
+            total = REQUEST_PIXELS_FACTOR * self.max_pixels
+            raise RequestError(413, f"the request's images and masks decode to more than "
+                               f"{total} pixels in all ({REQUEST_PIXELS_FACTOR} x "
+                               f"--max-pixels) at {what}")  # fmt: skip
+        self.left -= pixels
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers (baseline, progressive, lossless...): not DHT, JPG, DAC.
+JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def image_hw(data: bytes) -> tuple[int, int] | None:
+    """(H, W) from a PNG's IHDR or a JPEG's start-of-frame, without decoding; None when the
+    bytes are neither or their header is cut short."""
+    if data.startswith(PNG_SIGNATURE) and data[12:16] == b"IHDR" and len(data) >= 24:
+        width, height = struct.unpack(">II", data[16:24])
+        return height, width
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD9)):  # markers without a length
+            i += 2
+            continue
+        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+        if marker in JPEG_SOF:
+            if i + 9 > len(data):
+                return None
+            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+            return (height, width) if height else None  # 0: a DNL marker sets it later
+        if marker == 0xDA or length < 2:  # image data before any frame header
+            return None
+        i += 2 + length
+    return None
+
+
+def _check_image_size(data: bytes, what: str, budget: PixelBudget) -> None:
+    hw = image_hw(data)
+    if hw is None:
+        raise RequestError(400, f"{what} could not be decoded: not a PNG or JPEG file with a "
+                           "complete header (send PNG or JPEG bytes)")  # fmt: skip
+    budget.take(*hw, what)
+
+
 def decode_base64(text: object, what: str) -> bytes:
     if not isinstance(text, str) or not text:
         raise RequestError(400, f"{what} must be a non-empty base64 string")
@@ -96,18 +171,21 @@ def decode_base64(text: object, what: str) -> bytes:
         raise RequestError(400, f"{what} is not valid base64: {exc}") from exc
 
 
-def decode_image(data: bytes, what: str) -> np.ndarray:
-    """Encoded image bytes -> (H, W, 3) uint8 RGB; 400 when OpenCV cannot decode them."""
+def decode_image(data: bytes, what: str, budget: PixelBudget | None = None) -> np.ndarray:
+    """PNG or JPEG bytes -> (H, W, 3) uint8 RGB; 400 when OpenCV cannot decode them, 413 when
+    their header claims more pixels than ``budget`` allows."""
+    _check_image_size(data, what, budget or PixelBudget())
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
     if bgr is None:
         raise RequestError(400, f"{what} could not be decoded as an image (send PNG or JPEG bytes)")
     return np.ascontiguousarray(bgr[:, :, ::-1])
 
 
-def decode_mask_png(data: bytes, what: str) -> np.ndarray:
+def decode_mask_png(data: bytes, what: str, budget: PixelBudget | None = None) -> np.ndarray:
     """An encoded mask image -> (H, W) uint8 0/1 with the rule of ``omama-run pair``'s query
     PNGs (:func:`runtime.tracks.read_mask_png`): grey non-zero; RGBA its alpha unless fully
     opaque; colour any non-zero channel."""
+    _check_image_size(data, what, budget or PixelBudget())
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
     if image is None:
         raise RequestError(400, f"{what} could not be decoded as a mask image (send a PNG)")
@@ -120,28 +198,37 @@ def decode_mask_png(data: bytes, what: str) -> np.ndarray:
     return (values != 0).astype(np.uint8)
 
 
-def decode_rle(value: object, what: str) -> np.ndarray:
-    """A COCO RLE dict -> (H, W) uint8 0/1, checked by :mod:`runtime.rle` (400 if malformed)."""
+def decode_rle(value: object, what: str, budget: PixelBudget | None = None) -> np.ndarray:
+    """A COCO RLE dict -> (H, W) uint8 0/1, checked by :mod:`runtime.rle` (400 if malformed;
+    413, from its size alone, when it would decode to more pixels than ``budget`` allows)."""
     if not isinstance(value, dict):
         raise RequestError(400, f"{what} must be an RLE object or a base64 PNG string")
+    size = value.get("size")
+    if isinstance(size, list) and len(size) == 2 and all(isinstance(n, int) for n in size):
+        (budget or PixelBudget()).take(max(0, size[0]), max(0, size[1]), what)
     try:
         return rle.decode(value)
     except OmamaError as exc:
         raise RequestError(400, f"{what}: {exc}") from exc
 
 
-def decode_query(value: object, what: str) -> np.ndarray:
+def decode_query(value: object, what: str, budget: PixelBudget | None = None) -> np.ndarray:
     """One query: an RLE dict or a base64 PNG string -> (H, W) uint8 0/1."""
     if isinstance(value, str):
-        return decode_mask_png(decode_base64(value, what), what)
-    return decode_rle(value, what)
+        return decode_mask_png(decode_base64(value, what), what, budget)
+    return decode_rle(value, what, budget)
 
 
-def decode_candidates(value: object) -> Candidates:
+def decode_candidates(value: object, budget: PixelBudget | None = None) -> Candidates:
     """``{"masks": [RLE, ...], "boxes": [[x1, y1, w, h], ...] (optional)}`` -> Candidates."""
     if not isinstance(value, dict) or not isinstance(value.get("masks"), list):
         raise RequestError(400, "candidates must be an object with a list of RLE 'masks'")
-    masks = [decode_rle(m, f"candidates.masks[{i}]") for i, m in enumerate(value["masks"])]
+    if len(value["masks"]) > MAX_CANDIDATES:
+        raise RequestError(413, f"{len(value['masks'])} candidate masks in one request; at "
+                           f"most {MAX_CANDIDATES}")  # fmt: skip
+    budget = budget or PixelBudget()
+    masks = [decode_rle(m, f"candidates.masks[{i}]", budget)
+             for i, m in enumerate(value["masks"])]  # fmt: skip
     if not masks:
         raise RequestError(400, "candidates.masks is empty (leave candidates out for FastSAM)")
     if len({m.shape for m in masks}) > 1:
@@ -164,8 +251,9 @@ def decode_candidates(value: object) -> Candidates:
 # ----------------------------------------------------------------------------- bodies
 
 
-def parse_match(body: bytes, content_type: str) -> MatchRequest:
-    """A ``/v1/match`` body (JSON or multipart, by ``content_type``) -> :class:`MatchRequest`."""
+def parse_match(body: bytes, content_type: str, max_pixels: int = MAX_PIXELS) -> MatchRequest:
+    """A ``/v1/match`` body (JSON or multipart, by ``content_type``) -> :class:`MatchRequest`;
+    every image and mask at most ``max_pixels`` (``--max-pixels``), checked before decoding."""
     media = content_type.split(";", 1)[0].strip().lower()
     if media == JSON_TYPE or (not media and body[:1] == b"{"):
         fields, files = _json_fields(body), {}
@@ -183,32 +271,39 @@ def parse_match(body: bytes, content_type: str) -> MatchRequest:
         else:
             raise RequestError(400, f"missing field {name}")
         images[name] = data
-    queries = [decode_mask_png(data, f"query file {i}") for i, data in
-               enumerate(files.get("query", []))]  # fmt: skip
-    listed = fields.get("queries", [])
-    if not isinstance(listed, list):
-        raise RequestError(400, "queries must be a list of RLE objects or base64 PNG strings")
-    queries += [decode_query(q, f"queries[{i}]") for i, q in enumerate(listed)]
-    if not queries:
-        raise RequestError(400, "missing field queries (at least one query mask)")
-    if len(queries) > MAX_QUERIES:
-        raise RequestError(400, f"{len(queries)} queries in one request; at most {MAX_QUERIES}")
+    budget = PixelBudget(max_pixels)
+    src_rgb = decode_image(images["src_image"], "src_image", budget)
+    dst_rgb = decode_image(images["dst_image"], "dst_image", budget)
+    queries = _decode_queries(files.get("query", []), fields.get("queries", []), budget)
     candidates = None
     if fields.get("candidates") is not None:
-        candidates = decode_candidates(fields["candidates"])
+        candidates = decode_candidates(fields["candidates"], budget)
     dst_key = hashlib.sha256(images["dst_image"])
     if candidates is not None:
         dst_key.update(candidates.masks.tobytes())
         dst_key.update(candidates.boxes.tobytes())
         dst_key.update(repr(candidates.masks.shape).encode())
     return MatchRequest(
-        src_rgb=decode_image(images["src_image"], "src_image"),
-        dst_rgb=decode_image(images["dst_image"], "dst_image"),
+        src_rgb=src_rgb,
+        dst_rgb=dst_rgb,
         queries=queries,
         candidates=candidates,
         src_key=hashlib.sha256(images["src_image"]).hexdigest(),
         dst_key=dst_key.hexdigest(),
     )
+
+
+def _decode_queries(files: list[bytes], listed: object, budget: PixelBudget) -> list[np.ndarray]:
+    """Query PNG files, then the JSON list's queries; counted before any is decoded."""
+    if not isinstance(listed, list):
+        raise RequestError(400, "queries must be a list of RLE objects or base64 PNG strings")
+    count = len(files) + len(listed)
+    if not count:
+        raise RequestError(400, "missing field queries (at least one query mask)")
+    if count > MAX_QUERIES:
+        raise RequestError(413, f"{count} queries in one request; at most {MAX_QUERIES}")
+    queries = [decode_mask_png(data, f"query file {i}", budget) for i, data in enumerate(files)]
+    return queries + [decode_query(q, f"queries[{i}]", budget) for i, q in enumerate(listed)]
 
 
 def _json_fields(body: bytes) -> dict:

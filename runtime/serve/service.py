@@ -17,7 +17,13 @@ from dataclasses import asdict, dataclass
 from runtime.errors import OmamaError
 from runtime.pipeline import Pipeline
 from runtime.serve.batching import BatchCounters, run_batch
-from runtime.serve.protocol import MatchRequest, RequestError, check_match, parse_match
+from runtime.serve.protocol import (
+    MAX_PIXELS,
+    MatchRequest,
+    RequestError,
+    check_match,
+    parse_match,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +40,7 @@ class ServeConfig:
         max_batch: requests per ``@serve.batch`` call; batch_wait_ms: how long a batch
             waits to fill.
         max_body_mb: larger request bodies get 413.
+        max_pixels: larger images and masks get 413 (from their headers, before decoding).
     """
 
     artifacts: str
@@ -46,6 +53,7 @@ class ServeConfig:
     max_batch: int = 8
     batch_wait_ms: float = 10.0
     max_body_mb: float = 50.0
+    max_pixels: int = MAX_PIXELS
 
     @property
     def max_body_bytes(self) -> int:
@@ -132,7 +140,7 @@ class MatchService:
 
     def prepare(self, body: bytes, content_type: str) -> MatchRequest:
         """A checked request (or a :class:`RequestError`), ready for :meth:`run_batch`."""
-        request = parse_match(body, content_type)
+        request = parse_match(body, content_type, self.config.max_pixels)
         check_match(request, self.pipeline)
         request.received_s = time.perf_counter()
         return request

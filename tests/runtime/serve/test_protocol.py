@@ -171,3 +171,71 @@ def test_unsupported_content_types_get_415(images):
 
 def test_error_bodies_are_one_line():
     assert error_body("two\nlines  here") == {"error": "two lines here"}
+
+
+def _png_header(height: int, width: int) -> bytes:
+    """A PNG whose header claims ``height x width`` pixels (its data never decodes to that)."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk
+            + struct.pack(">I", zlib.crc32(chunk)) + b"\x00" * 64)  # fmt: skip
+
+
+def _jpeg_header(height: int, width: int) -> bytes:
+    """A JPEG whose start-of-frame claims ``height x width`` pixels."""
+    import struct
+
+    app0 = b"\xff\xe0" + struct.pack(">H", 16) + b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
+    sof = b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, height, width, 1) + b"\x01\x11\x00"
+    return b"\xff\xd8" + app0 + sof + b"\x00" * 64
+
+
+def test_requests_that_decode_to_huge_arrays_are_refused_before_decoding(images, monkeypatch):
+    """A 44-byte RLE or a small PNG/JPEG header can claim gigabytes: 413 before any decode."""
+    _, _, mask = images
+    calls = []
+    real_decode = rle.decode
+    monkeypatch.setattr(rle, "decode", lambda rle_: calls.append(rle_["size"]) or real_decode(rle_))
+    huge_rle = {"size": [50000, 50000], "counts": [50000 * 50000]}
+    cases = [
+        (body(images, queries=[huge_rle]), "queries[0] is 50000x50000"),
+        (body(images, candidates={"masks": [huge_rle]}), "candidates.masks[0] is 50000x50000"),
+        (body(images, dst_image=b64(_png_header(30000, 40000))), "dst_image is 40000x30000"),
+        (body(images, src_image=b64(_jpeg_header(20000, 20000))), "src_image is 20000x20000"),
+        (body(images, queries=[b64(_png_header(9000, 9000))]), "queries[0] is 9000x9000"),
+    ]
+    for payload, words in cases:
+        error = refused(payload)
+        assert error.status == 413, (words, error)
+        assert words in str(error) and "--max-pixels" in str(error), (words, str(error))
+    assert [50000, 50000] not in calls  # refused from the RLE's size alone
+    # The cap is the service's: a 36x64 source passes at 2304 pixels, not at 2303.
+    request = body(images)
+    assert parse_match(json.dumps(request).encode(), "application/json", max_pixels=2304)
+    with pytest.raises(RequestError, match="src_image is 64x36 .* 2303"):
+        parse_match(json.dumps(request).encode(), "application/json", max_pixels=2303)
+    # Formats whose size cannot be read from the header are refused, not decoded.
+    ok, bmp = cv2.imencode(".bmp", np.zeros((4, 4, 3), np.uint8))
+    error = refused(body(images, dst_image=b64(bmp.tobytes())))
+    assert error.status == 400 and "PNG or JPEG" in str(error)
+
+
+def test_candidate_and_query_counts_and_their_total_pixels_are_capped(images):
+    from runtime.serve.protocol import MAX_CANDIDATES, MAX_QUERIES
+
+    _, _, mask = images
+    small = rle.encode(np.ones((2, 2), np.uint8))
+    error = refused(body(images, candidates={"masks": [small] * (MAX_CANDIDATES + 1)}))
+    assert error.status == 413 and f"at most {MAX_CANDIDATES}" in str(error)
+    error = refused(body(images, queries=[rle.encode(mask)] * (MAX_QUERIES + 1)))
+    assert error.status == 413 and f"at most {MAX_QUERIES}" in str(error)
+    # 600 masks of 64x36 pixels each pass one by one but not together (16 x --max-pixels).
+    many = {"masks": [rle.encode(np.ones((36, 64), np.uint8))] * 600}
+    payload = json.dumps(body(images, candidates=many)).encode()
+    with pytest.raises(RequestError, match=r"16 x --max-pixels") as info:
+        parse_match(payload, "application/json", max_pixels=80_000)
+    assert info.value.status == 413
+    assert parse_match(payload, "application/json", max_pixels=90_000).candidates is not None
