@@ -238,6 +238,7 @@ def _build_backbones(
                 config.seed,
                 pos_resize,
                 state=state,  # type: ignore[arg-type]
+                profile=config.weight_profile,
             )
         else:
             model = build_backbone(

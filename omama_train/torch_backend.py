@@ -259,7 +259,7 @@ def _backbones(manifest: Any, dirs: tuple[Path, ...]) -> dict[str, Any]:
         state = random_backbone_state(spec, seed, weights.profile)
         for view in manifest.views.values():
             out[view.kind] = build_random_backbone(
-                spec, view.image_size, seed, record.pos_resize, state=state
+                spec, view.image_size, seed, record.pos_resize, state=state, profile=weights.profile
             )
         return out
     path = find_weights(weights, "backbone", dirs)

@@ -121,7 +121,12 @@ class BackboneWeights:
                 self.spec, image_size_hw, self.file, self.pos_resize, projection_seed=self.seed
             )
         return build_random_backbone(
-            self.spec, image_size_hw, self.seed, self.pos_resize, state=self._state
+            self.spec,
+            image_size_hw,
+            self.seed,
+            self.pos_resize,
+            state=self._state,
+            profile=self.profile,
         )
 
     def describe(self) -> dict:

@@ -49,7 +49,8 @@ What is planted (the numbers are :data:`MASSIVE_VALUE`, :data:`LN_GAIN`, ...):
    Wei et al.'s "close to 100". The final norm is left plain, so the features a matcher
    sees keep their usual scale.
 
-Only the ViT families have tokens and a residual stream: a ResNet backbone is refused.
+Only the ViT families have tokens and a residual stream: a ResNet backbone is refused. A SwiGLU
+MLP (DINOv3 ``+`` models) gets the neuron through its gate (:func:`_register_neuron`).
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def outlier_plan(state: Mapping[str, torch.Tensor], family: str, seed: int) -> O
         )
     depth = _blocks(state)
     width = int(state["trunk.cls_token"].shape[-1])
-    hidden = int(state["trunk.blocks.0.mlp.fc1.weight"].shape[0])
+    hidden = int(state[_mlp_input(state, 0)[0] + ".weight"].shape[0])
     registers = int(state["trunk.reg_token"].shape[1]) if "trunk.reg_token" in state else 0
     gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + _SEED_SALT)
     channels = torch.randperm(width, generator=gen)[:OUTLIER_CHANNELS]
@@ -115,6 +116,21 @@ def outlier_plan(state: Mapping[str, torch.Tensor], family: str, seed: int) -> O
         neuron=neuron,
         depth=depth,
         width=width,
+    )
+
+
+def _mlp_input(state: Mapping[str, torch.Tensor], block: int) -> tuple[str, str | None]:
+    """``(gate, value)``: the prefixes of a block's MLP input Linear layers. A GELU MLP has one
+    (``fc1``, value None); a SwiGLU MLP (DINOv3 ``+`` models) computes
+    ``silu(fc1_g(x)) * fc1_x(x)``."""
+    prefix = f"trunk.blocks.{block}.mlp."
+    if prefix + "fc1.weight" in state:
+        return prefix + "fc1", None
+    if prefix + "fc1_g.weight" in state and prefix + "fc1_x.weight" in state:
+        return prefix + "fc1_g", prefix + "fc1_x"
+    raise OmamaError(
+        f"the outlier weight profile cannot plant its MLP neuron in this backbone (block "
+        f"{block} has neither fc1 nor fc1_g/fc1_x): use --weight-profile plain"
     )
 
 
@@ -158,15 +174,21 @@ def _register_neuron(
     holds a normal value (|x| < ~5) times the gain. fc1 reads the signed sum divided by the
     gain, so the carrier gives ``sqrt(width * K)`` and the bias subtracts half of that: GELU
     passes the carrier and is ~0 for the rest. fc2 then writes ``MASSIVE_VALUE`` per channel
-    (divided by LayerScale, which multiplies it back).
+    (divided by LayerScale, which multiplies it back). In a SwiGLU MLP ``fc1_g`` is that fc1
+    (SiLU, like GELU, is ~x for the carrier's ~14 and ~0 far below zero) and the neuron's
+    ``fc1_x`` is the constant 1, so the product is the gate's output.
     """
     prefix = f"trunk.blocks.{plan.start}."
     expected = (plan.width * len(plan.channels)) ** 0.5
-    fc1_w, fc1_b = out[prefix + "mlp.fc1.weight"], out[prefix + "mlp.fc1.bias"]
+    gate, value = _mlp_input(out, plan.start)
+    fc1_w, fc1_b = out[gate + ".weight"], out[gate + ".bias"]
     fc2_w = out[prefix + "mlp.fc2.weight"]
     fc1_w[plan.neuron].zero_()
     fc1_w[plan.neuron, idx] = signs / LN_GAIN
     fc1_b[plan.neuron] = -expected / 2
+    if value is not None:  # SwiGLU: the value half passes the gate's output through (x 1)
+        out[value + ".weight"][plan.neuron].zero_()
+        out[value + ".bias"][plan.neuron] = 1.0
     fc2_w[:, plan.neuron].zero_()
     gamma = LAYER_SCALE if _layer_scales(out, plan.start) else 1.0
     fc2_w[idx, plan.neuron] = signs * MASSIVE_VALUE / (gamma * expected / 2)

@@ -118,8 +118,50 @@ def test_dinov3_gets_the_profile_too():
     assert peak >= 1000 * blocks[-1].abs().median() and torch.isfinite(feats).all()
 
 
+def test_a_swiglu_backbone_gets_the_register_neuron_through_its_gate():
+    # dinov3_vits16plus's MLP is SwiGLU (fc1_g, fc1_x): its neuron is planted through both.
+    spec = dataclasses.replace(BACKBONES["dinov3_vits16plus"], timm_overrides={"depth": 2})
+    plan, blocks, _, feats = _activations(spec, seed=0, size=(64, 64))
+    assert plan.carrier >= 1  # a register
+    for stream in blocks[plan.start :]:
+        peak = stream.abs()[:, list(plan.channels)]
+        assert (peak.argmax(dim=0) == plan.carrier).all()
+        assert peak.max(dim=0).values.min() == pytest.approx(MASSIVE_VALUE, rel=0.05)
+    assert torch.isfinite(feats).all()
+
+
 def test_profiles_that_cannot_be_planted_are_refused():
     with pytest.raises(OmamaError, match="resnet backbone has neither"):
         random_backbone_state("resnet50_dino", 0, profile="outlier")
     with pytest.raises(OmamaError, match="weight profile must be one of plain, outlier"):
         random_backbone_state(VITS2, 0, profile="spiky")
+
+
+def test_every_builder_of_a_recorded_outlier_state_says_outlier(monkeypatch):
+    # The features cache, the export and the torch backend hand build_random_backbone the
+    # state they computed; its messages ("random init (seed 0, ... profile)") must name it.
+    from types import SimpleNamespace
+
+    from export.models import _build_backbones
+    from omama_train import torch_backend
+    from omama_train.features.weights import BackboneWeights
+    from omama_train.models import backbones
+    from runtime.manifest import BackboneRecord, ViewSpec, WeightsRecord
+
+    profiles = []
+    real = backbones.build_random_backbone
+
+    def spy(*args, **kwargs):
+        profiles.append(kwargs.get("profile", "plain"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(backbones, "build_random_backbone", spy)
+    views = {"src": ViewSpec("exo", (28, 28), (2, 2)), "dst": ViewSpec("ego", (28, 28), (2, 2))}
+    BackboneWeights.resolve(VITS2, random_init=True, profile="outlier").build((28, 28))
+    config = SimpleNamespace(random_init=True, seed=0, weight_profile="outlier")
+    _build_backbones(config, VITS2, None, views, 768)  # type: ignore[arg-type]
+    weights = WeightsRecord(random=True, seed=0, profile="outlier")
+    record = BackboneRecord("dinov2_vits14_reg", "dinov2", 384, 768, weights,
+                            architecture_overrides={"depth": 2})  # fmt: skip
+    torch_backend._backbones(SimpleNamespace(backbone=record, views=views), ())
+    assert profiles == ["outlier"] * 5
