@@ -19,12 +19,12 @@ import dataclasses
 import json
 import logging
 import math
-import socket
 import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from runtime import raykit
 from runtime.errors import OmamaError
 from runtime.runs.dataset_jobs import (
     Item,
@@ -40,17 +40,11 @@ log = logging.getLogger(__name__)
 # Per frame-reading task. Ray Data fuses the reading into the actors (no separate tasks)
 # when an actor's resources are the same, e.g. --cpus-per-worker 0.25: same answers.
 READ_CPUS = 0.25
-NEEDS_RAY = "needs Ray: pip install 'omama[ray]'"
 
 
 def import_ray():
     """The ``ray`` module with Ray Data, or the one-line error naming the extra."""
-    try:
-        import ray
-        import ray.data  # noqa: F401 - the pipeline needs it; a core-only install lacks it
-    except ImportError as exc:
-        raise OmamaError(NEEDS_RAY) from exc
-    return ray
+    return raykit.import_ray("data")
 
 
 @contextlib.contextmanager
@@ -63,8 +57,7 @@ def ray_connection(address: str | None) -> Iterator[object]:
     if ray.is_initialized():
         yield ray
         return
-    if address:
-        _check_reachable(address)
+    raykit.check_reachable(address)
     try:
         ray.init(address=address, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -76,21 +69,6 @@ def ray_connection(address: str | None) -> Iterator[object]:
         ray.shutdown()
 
 
-def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
-    """Refuse a ``HOST:PORT`` nobody answers on (``ray.init`` would wait for it for minutes,
-    silently); other address forms (``auto``, ``ray://``) are left to Ray."""
-    host, _, port = address.rpartition(":")
-    if "://" in address or not host or not port.isdigit():
-        return
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
-    except OSError as exc:
-        raise OmamaError(
-            f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}): start it "
-            f"there with `ray start --head --port {port}`, or give its address"
-        ) from exc
-
-
 def worker_resources(
     cluster: dict, workers: int, cpus: float | None, gpus: float | None, device: str
 ) -> tuple[float, float]:
@@ -98,30 +76,20 @@ def worker_resources(
     (Ray would wait for it forever).
 
     Defaults: a GPU per actor when ``device`` is CUDA (or auto on a cluster with GPUs); an
-    equal share of all CPUs but one (kept for reading frames), between 0.25 and 1.
+    equal share of all CPUs but one (kept for reading frames), at least 0.25, and at most 1
+    when the models run on GPUs (on CPUs the share is their threads: :func:`threads_for`).
     """
-    cpus_total, gpus_total = float(cluster.get("CPU", 0)), float(cluster.get("GPU", 0))
     if gpus is None:
-        cuda = device.startswith("cuda") or (device == "auto" and gpus_total > 0)
-        gpus = 1.0 if cuda else 0.0
+        gpus = 1.0 if raykit.uses_gpu(device, float(cluster.get("GPU", 0))) else 0.0
     if gpus > 0 and device == "cpu":
         raise OmamaError("--gpus-per-worker asks for GPUs but --device is cpu")
-    if gpus * workers > gpus_total:
-        raise OmamaError(
-            f"{workers} workers of {gpus:g} GPU need {gpus * workers:g} GPUs but "
-            f"the Ray cluster has {gpus_total:g}: lower --workers or "
-            "--gpus-per-worker, or use --device cpu"
-        )
+    raykit.check_fits(cluster, "GPU", workers, gpus, "worker",
+                      "--workers or --gpus-per-worker, or use --device cpu")  # fmt: skip
     if cpus is None:
-        share = math.floor(4 * (cpus_total - 1) / workers) / 4
-        cpus = min(1.0, max(0.25, share))
-    if cpus * workers + READ_CPUS > cpus_total:
-        raise OmamaError(
-            f"{workers} workers of {cpus:g} CPU and a frame reader of "
-            f"{READ_CPUS:g} CPU need {cpus * workers + READ_CPUS:g} CPUs but the "
-            f"Ray cluster has {cpus_total:g}: lower --workers or "
-            "--cpus-per-worker"
-        )
+        share = math.floor(4 * (float(cluster.get("CPU", 0)) - 1) / workers) / 4
+        cpus = max(0.25, min(1.0, share) if gpus > 0 else share)
+    raykit.check_fits(cluster, "CPU", workers, cpus, "worker", "--workers or --cpus-per-worker",
+                      READ_CPUS, f" and a frame reader of {READ_CPUS:g} CPU")  # fmt: skip
     return cpus, gpus
 
 
@@ -179,7 +147,7 @@ def run_on_ray(
             options.gpus_per_worker,
             spec.device,
         )
-        spec = dataclasses.replace(spec, threads=spec.threads or max(1, int(cpus)))
+        spec = dataclasses.replace(spec, threads=spec.threads or raykit.threads_for(cpus))
         actor = type("OmamaItemPredictor", (_RayItemPredictor,), {"spec": spec})
         context = ray.data.DataContext.get_current()
         progress_bars, context.enable_progress_bars = context.enable_progress_bars, False

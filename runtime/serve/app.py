@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from runtime import raykit
 from runtime.errors import OmamaError
 from runtime.serve.batching import BatchMerger
 from runtime.serve.protocol import HEALTH_PATH, INFO_PATH, MATCH_PATH, RequestError, error_body
@@ -35,7 +36,6 @@ from runtime.serve.service import MatchService, ServeConfig
 log = logging.getLogger(__name__)
 
 APP_NAME = "omama"
-RAY_MISSING = "needs Ray: pip install 'omama[ray]'"
 CONSTRUCTOR_RETRIES = 3
 # Batches @serve.batch may hand over at once: they wait in the merger, not in Ray's queue.
 CONCURRENT_BATCHES = 4
@@ -44,13 +44,12 @@ CONCURRENT_BATCHES = 4
 def ray_serve() -> tuple:
     """``(ray, ray.serve, starlette's JSONResponse)``: the only place this package imports
     them, so the lean runtime (and its image) need none; one line without the ray extra."""
+    ray = raykit.import_ray("serve")
     try:
-        import ray
-        from ray import serve
         from starlette.responses import JSONResponse
-    except ImportError as exc:
-        raise OmamaError(RAY_MISSING) from exc
-    return ray, serve, JSONResponse
+    except ImportError as exc:  # Ray Serve brings it; a broken install may not
+        raise OmamaError(raykit.NEEDS_RAY) from exc
+    return ray, ray.serve, JSONResponse
 
 
 def require_ray() -> None:
@@ -68,16 +67,11 @@ class Resources:
     gpus_per_replica: float = 1.0
 
 
-def uses_gpu(device: str, cluster_gpus: float) -> bool:
-    """Whether replicas of ``--device`` ask Ray for GPUs (``auto``: when the cluster has some)."""
-    return device.startswith("cuda") or (device == "auto" and cluster_gpus > 0)
-
-
 def deployment_options(config: ServeConfig, resources: Resources, cluster_gpus: float) -> dict:
     """The deployment's Ray Serve options: replicas, their resources, how many requests
     each may hold (``CONCURRENT_BATCHES`` batches: one running, the others merging)."""
     actor: dict[str, float] = {"num_cpus": resources.cpus_per_replica}
-    if uses_gpu(config.device, cluster_gpus):
+    if raykit.uses_gpu(config.device, cluster_gpus):
         actor["num_gpus"] = resources.gpus_per_replica
     return {
         "num_replicas": resources.replicas,
@@ -87,25 +81,39 @@ def deployment_options(config: ServeConfig, resources: Resources, cluster_gpus: 
     }
 
 
+def check_cluster(config: ServeConfig, resources: Resources, cluster: dict) -> None:
+    """One line when the cluster (``ray.cluster_resources()``) cannot hold every replica:
+    Serve would wait for them forever."""
+    raykit.check_fits(cluster, "CPU", resources.replicas, resources.cpus_per_replica,
+                      "replica", "--replicas or --cpus-per-replica")  # fmt: skip
+    if raykit.uses_gpu(config.device, float(cluster.get("GPU", 0.0))):
+        raykit.check_fits(cluster, "GPU", resources.replicas, resources.gpus_per_replica,
+                          "replica", "--replicas or --gpus-per-replica")  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- HTTP
 
 
 async def read_body(request, max_bytes: int) -> bytes:
-    """The request body, or 413 when it exceeds ``max_bytes``.
-
-    A body over the limit is still read to its end (and dropped): clients without
-    ``Expect: 100-continue`` (urllib, requests) send all of it before reading the answer,
-    and a connection closed under them reads as "connection reset", not as the 413."""
+    """The request body, or 413 when it exceeds ``max_bytes``: from ``Content-Length`` before
+    reading anything, else (chunked, or a header that understates) as soon as what was read
+    passes the limit. Nothing past the limit is read or kept: the connection is then closed
+    after the answer (a client still sending may see it reset rather than read the 413)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(int(declared), max_bytes)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size <= max_bytes:
-            chunks.append(chunk)
-    if size > max_bytes:
-        chunks.clear()
-        raise RequestError(413, f"the body is {size / 2**20:.1f} MB; the limit is "
-                           f"{max_bytes / 2**20:g} MB (--max-body-mb)")  # fmt: skip
+        if size > max_bytes:
+            raise _too_large(size, max_bytes, more=True)
+        chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _too_large(size: int, max_bytes: int, more: bool = False) -> RequestError:
+    return RequestError(413, f"the body is {'over ' * more}{size / 2**20:.1f} MB; the limit "
+                        f"is {max_bytes / 2**20:g} MB (--max-body-mb)")  # fmt: skip
 
 
 async def respond(service: MatchService, match_batch: Callable, request) -> tuple[int, dict]:
@@ -223,13 +231,15 @@ def start_service(
     ray, serve, _ = ray_serve()
     if ray_address is None:
         check_port_free(host, port)
+    raykit.check_reachable(ray_address)
     running = RunningService(f"http://{host}:{port}", ray_address is None, {})
     try:
         ray.init(address=ray_address or "local")
         if after_ray_init is not None:
             after_ray_init()
-        gpus = float(ray.cluster_resources().get("GPU", 0.0))
-        running.options = deployment_options(config, resources, gpus)
+        cluster = ray.cluster_resources()
+        check_cluster(config, resources, cluster)
+        running.options = deployment_options(config, resources, float(cluster.get("GPU", 0.0)))
         serve.start(http_options={"host": host, "port": port})
         serve.run(build_app(config, running.options), name=APP_NAME, route_prefix="/")
     except BaseException as exc:

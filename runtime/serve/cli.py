@@ -104,6 +104,7 @@ def register(omama_app: typer.Typer) -> None:
 
         Example: curl -s localhost:8000/v1/info
         """
+        from runtime.raykit import threads_for
         from runtime.serve.app import Resources, require_ray, serve_until_signal
         from runtime.serve.service import ServeConfig
 
@@ -115,7 +116,7 @@ def register(omama_app: typer.Typer) -> None:
             device=device,
             precision=precision,
             # A replica declaring N CPUs runs its models on N threads, not on every core.
-            threads=threads if threads is not None else max(1, int(cpus_per_replica)),
+            threads=threads if threads is not None else threads_for(cpus_per_replica),
             trust=str(trust.resolve()) if trust is not None else None,
             weights_dirs=tuple(str(Path(d).resolve()) for d in weights_dirs),
             max_batch=max_batch,

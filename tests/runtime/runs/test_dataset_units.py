@@ -12,7 +12,13 @@ import pytest
 from runtime.egoexo import TakeObservation
 from runtime.errors import OmamaError
 from runtime.runs.dataset_jobs import Item, pack_images, take_items, unpack_images
-from runtime.runs.dataset_parts import RunSettings, part_path, read_part, write_part
+from runtime.runs.dataset_parts import (
+    RunSettings,
+    part_path,
+    read_part,
+    take_inputs_sha256,
+    write_part,
+)
 from runtime.runs.dataset_ray import _failure, worker_resources
 
 
@@ -42,22 +48,40 @@ def test_packed_images_come_back_identical_and_errors_stay_errors():
 
 
 def test_a_part_counts_only_when_complete_and_made_with_the_same_settings(tmp_path):
-    settings = RunSettings("ab" * 32, "onnxruntime", "cpu", "auto", "model", None, None)
+    settings = RunSettings("ab" * 32, "onnxruntime", "cpu", "fp32", "model", None, None)
     record = {"results": None, "gt": None, "frames": 3, "observations_total": 4,
               "observations": 4, "visible": 2, "no_candidates": 0, "precomputed_frames": 0,
               "fastsam_frames": 3, "skipped": {"count": 0, "listed": []}}  # fmt: skip
-    assert read_part(tmp_path, "t1", "exo2ego", settings) == (None, "missing")
-    write_part(tmp_path, "t1", "exo2ego", settings, record)
-    part, why = read_part(tmp_path, "t1", "exo2ego", settings)
+    inputs = "cd" * 32
+    assert read_part(tmp_path, "t1", "exo2ego", settings, inputs) == (None, "missing")
+    write_part(tmp_path, "t1", "exo2ego", settings, inputs, record)
+    part, why = read_part(tmp_path, "t1", "exo2ego", settings, inputs)
     assert why == "done" and part["frames"] == 3
     other = RunSettings("ab" * 32, "onnxruntime", "cpu", "fp16", "model", None, None)
-    assert read_part(tmp_path, "t1", "exo2ego", other) == (None, "other settings")
+    assert read_part(tmp_path, "t1", "exo2ego", other, inputs) == (None, "other settings")
+    # a re-prepared take (another annotation.json or split): predicted again
+    assert read_part(tmp_path, "t1", "exo2ego", settings, "ef" * 32) == (None, "other inputs")
     path = part_path(tmp_path, "t1", "exo2ego")
     path.rename(part_path(tmp_path, "t2", "exo2ego"))  # a part under another take's name
-    assert read_part(tmp_path, "t2", "exo2ego", settings) == (None, "unreadable")
+    assert read_part(tmp_path, "t2", "exo2ego", settings, inputs) == (None, "unreadable")
     path.write_text(json.dumps({**json.loads(part_path(tmp_path, "t2", "exo2ego").read_text()),
                                 "take": "t1"})[:-20])  # fmt: skip
-    assert read_part(tmp_path, "t1", "exo2ego", settings) == (None, "unreadable")
+    assert read_part(tmp_path, "t1", "exo2ego", settings, inputs) == (None, "unreadable")
+
+
+def test_a_takes_inputs_are_its_annotation_bytes_and_its_splits(tmp_path):
+    ann = tmp_path / "processed" / "t1" / "annotation.json"
+    ann.parent.mkdir(parents=True)
+    ann.write_text('{"masks": {}}')
+    splits = {"test": ["t1", "t2"], "val": ["t3"]}
+    first = take_inputs_sha256(tmp_path, "t1", splits)
+    assert first == take_inputs_sha256(tmp_path, "t1", {**splits, "val": ["t4"]})
+    assert first != take_inputs_sha256(tmp_path, "t1", {**splits, "val": ["t1"]})
+    ann.write_text('{"masks": {} }')
+    assert first != take_inputs_sha256(tmp_path, "t1", splits)
+    ann.unlink()
+    assert take_inputs_sha256(tmp_path, "t1", splits) not in (first, take_inputs_sha256(
+        tmp_path, "t1", {}))  # fmt: skip
 
 
 def test_workers_ask_ray_for_what_the_cluster_holds():
@@ -74,6 +98,19 @@ def test_workers_ask_ray_for_what_the_cluster_holds():
         worker_resources(two_cpus, 2, 1.0, None, "cpu")
     with pytest.raises(OmamaError, match="--device is cpu"):
         worker_resources(gpu_node, 1, None, 1.0, "cpu")
+
+
+def test_cpu_workers_get_an_equal_share_of_the_cpus_and_as_many_threads():
+    """On CPU-only nodes the models run on the actors' CPUs: one worker on 16 cores gets
+    15 CPUs (one kept for reading frames) and 15 threads, not 1."""
+    from runtime.raykit import threads_for
+
+    node = {"CPU": 16.0}
+    assert worker_resources(node, 1, None, None, "cpu") == (15.0, 0.0)
+    assert worker_resources(node, 4, None, None, "auto") == (3.75, 0.0)
+    assert threads_for(15.0) == 15 and threads_for(3.75) == 3 and threads_for(0.25) == 1
+    # On CUDA the models run on the GPU: each worker keeps at most 1 CPU.
+    assert worker_resources({"CPU": 16.0, "GPU": 2.0}, 2, None, None, "auto") == (1.0, 1.0)
 
 
 def test_a_failed_ray_job_ends_with_the_workers_own_line():
@@ -100,6 +137,6 @@ def test_a_cluster_that_is_not_there_is_one_line_at_once():
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    with pytest.raises(OmamaError, match=f"cannot reach the Ray cluster at 127.0.0.1:{port}"):
-        with ray_connection(f"127.0.0.1:{port}"):
-            pass
+    refused = pytest.raises(OmamaError, match=f"cannot reach the Ray cluster at 127.0.0.1:{port}")
+    with refused, ray_connection(f"127.0.0.1:{port}"):
+        pass

@@ -71,3 +71,31 @@ def test_replicas_declare_cpus_and_gpus_on_cuda(device, cluster_gpus, actor):
     assert options["ray_actor_options"] == actor
     assert options["num_replicas"] == 3
     assert options["max_ongoing_requests"] == 16  # 4 batches: one running, 3 merging
+
+
+def test_replicas_the_cluster_cannot_hold_are_refused_in_one_line():
+    from runtime.serve.app import check_cluster
+
+    node = {"CPU": 4.0, "GPU": 1.0}
+    check_cluster(ServeConfig("a", device="cuda"), Resources(2, 2.0, 0.5), node)
+    with pytest.raises(OmamaError, match=r"3 replicas of 2 CPU need 6 CPUs but the Ray "
+                       r"cluster has 4: lower --replicas or --cpus-per-replica"):  # fmt: skip
+        check_cluster(ServeConfig("a", device="cpu"), Resources(3, 2.0, 1.0), node)
+    with pytest.raises(OmamaError, match=r"2 replicas of 1 GPU need 2 GPUs .* has 1: lower "
+                       r"--replicas or --gpus-per-replica"):  # fmt: skip
+        check_cluster(ServeConfig("a", device="auto"), Resources(2, 1.0, 1.0), node)
+    # On the CPU no GPU is asked for, whatever --gpus-per-replica says.
+    check_cluster(ServeConfig("a", device="cpu"), Resources(4, 1.0, 1.0), node)
+
+
+@pytest.mark.timeout(60)
+def test_a_ray_address_nobody_answers_on_is_refused_before_ray_starts():
+    """`ray.init` to a dead HOST:PORT waits for minutes; the service says so at once."""
+    pytest.importorskip("ray")
+    from runtime.serve.app import start_service
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, not listening: connections are refused
+        with pytest.raises(OmamaError, match=rf"cannot reach the Ray cluster at 127.0.0.1:{port}"):
+            start_service(ServeConfig("a"), Resources(), ray_address=f"127.0.0.1:{port}")
