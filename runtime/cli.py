@@ -3,7 +3,8 @@
 ``pair``, ``video`` and ``take`` run :class:`runtime.pipeline.Pipeline` on an artifacts
 folder written by ``omama export`` (the runs are in :mod:`runtime.runs`); ``verify``
 re-checks that folder's models on this machine against the golden outputs the export
-stored; ``info`` shows what this machine can run. :func:`register_eval` adds ``omama eval``
+stored; ``info`` shows what this machine can run; ``dataset`` is in
+:mod:`runtime.runs.dataset_cli`. :func:`register_eval` adds ``omama eval``
 (the official metrics, :mod:`runtime.evaluate`) to the ``omama`` command through the
 ``omama.commands`` entry point.
 
@@ -372,115 +373,10 @@ def take_command(
         typer.echo("no observation was predicted: nothing to score")
 
 
-@app.command("dataset")
-def dataset_command(
-    root: Path = typer.Argument(..., help="Processed root (split.json, processed/<take>/)."),
-    split: str = typer.Option("test", "--split", help="The split of ROOT/split.json to run."),
-    direction: str | None = typer.Option(
-        None, "--direction", help="exo2ego, ego2exo or both (default: the --artifacts' ones)."
-    ),
-    artifacts: list[Path] = typer.Option(
-        [Path("artifacts")],
-        "--artifacts",
-        envvar="OMAMA_ARTIFACTS",
-        help="Artifacts folder of `omama export`; with --direction both give it twice, one "
-        "folder per direction (default: $OMAMA_ARTIFACTS, else ./artifacts).",
-    ),
-    out: Path | None = typer.Option(
-        None, "--out", "-o", help="Output folder (default: omama_out/dataset_<split>)."
-    ),
-    candidates: Path | None = typer.Option(
-        None,
-        "--candidates",
-        help="The candidates folder `omama data masks` wrote for this split and direction: "
-        "used where present, FastSAM elsewhere (default: FastSAM only).",
-    ),
-    max_frames: int | None = typer.Option(
-        None, "--max-frames", min=1, help="Only the first this many annotated frames per take."
-    ),
-    ray: bool = typer.Option(
-        False,
-        "--ray",
-        help="Run on Ray (pip install 'omama[ray]'): joins $RAY_ADDRESS or the "
-        "cluster `ray start` began here, else starts a local Ray for the run.",
-    ),
-    ray_address: str | None = typer.Option(
-        None,
-        "--ray-address",
-        help="Join the Ray cluster at ADDRESS (e.g. HEAD:6379); implies --ray.",
-    ),
-    workers: int | None = typer.Option(
-        None, "--workers", min=1, help="Ray actors, each with its own sessions (default 1)."
-    ),
-    cpus_per_worker: float | None = typer.Option(
-        None,
-        "--cpus-per-worker",
-        min=0.01,
-        help="CPUs Ray reserves per actor (default: an equal share of all CPUs but one, "
-        "0.25 to 1).",
-    ),
-    gpus_per_worker: float | None = typer.Option(
-        None,
-        "--gpus-per-worker",
-        min=0.0,
-        help="GPUs per actor (default: 1 with --device cuda, or auto on a cluster with GPUs).",
-    ),
-    mask_size: str = typer.Option(
-        "model", "--mask-size", help="model (as O-MaMa writes predictions) or image."
-    ),
-    backend: Backend = "auto",
-    device: Device = "auto",
-    precision: Precision = "auto",
-    threads: Threads = None,
-    weights_dirs: WeightsDirs = [],  # noqa: B006 - typer copies list defaults
-    trust: Trust = None,
-) -> None:
-    """Predict every take, object, camera pair and annotated frame of a split.
+# After the options above, which it shares (a module of its own: the command is big).
+from runtime.runs.dataset_cli import register as register_dataset  # noqa: E402
 
-    Writes OUT/results.json (the submission format `omama eval` reads; with --direction
-    both, results_exo2ego.json and results_ego2exo.json), one part per finished take in
-    OUT/takes/ (a rerun skips them), and when the split has destination masks gt.json and
-    the official metrics.json. In this process by default; with --ray on a Ray Data
-    pipeline of --workers actors.
-
-    Example: omama-run dataset data --split test --artifacts artifacts --out out/test
-
-    Example: omama-run dataset data --split test --direction both --artifacts art_exo2ego
-    --artifacts art_ego2exo --ray-address HEAD:6379 --workers 32 --device cuda
-    """
-    from runtime.runs import dataset
-
-    for folder in artifacts:
-        _check_trust(folder, trust)
-    on_ray = ray or ray_address is not None
-    if workers is not None and not on_ray:
-        raise OmamaError(
-            "--workers sets the Ray actors: add --ray (this process runs one take at a time)"
-        )
-    if not on_ray and (cpus_per_worker is not None or gpus_per_worker is not None):
-        raise OmamaError("--cpus-per-worker and --gpus-per-worker are for --ray runs")
-    options = dataset.RayOptions(ray_address, workers or 1, cpus_per_worker, gpus_per_worker)
-    config = dataset.DatasetConfig(
-        root,
-        split,
-        dataset.artifacts_by_direction(direction, artifacts),
-        out or dataset.default_out(split),
-        backend,
-        device,
-        precision,
-        threads,
-        mask_size,
-        tuple(weights_dirs),
-        candidates,
-        max_frames,
-        options if on_ray else None,
-    )
-    if on_ray:
-        from runtime.runs.dataset_ray import import_ray
-
-        import_ray()  # the one line naming the extra, before any work
-    summary = dataset.run_dataset(config, echo=typer.echo)
-    typer.echo(dataset.format_dataset_summary(summary))
+register_dataset(app)
 
 
 @app.command("verify")

@@ -37,12 +37,14 @@ from runtime.runs.dataset_parts import (
     RunSettings,
     assemble,
     read_part,
+    take_inputs_sha256,
     totals,
     write_part,
 )
 from runtime.runs.records import SUMMARY_NAME
 
 Echo = Callable[[str], object]
+NOT_PREPARED = "not prepared (no annotation.json)"  # a reported skip, not a failure
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,7 @@ class _Plan:
     """The takes already done, those to predict (as items), and those that cannot be."""
 
     done: dict[str, dict[str, dict]]  # direction -> take -> part
+    inputs: dict[str, str]  # take -> take_inputs_sha256
     redone: dict[str, int] = field(default_factory=dict)  # why a part is predicted again
     failed: dict[str, dict[str, str]] = field(default_factory=dict)  # direction -> take -> why
     items: list[Item] = field(default_factory=list)
@@ -133,21 +136,26 @@ class _Plan:
 
 
 def _settings(config: DatasetConfig) -> dict[str, RunSettings]:
-    from runtime.manifest import MANIFEST_NAME, sha256_file
+    """Each direction's settings, ``auto`` resolved as this process's pipeline resolves it
+    (a Ray run's workers resolve it on their machines: its flags stay as given)."""
+    from runtime.manifest import MANIFEST_NAME, load_manifest, sha256_file
+    from runtime.sessions import plan_artifacts
 
     candidates = str(Path(config.candidates).resolve()) if config.candidates else None
-    return {
-        d: RunSettings(
+    settings = {}
+    for direction, folder in config.artifacts.items():
+        engine = (config.backend, config.device, config.precision)
+        if config.ray is None:
+            plan = plan_artifacts(load_manifest(folder), *engine)
+            engine = (plan.backend, plan.device, plan.precision)
+        settings[direction] = RunSettings(
             sha256_file(Path(folder) / MANIFEST_NAME),
-            config.backend,
-            config.device,
-            config.precision,
+            *engine,
             config.mask_size,
             candidates,
             config.max_frames,
         )
-        for d, folder in config.artifacts.items()
-    }
+    return settings
 
 
 def _plan(
@@ -155,17 +163,19 @@ def _plan(
 ) -> _Plan:
     from runtime.runs.take import select_observations
 
-    plan = _Plan(done={d: {} for d in settings}, failed={d: {} for d in settings})
+    splits = index.split_map()
+    inputs = {take: take_inputs_sha256(index.root, take, splits) for take in takes}
+    plan = _Plan(done={d: {} for d in settings}, inputs=inputs, failed={d: {} for d in settings})
     for direction in settings:
         for take in takes:
-            part, why = read_part(config.out, take, direction, settings[direction])
+            part, why = read_part(config.out, take, direction, settings[direction], inputs[take])
             if part is not None:
                 plan.done[direction][take] = part
                 continue
             if why != "missing":
                 plan.redone[why] = plan.redone.get(why, 0) + 1
             if not index.has_take(take):
-                plan.failed[direction][take] = "not prepared (no annotation.json)"
+                plan.failed[direction][take] = NOT_PREPARED
                 continue
             try:
                 observations, frames = select_observations(
@@ -285,7 +295,8 @@ class _Collector:
             "skipped": predicted.skips.to_json(),
             "ran_on": answers[0]["ran_on"],
         }
-        write_part(self.config.out, take, direction, self.settings[direction], record)
+        inputs = self.plan.inputs[take]
+        write_part(self.config.out, take, direction, self.settings[direction], inputs, record)
 
     def unfinished(self) -> list[tuple[str, str]]:
         return sorted(self.plan.pending)
@@ -429,7 +440,11 @@ def _finish(
     out, names = Path(config.out), output_names(list(settings))
     per_direction = {}
     for direction, files in names.items():
-        parts = {t: p for t in takes if (p := read_part(out, t, direction, settings[direction])[0])}
+        parts = {
+            t: p
+            for t in takes
+            if (p := read_part(out, t, direction, settings[direction], plan.inputs[t])[0])
+        }
         results, gt = assemble(parts, direction)
         write_results(out / files["results"], results)
         entry = {
@@ -475,6 +490,17 @@ def _finish(
     }
     write_json(out / SUMMARY_NAME, on_disk, indent=2)
     return summary
+
+
+def failed_takes(summary: dict) -> list[str]:
+    """``"<take> (<direction>): why"`` for every take run that failed (in the model, or its
+    frames never came back from the workers); a take that is not prepared is a skip."""
+    return [
+        f"{take} ({direction}): {why}"
+        for direction, entry in summary["directions"].items()
+        for take, why in entry["takes_failed"].items()
+        if why != NOT_PREPARED
+    ]
 
 
 def format_dataset_summary(summary: dict) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -134,6 +135,63 @@ def test_a_rerun_after_a_kill_skips_the_finished_take(assets, split_root, straig
     assert code == 0, err
     assert "predicted again: 1 (unreadable), 1 (other settings)" in text
     assert (out / "results.json").read_bytes() == (straight / "results.json").read_bytes()
+
+
+def test_parts_hold_the_engine_auto_resolved_to_and_the_takes_inputs(
+    assets, split_root, straight, tmp_path, capsys
+):
+    root, out = tmp_path / "root", tmp_path / "out"
+    shutil.copytree(split_root, root)
+    shutil.copytree(straight, out)
+    takes = sorted(ProcessedRoot(root).takes("test"))
+    part = json.loads((out / "takes" / f"{takes[0]}.exo2ego.json").read_text())
+    assert part["settings"]["precision"] == "fp32"  # --precision auto, as resolved here
+    # The same engine asked for by name: the parts stand.
+    code, text, err = omama_run(capsys, *dataset_args(root, assets.random, out,
+                                "--precision", "fp32"))  # fmt: skip
+    assert code == 0, err
+    assert "resuming: 2 of 2 take runs already done" in text and "predicted again" not in text
+    # A re-prepared take (its annotation.json bytes changed): predicted again.
+    ann = root / "processed" / takes[1] / "annotation.json"
+    ann.write_text(ann.read_text() + "\n")
+    code, text, err = omama_run(capsys, *dataset_args(root, assets.random, out))
+    assert code == 0, err
+    assert "resuming: 1 of 2 take runs already done" in text
+    assert "predicted again: 1 (other inputs)" in text
+    assert (out / "results.json").read_bytes() == (straight / "results.json").read_bytes()
+
+
+def test_a_take_failed_in_the_model_exits_1_after_writing_the_rest(
+    assets, split_root, straight, tmp_path, capsys, monkeypatch
+):
+    from runtime.runs.dataset_jobs import ItemPredictor
+
+    takes = sorted(ProcessedRoot(split_root).takes("test"))
+    predict = ItemPredictor.predict
+
+    def failing(self, item, images):
+        if item.take == takes[0]:
+            return {"item": item.to_json(), "error": "the model gave NaN"}
+        return predict(self, item, images)
+
+    monkeypatch.setattr(ItemPredictor, "predict", failing)
+    out = tmp_path / "out"
+    code, text, err = omama_run(capsys, *dataset_args(split_root, assets.random, out))
+    assert code == 1
+    assert error_line(err) == (
+        f"error: 1 take run(s) failed and are not in the results: {takes[0]} (exo2ego): the "
+        f"model gave NaN (all in {out / 'summary.json'})"
+    )
+    results = json.loads((out / "results.json").read_text())["exo-ego"]["results"]
+    assert list(results) == [takes[1]] and "1 of 2 takes" in text
+    # A take the split lists but that was never prepared stays a reported skip (exit 0).
+    root = tmp_path / "root"
+    shutil.copytree(split_root, root)
+    (root / "split.json").write_text(json.dumps({"test": [*takes, "unprepared"]}))
+    monkeypatch.setattr(ItemPredictor, "predict", predict)
+    code, text, err = omama_run(capsys, *dataset_args(root, assets.random, tmp_path / "o2"))
+    assert code == 0, err
+    assert "take unprepared not predicted: not prepared (no annotation.json)" in text
 
 
 def test_both_directions_write_one_results_file_each(assets, split_root, tmp_path, capsys,
