@@ -6,7 +6,6 @@ outside this package reads attributes, never the JSON dict.
 
 from __future__ import annotations
 
-import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,14 @@ from typing import Any
 
 from runtime.errors import OmamaError
 from runtime.jsonrecords import from_json, to_json
+from runtime.manifest.verification_records import (  # re-exported: the manifest's records
+    CheckRecord as CheckRecord,
+)
+from runtime.manifest.verification_records import GoldenFile as GoldenFile
+from runtime.manifest.verification_records import VerificationRecord as VerificationRecord
+from runtime.manifest.verification_records import VerificationSection as VerificationSection
+from runtime.manifest.verification_records import describe_check as describe_check
+from runtime.manifest.verification_records import format_value as format_value
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "omama.artifacts"
@@ -23,9 +30,6 @@ FILE_FORMATS = ("onnx", "tensorrt")
 # bfloat16 arithmetic on a backend that offers it (OpenVINO on a CPU with AVX-512 BF16/AMX).
 PRECISIONS = ("fp32", "fp16", "int8")
 RUN_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-# Models an int8 export may leave in float (the matcher stays float unless it gains and
-# keeps parity; FastSAM when its int8 fidelity does not hold): an int8 run uses their fp32
-# files. Every other run precision needs a file of its own precision (bf16: the fp32 one).
 WEIGHT_PROFILES = ("plain", "outlier")
 MATCHER_INPUTS = ("weights", "masks")
 DIRECTIONS = ("exo2ego", "ego2exo")
@@ -358,92 +362,6 @@ class EnginesRecord:
     timing_cache: str | None = None
 
 
-@dataclass(frozen=True)
-class CheckRecord:
-    """One verified number of one output: ``value`` against ``tolerance`` (``<=`` for
-    errors, ``>=`` for agreements). ``value`` None is NaN (a broken output: fails).
-    ``gated`` False: reported, never fails."""
-
-    output: str
-    metric: str
-    value: float | None
-    tolerance: float
-    higher_is_better: bool = False
-    gated: bool = True
-    detail: str = ""
-
-    @property
-    def passed(self) -> bool:
-        if not self.gated:
-            return True
-        if self.value is None or math.isnan(self.value):
-            return False
-        return (
-            self.value >= self.tolerance
-            if self.higher_is_better
-            else (self.value <= self.tolerance)
-        )
-
-
-@dataclass(frozen=True)
-class VerificationRecord:
-    """One model file run on one backend, device and precision, and what was measured.
-
-    ``inputs`` says which inputs: ``golden`` (the folder's golden files, as
-    ``omama-run verify`` runs them) or ``export parity`` (the export's larger random sets).
-    ``device``: ``cpu`` / ``cuda`` / ``cuda:N``; ``providers``: the execution providers or
-    the library that ran it; ``gpu``: the GPU's name on cuda. ``tolerances``: the
-    precision's tolerances the checks used.
-    """
-
-    file: str
-    model: str
-    backend: str
-    device: str
-    providers: tuple[str, ...]
-    precision: str
-    inputs: str
-    tolerances: dict[str, float]
-    checks: tuple[CheckRecord, ...]
-    gpu: str | None = None
-
-    @property
-    def passed(self) -> bool:
-        return all(c.passed for c in self.checks)
-
-    def failures(self) -> list[str]:
-        """One line per failed check: file, backend, output, metric, value, tolerance."""
-        return [describe_check(self, c) for c in self.checks if not c.passed]
-
-
-@dataclass(frozen=True)
-class GoldenFile:
-    """``golden/<model>.npz``: ``cases`` inputs at the real sizes and the torch fp32
-    outputs of ``model`` (stored compactly, see ``runtime.verification.golden``)."""
-
-    model: str
-    path: str
-    sha256: str
-    size_bytes: int
-    cases: int
-
-
-@dataclass(frozen=True)
-class VerificationSection:
-    """The export's verification: ``verified`` False means ``--no-verify``. ``seed`` seeded
-    random weights and every check input; ``tolerances`` per precision; ``records`` one
-    per file and input set; ``golden`` the files ``omama-run verify`` replays."""
-
-    verified: bool
-    seed: int
-    passed: bool = True
-    failures: tuple[str, ...] = ()
-    tolerances: dict[str, dict[str, float]] = field(default_factory=dict)
-    parity_sets: int = 0
-    records: tuple[VerificationRecord, ...] = ()
-    golden: tuple[GoldenFile, ...] = ()
-
-
 @dataclass
 class Manifest:
     """The parsed ``manifest.json`` of an artifacts folder (``root``: where it was loaded
@@ -505,7 +423,12 @@ class Manifest:
     def run_file(self, model: str, format: str, run_precision: str) -> ArtifactFile:
         """The file a run at ``run_precision`` uses for ``model``: the file of that precision;
         for ``bf16`` the fp32 file (bf16 is arithmetic, not a file); for ``int8`` the int8 file,
-        or the fp32 one of a model the int8 export kept in float (the matcher by default)."""
+        or the fp32 one of a model the int8 export kept in float.
+
+        An int8 export may leave models in float (the matcher stays float unless it gains and
+        keeps parity; FastSAM when its int8 fidelity does not hold): an int8 run uses their
+        fp32 files. Every other run precision needs a file of its own precision (bf16: the
+        fp32 one)."""
         if run_precision not in RUN_PRECISIONS:
             raise OmamaError(
                 f"precision must be one of {', '.join(RUN_PRECISIONS)}, got {run_precision!r}"
@@ -595,19 +518,3 @@ class Manifest:
             seen.add(ref.path)
         if problems:
             raise OmamaError(f"{source} is invalid: " + "; ".join(problems))
-
-
-def describe_check(record: VerificationRecord, check: CheckRecord) -> str:
-    """``file [backend device] output 'x': metric value (needs <= tolerance)``."""
-    op = ">=" if check.higher_is_better else "<="
-    return (
-        f"{record.file} [{record.backend} {record.device}] output {check.output!r}: "
-        f"{check.metric} {format_value(check.value, check.higher_is_better)} (needs {op} "
-        f"{format_value(check.tolerance, check.higher_is_better)})"
-    )
-
-
-def format_value(value: float | None, percent: bool) -> str:
-    if value is None or math.isnan(value):
-        return "nan"
-    return f"{100 * value:.2f}%" if percent else f"{value:.2e}"
