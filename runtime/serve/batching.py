@@ -7,6 +7,8 @@ destination (image bytes and candidates: ``MatchRequest.dst_key``), runs FastSAM
 destination backbone once per group, then by source image (``src_key``), runs the source
 backbone once per source and the matcher once for all queries of a (source, destination)
 pair, as :meth:`runtime.pipeline.Pipeline.match_frame` does for the queries of one call.
+A matcher call that fails (a bad query) is retried request by request, so a bad request
+fails only itself.
 
 A request's latency is the stages of its group: a shared encode counts for every request
 that used it (it is what each of them waited for); ``queue`` is the time from arrival to
@@ -92,30 +94,39 @@ def run_batch(
 
 
 def _match_group(pipeline, requests, indices, dst, dst_ms, out, counters) -> None:
-    """One source image's requests against one encoded destination: one matcher call."""
+    """One source image's requests against one encoded destination: one matcher call; when
+    it fails, one call per request, so that only the requests at fault get the 422."""
     first = requests[indices[0]]
     try:
         src = pipeline.encode_src(first.src_rgb)
-        counters.src_encodes += 1
-        src_ms = src.take_latency()
-        queries = [q for i in indices for q in requests[i].queries]
-        matches = pipeline.match(src, dst, queries)
-        counters.matcher_calls += 1
-    except OmamaError as exc:
+    except OmamaError as exc:  # the source image itself: every request that sent it
         for i in indices:
             out[i] = RequestError(422, str(exc))
         return
-    latency: dict[str, float] = {}
-    for part in (dst_ms, src_ms, pipeline.last_latency_ms):
-        _add(latency, part)
-    latency["total"] = sum(latency.get(s, 0.0) for s in STAGES)
-    offset = 0
-    for i in indices:
-        count = len(requests[i].queries)
-        out[i] = match_response(
-            matches[offset : offset + count], latency, {"shared_src": len(indices)}
-        )
-        offset += count
+    counters.src_encodes += 1
+    src_ms = src.take_latency()
+    parts = [indices] if len(indices) == 1 else [indices, *([i] for i in indices)]
+    for part in parts:
+        try:
+            matches = pipeline.match(src, dst, [q for i in part for q in requests[i].queries])
+        except OmamaError as exc:
+            if len(part) == 1:
+                out[part[0]] = RequestError(422, str(exc))
+            continue
+        counters.matcher_calls += 1
+        latency: dict[str, float] = {}
+        for stage_ms in (dst_ms, src_ms, pipeline.last_latency_ms):
+            _add(latency, stage_ms)
+        latency["total"] = sum(latency.get(s, 0.0) for s in STAGES)
+        offset = 0
+        for i in part:
+            count = len(requests[i].queries)
+            out[i] = match_response(
+                matches[offset : offset + count], latency, {"shared_src": len(indices)}
+            )
+            offset += count
+        if part is indices:
+            return
 
 
 class BatchMerger:

@@ -116,3 +116,22 @@ def test_a_replica_with_trust_opens_a_signed_folder_and_refuses_a_changed_one(as
     (folder / "extra.txt").write_text("added after signing")
     with pytest.raises(OmamaError):
         MatchService(config)
+
+
+def test_a_bad_query_fails_only_its_own_request_among_those_sharing_its_frames(pipe, frames):
+    """One matcher call serves a whole (source, destination) group; when it fails, each
+    request is retried alone so that only the offending one gets the 422."""
+    src, dst, queries, _ = frames
+    mask = next(iter(queries.values()))
+    batch = [request(src, dst, [mask]), request(src, dst, [mask, np.zeros_like(mask)]),
+             request(src, dst, [mask])]  # fmt: skip
+    counters = BatchCounters()
+    answers = run_batch(pipe, batch, counters)
+    assert isinstance(answers[1], RequestError) and answers[1].status == 422
+    assert str(answers[1]).startswith("query 1: the query mask is empty")
+    alone = pipe.match_frame(src, dst, [mask])[0]
+    for answer in (answers[0], answers[2]):
+        assert answer["objects"][0]["rle"] == rle.encode(alone.mask)
+        assert answer["latency_ms"]["backbone_src"] > 0  # the shared encode still counts
+    # One source encode; the group's call failed, then one call per good request.
+    assert (counters.src_encodes, counters.matcher_calls) == (1, 2)
