@@ -126,7 +126,8 @@ async def respond(service: MatchService, match_batch: Callable, request) -> tupl
     if method != routes[path]:
         return 405, error_body(f"{path} takes {routes[path]}, not {method}")
     if path == HEALTH_PATH:
-        return (200, {"status": "ok"}) if service.healthy() else (503, error_body("not ready"))
+        problem = service.health_problem()
+        return (503, error_body(problem)) if problem else (200, {"status": "ok"})
     if path == INFO_PATH:
         return 200, service.info()
     try:

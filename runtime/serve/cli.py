@@ -61,6 +61,14 @@ MaxPixels = Annotated[
         "request's arrays together at most 16 times this.",
     ),
 ]
+HealthTimeoutS = Annotated[
+    float,
+    typer.Option(
+        "--health-timeout-s",
+        min=0.0,
+        help="A replica whose batch runs longer fails its health check and Serve restarts it.",
+    ),
+]
 RayAddress = Annotated[
     str | None,
     typer.Option(
@@ -90,6 +98,7 @@ def register(omama_app: typer.Typer) -> None:
         gpus_per_replica: GpusPerReplica = 1.0,
         max_body_mb: MaxBodyMb = 50.0,
         max_pixels: MaxPixels = 64_000_000,
+        health_timeout_s: HealthTimeoutS = 120.0,
         weights_dirs: WeightsDirs = [],  # noqa: B006 - typer copies list defaults
         trust: Trust = None,
         ray_address: RayAddress = None,
@@ -123,6 +132,7 @@ def register(omama_app: typer.Typer) -> None:
             batch_wait_ms=batch_wait_ms,
             max_body_mb=max_body_mb,
             max_pixels=max_pixels,
+            health_timeout_s=health_timeout_s,
         )
         resources = Resources(replicas, cpus_per_replica, gpus_per_replica)
         serve_until_signal(config, resources, host, port, ray_address, echo=typer.echo)

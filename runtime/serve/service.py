@@ -41,6 +41,8 @@ class ServeConfig:
             waits to fill.
         max_body_mb: larger request bodies get 413.
         max_pixels: larger images and masks get 413 (from their headers, before decoding).
+        health_timeout_s: a batch running longer fails the health check (Serve restarts
+            the replica: a wedged model never answers again).
     """
 
     artifacts: str
@@ -54,6 +56,7 @@ class ServeConfig:
     batch_wait_ms: float = 10.0
     max_body_mb: float = 50.0
     max_pixels: int = MAX_PIXELS
+    health_timeout_s: float = 120.0
 
     @property
     def max_body_bytes(self) -> int:
@@ -88,6 +91,7 @@ class MatchService:
         self.pipeline = open_pipeline(config)
         self.counters = BatchCounters()
         self.started_s = time.time()
+        self._batch_started: float | None = None  # monotonic start of the running batch
         self._info = self._describe()
         log.info(
             "omama serve replica ready: %s on %s %s %s",
@@ -130,13 +134,26 @@ class MatchService:
         return {**self._info, "counters": self.counters.to_json(),
                 "uptime_s": round(time.time() - self.started_s, 3)}  # fmt: skip
 
+    def health_problem(self) -> str | None:
+        """Why the replica cannot answer, or None: its models closed, or a batch running
+        past ``health_timeout_s`` (wedged: the requests behind it would wait forever)."""
+        if not self.pipeline.sessions:
+            return "the replica's models are closed"
+        started = self._batch_started
+        running_s = 0.0 if started is None else time.monotonic() - started
+        if running_s > self.config.health_timeout_s:
+            return (f"a batch has been running for {running_s:.1f} s, over the "
+                    f"{self.config.health_timeout_s:g} s of --health-timeout-s")  # fmt: skip
+        return None
+
     def healthy(self) -> bool:
-        return bool(self.pipeline.sessions)
+        return self.health_problem() is None
 
     def check_health(self) -> None:
         """Raise when the replica cannot answer (Ray Serve restarts it)."""
-        if not self.healthy():
-            raise OmamaError("the replica's models are closed")
+        problem = self.health_problem()
+        if problem is not None:
+            raise OmamaError(problem)
 
     def prepare(self, body: bytes, content_type: str) -> MatchRequest:
         """A checked request (or a :class:`RequestError`), ready for :meth:`run_batch`."""
@@ -149,7 +166,11 @@ class MatchService:
         # The pipeline keeps every call's latency for run summaries; a service answering for
         # weeks would grow it without end, and each response carries its own latency.
         self.pipeline.reset_latency()
-        return run_batch(self.pipeline, requests, self.counters)
+        self._batch_started = time.monotonic()
+        try:
+            return run_batch(self.pipeline, requests, self.counters)
+        finally:
+            self._batch_started = None
 
     def close(self) -> None:
         self.pipeline.close()

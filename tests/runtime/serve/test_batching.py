@@ -135,3 +135,33 @@ def test_a_bad_query_fails_only_its_own_request_among_those_sharing_its_frames(p
         assert answer["latency_ms"]["backbone_src"] > 0  # the shared encode still counts
     # One source encode; the group's call failed, then one call per good request.
     assert (counters.src_encodes, counters.matcher_calls) == (1, 2)
+
+
+def test_a_replica_whose_batch_runs_past_the_health_timeout_is_unhealthy(assets, monkeypatch):
+    """Serve restarts a replica whose check_health fails: a wedged batch must fail it."""
+    import threading
+    import time
+
+    from runtime.errors import OmamaError
+    from runtime.serve import service as service_module
+    from runtime.serve.service import MatchService, ServeConfig
+
+    release = threading.Event()
+    monkeypatch.setattr(service_module, "run_batch", lambda *args: release.wait(10) and [])
+    config = ServeConfig(str(assets.random), backend="onnxruntime", device="cpu", threads=1,
+                         health_timeout_s=0.2)  # fmt: skip
+    service = MatchService(config)
+    try:
+        service.check_health()  # idle: healthy
+        worker = threading.Thread(target=service.run_batch, args=([],))
+        worker.start()
+        time.sleep(0.05)
+        service.check_health()  # running, within the timeout
+        time.sleep(0.3)
+        with pytest.raises(OmamaError, match=r"a batch has been running for \d+\.\d s"):
+            service.check_health()
+        release.set()
+        worker.join()
+        service.check_health()  # the batch ended: healthy again
+    finally:
+        service.close()
