@@ -95,19 +95,26 @@ def check_cluster(config: ServeConfig, resources: Resources, cluster: dict) -> N
 
 
 async def read_body(request, max_bytes: int) -> bytes:
-    """The request body, or 413 when it exceeds ``max_bytes``: from ``Content-Length`` before
-    reading anything, else (chunked, or a header that understates) as soon as what was read
-    passes the limit. Nothing past the limit is read or kept: the connection is then closed
-    after the answer (a client still sending may see it reset rather than read the 413)."""
+    """The request body, or 413 when it exceeds ``max_bytes``.
+
+    Nothing past the limit is kept, and at most twice the limit is read: a body declared
+    (``Content-Length``) larger than that is refused before reading any of it, and one that
+    turns out larger (chunked, or an understating header) once that much was read; the
+    connection then closes after the answer. Between the two, the rest is read and dropped:
+    clients without ``Expect: 100-continue`` (urllib, requests) send all of it before
+    reading the answer, and a connection closed under them reads as "connection reset"."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
+    if declared.isdigit() and int(declared) > 2 * max_bytes:
         raise _too_large(int(declared), max_bytes)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > max_bytes:
+        if size > 2 * max_bytes:
             raise _too_large(size, max_bytes, more=True)
-        chunks.append(chunk)
+        if size <= max_bytes:
+            chunks.append(chunk)
+    if size > max_bytes:
+        raise _too_large(size, max_bytes)
     return b"".join(chunks)
 
 
