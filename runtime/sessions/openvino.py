@@ -65,10 +65,21 @@ def openvino_unavailable(device: str) -> str | None:
     return None
 
 
+_CORE: list[Any] = []
+
+
+def shared_core() -> Any:
+    """The process's one ``openvino.Core``, made on first use and kept for the process's
+    life (OpenVINO's advice: one Core per process; a session never destroys it)."""
+    if not _CORE:
+        _CORE.append(import_openvino().Core())
+    return _CORE[0]
+
+
 def bf16_unsupported(core: Any = None) -> str | None:
     """None when this CPU computes in bfloat16 natively (OpenVINO lists ``BF16`` among the CPU
     plugin's ``OPTIMIZATION_CAPABILITIES``: AVX-512 BF16 or AMX), else why not."""
-    core = core if core is not None else import_openvino().Core()
+    core = core if core is not None else shared_core()
     capabilities = [str(c).upper() for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
     if "BF16" in capabilities:
         return None
@@ -120,7 +131,7 @@ class OpenVinoSession(Session):
         self.name = name or path.stem
         self.device = "cpu"
         ov = import_openvino()
-        core = ov.Core()
+        core = shared_core()
         if inference_precision == "bf16" and (why := bf16_unsupported(core)):
             raise OmamaError(f"OpenVINO bf16: {why}")
         config: dict[str, Any] = {
