@@ -75,6 +75,11 @@ TARGET_SPEEDUP = 3.0
 TARGET_AGREEMENT = 0.99
 TARGET_IOU = 0.99
 EXPORT_PARITY_SETS = 20
+# The control row of the fidelity table: the baseline's features with this much noise (x each
+# map's std). Random-weight matchers can be insensitive to their features; the control says
+# how large a feature error the agreement figures would notice.
+CONTROL_NOISE = 0.1
+CONTROL = "control: fp32 + 10% noise"
 CPU_FLAGS = ("avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_fp16")
 
 
@@ -176,7 +181,9 @@ def recipe_of(profile: str, shapes: str) -> dict:
     from export.int8.calibration import SYNTHETIC_FRAMES
     from export.int8.quantize import BACKBONE_RECIPE, CALIBRATION_METHOD
 
-    made = repr((BACKBONE_RECIPE, CALIBRATION_METHOD, SYNTHETIC_FRAMES))
+    r = BACKBONE_RECIPE  # what it does, not the prose saying why
+    made = repr((r.preset, r.model_type, r.kept_float, r.smooth_quant_alpha, CALIBRATION_METHOD,
+                 SYNTHETIC_FRAMES))  # fmt: skip
     int8 = hashlib.sha256(made.encode()).hexdigest()[:16]
     return {
         "version": RECIPE_VERSION,
@@ -300,6 +307,7 @@ def measure_fidelity(manifest, engines: list[Engine], sets: int, threads: int) -
     baseline = parse_engine(BASELINE).label
     if baseline not in features:
         raise OmamaError(f"the baseline {BASELINE} cannot run: {rows[baseline]['reason']}")
+    features[CONTROL] = noisy(features[baseline], CONTROL_NOISE)
     matcher_entry = manifest.select(manifest.matcher.model, "onnx", "fp32")
     choice = select_backend("onnxruntime", "cpu")
     picks: dict[str, list] = {label: [] for label in features}
@@ -321,23 +329,55 @@ def measure_fidelity(manifest, engines: list[Engine], sets: int, threads: int) -
                 results[label].append(MatcherResult(expected, got, agreement=True))
                 pick = int(got[0].argmax())
                 picks[label].append((pick == best, ious[pick]))
-    for engine in engines:
-        if engine.label not in features:
-            continue
-        precision = "fp32" if engine.label == baseline else engine.precision
+    for label in features:
+        if label == baseline:
+            precision = "fp32"
+        elif label == CONTROL:
+            precision = "int8"  # judged with int8's tie band
+        else:
+            precision = label.split()[1].split("+")[0]
         tol = TOLERANCES[precision]
-        sims, argmax = compare_matcher(results[engine.label], precision, tol, "")[:2]
-        same = [p[0] for p in picks[engine.label]]
-        rows[engine.label] = {
+        sims, argmax = compare_matcher(results[label], precision, tol, "")[:2]
+        same = [p[0] for p in picks[label]]
+        rows[label] = {
             "status": "ok",
             "picks": len(same),
             "argmax_agreement": sum(same) / len(same),
             "argmax_agreement_with_ties": argmax.value,
             "tie_band": tol["similarities_max_abs"],
-            "mask_iou_mean": float(np.mean([p[1] for p in picks[engine.label]])),
+            "mask_iou_mean": float(np.mean([p[1] for p in picks[label]])),
             "similarity_max_abs_error": sims.value,
+            **feature_drift(features[baseline], features[label]),
         }
     return rows
+
+
+def noisy(features: list[dict], relative: float, seed: int = 7) -> list[dict]:
+    """``features`` plus seeded Gaussian noise of ``relative`` x each map's standard deviation:
+    the control row, saying how much a feature error of that size moves the picks."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return [
+        {role: (f + relative * f.std() * rng.standard_normal(f.shape)).astype(f.dtype)
+         for role, f in pair.items()}
+        for pair in features
+    ]  # fmt: skip
+
+
+def feature_drift(reference: list[dict], got: list[dict]) -> dict:
+    """How far the engine's backbone features are from the baseline's, over every pair and
+    both roles: the lowest cosine similarity of a whole feature map (1, D, h, w), and the
+    largest abs error over the baseline map's peak abs value."""
+    import numpy as np
+
+    cosines, errors = [], []
+    for ref_pair, got_pair in zip(reference, got, strict=True):
+        for role, ref in ref_pair.items():
+            a, b = ref.ravel().astype(np.float64), got_pair[role].ravel().astype(np.float64)
+            cosines.append(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))))
+            errors.append(float(np.abs(a - b).max() / np.abs(a).max()))
+    return {"feature_cosine_min": min(cosines), "feature_max_err_over_peak": max(errors)}
 
 
 # ----------------------------------------------------------------------------- report
@@ -402,7 +442,7 @@ def format_report(report: dict) -> str:
             "",
             f"weight profile {profile}, ego backbone at {height}x{width} px:",
             f"  {'engine':<22} {'ms':>8} {'speed-up':>13} {'argmax':>13} "
-            f"{'(ties)':>8} {'mask IoU':>13} {'sim err':>9}",
+            f"{'(ties)':>8} {'mask IoU':>13} {'sim err':>9} {'feat cos':>9}",
         ]
         for label, row in section["rows"].items():
             if row["status"] != "ok":
@@ -417,11 +457,21 @@ def format_report(report: dict) -> str:
                 ties = f"{100 * fid['argmax_agreement_with_ties']:.1f}%"
                 iou = f"{fid['mask_iou_mean']:.4f} {_mark(target.get('mask_iou')):<4}"
                 err = f"{fid['similarity_max_abs_error']:.1e}"
+                cosine = fid.get("feature_cosine_min")
+                cos = "-" if cosine is None else f"{cosine:.5f}"
             else:
-                agree, ties, iou, err = "-", "-", fid.get("reason", "-"), "-"
+                agree, ties, iou, err, cos = "-", "-", fid.get("reason", "-"), "-", "-"
             lines.append(
                 f"  {label:<22} {row['ms']:>8.0f} {speed:>13} {agree:>13} {ties:>8} "
-                f"{iou:>13} {err:>9}"
+                f"{iou:>13} {err:>9} {cos:>9}"
+            )
+        control = section.get("control")
+        if control:
+            lines.append(
+                f"  {CONTROL}: argmax {100 * control['argmax_agreement']:.1f}%, mask IoU "
+                f"{control['mask_iou_mean']:.4f}, sim err "
+                f"{control['similarity_max_abs_error']:.1e}, feat cos "
+                f"{control['feature_cosine_min']:.5f} (how much a feature error moves the picks)"
             )
         v = section["verdict"]
         if v["fastest"] is None:
@@ -460,6 +510,7 @@ def run_profile(work: Path, profile: str, engines, args) -> dict:
     latency = measure_latency(manifest, engines, args.threads, args.repeats)
     _log(f"bench_cpu_precisions: {profile}: fidelity on {args.sets} candidate sets")
     fidelity = measure_fidelity(manifest, engines, args.sets, args.threads)
+    control = fidelity.pop(CONTROL, None)
     rows = compose(latency, fidelity, parse_engine(BASELINE).label)
     return {
         "artifacts": str(art),
@@ -470,7 +521,38 @@ def run_profile(work: Path, profile: str, engines, args) -> dict:
         "load_average_at_end": load_average(),
         "rows": rows,
         "verdict": verdict(rows),
+        "control": control,
     }
+
+
+def compose_report(settings: dict, profiles: dict, args, load_at_start, started: float) -> dict:
+    """The JSON report of the profiles measured so far."""
+    return {
+        "benchmark": "bench_cpu_precisions",
+        "method": __doc__.split("\n\n", 2)[2].split("\n\nUsage")[0],
+        "settings": settings,
+        "profiles": {p: profiles[p] for p in PROFILES if p in profiles},
+        "complete": all(p in profiles for p in args.profiles),
+        "wall_s": round(time.perf_counter() - started, 1),
+        "machine": machine_record(
+            load_at_start,
+            ("onnxruntime", "openvino", "nncf", "numpy"),
+            threads=args.threads,
+            cpu_flags=cpu_flags(),
+        ),
+    }
+
+
+def resumed_profiles(path: Path, settings: dict) -> dict:
+    """The profiles an earlier run with the same ``settings`` wrote to ``path`` (none when
+    the file is missing or was made with other settings)."""
+    if not path.is_file():
+        return {}
+    earlier = json.loads(path.read_text())
+    if earlier.get("settings") != settings:
+        _log(f"bench_cpu_precisions: {path} was made with other settings: measuring again")
+        return {}
+    return dict(earlier.get("profiles", {}))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -493,39 +575,38 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--work", type=Path, default=Path("/tmp/omama_bench_cpu_precisions"))
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--resume", action="store_true", help="Keep the profiles --out holds from a run like this"
+    )
     args = parser.parse_args(argv)
     engines = [parse_engine(text) for text in args.engines]
     if engines[0].spec != BASELINE:
         raise OmamaError(f"the first engine must be the baseline {BASELINE}")
     load_at_start = load_average()
     started = time.perf_counter()
-    profiles = {p: run_profile(args.work, p, engines, args) for p in args.profiles}
-    report = {
-        "benchmark": "bench_cpu_precisions",
-        "method": __doc__.split("\n\n", 2)[2].split("\n\nUsage")[0],
-        "settings": {
-            "threads": args.threads,
-            "repeats": args.repeats,
-            "sets": args.sets,
-            "engines": [e.spec for e in engines],
-            "baseline": BASELINE,
-            "model": "dinov2_vitb14_reg, ego 700x700 (latency); both views (fidelity)",
-            "export": "omama " + " ".join(export_argv("P", Path("WORK/P/artifacts"), args.shapes)),
-            "targets": {
-                "speedup": TARGET_SPEEDUP,
-                "argmax_agreement": TARGET_AGREEMENT,
-                "mask_iou": TARGET_IOU,
-            },
+    settings = {
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "sets": args.sets,
+        "engines": [e.spec for e in engines],
+        "baseline": BASELINE,
+        "model": "dinov2_vitb14_reg, ego 700x700 (latency); both views (fidelity)",
+        "export": "omama " + " ".join(export_argv("P", Path("WORK/P/artifacts"), args.shapes)),
+        "targets": {
+            "speedup": TARGET_SPEEDUP,
+            "argmax_agreement": TARGET_AGREEMENT,
+            "mask_iou": TARGET_IOU,
         },
-        "profiles": profiles,
-        "wall_s": round(time.perf_counter() - started, 1),
-        "machine": machine_record(
-            load_at_start,
-            ("onnxruntime", "openvino", "nncf", "numpy"),
-            threads=args.threads,
-            cpu_flags=cpu_flags(),
-        ),
     }
+    profiles = resumed_profiles(args.out, settings) if args.resume else {}
+    for profile in args.profiles:
+        if profile in profiles:
+            _log(f"bench_cpu_precisions: {profile}: kept from {args.out} (--resume)")
+            continue
+        profiles[profile] = run_profile(args.work, profile, engines, args)
+        report = compose_report(settings, profiles, args, load_at_start, started)
+        write_result(args.out, report)  # after each profile: a killed run keeps what it did
+    report = compose_report(settings, profiles, args, load_at_start, started)
     write_result(args.out, report)
     print(format_report(report))
     print(f"\nwritten to {args.out}")

@@ -56,6 +56,8 @@ def _fidelity(agree: float, iou: float) -> dict:
             "mask_iou_mean": iou, "similarity_max_abs_error": 1e-3, "picks": 200}  # fmt: skip
 
 
+CONTROL_ROW = {**_fidelity(0.965, 0.97), "similarity_max_abs_error": 0.03,
+               "feature_cosine_min": 0.995}  # fmt: skip
 LATENCY = {
     "onnxruntime fp32": {"status": "ok", "ms": 3000.0},
     "onnxruntime int8": {"status": "ok", "ms": 1500.0},
@@ -110,7 +112,7 @@ def test_the_report_prints_pass_or_fail_next_to_each_number_of_the_target():
                     "load_average_at_end": [0.7, 0, 0]},
         "settings": {"threads": 2, "sets": 200},
         "profiles": {"outlier": {"image_size": [700, 700], "rows": rows,
-                                 "verdict": verdict(rows)}},
+                                 "verdict": verdict(rows), "control": CONTROL_ROW}},
     }  # fmt: skip
     text = format_report(report)
     lines = {line.split()[0] + " " + line.split()[1]: line for line in text.splitlines()
@@ -123,3 +125,31 @@ def test_the_report_prints_pass_or_fail_next_to_each_number_of_the_target():
     assert "does not run fp16" in lines["openvino fp16"]
     assert "NOT MET (fails argmax_agreement, mask_iou): openvino int8 5.00x" in text
     assert "passing: openvino bf16" in text
+    assert "control: fp32 + 10% noise: argmax 96.5%, mask IoU 0.9700, sim err 3.0e-02" in text
+
+
+def test_feature_drift_is_the_worst_cosine_and_relative_error_over_pairs_and_roles():
+    import numpy as np
+
+    from benchmarks.bench_cpu_precisions import feature_drift
+
+    ref = {"src": np.array([[3.0, 4.0]]), "dst": np.array([[1.0, 0.0]])}
+    got = {"src": np.array([[3.0, 4.0]]), "dst": np.array([[1.0, 1.0]])}
+    drift = feature_drift([ref, ref], [ref, got])
+    assert drift["feature_cosine_min"] == pytest.approx(2**-0.5)
+    assert drift["feature_max_err_over_peak"] == pytest.approx(1.0)
+
+
+def test_the_control_adds_seeded_noise_of_the_asked_share_of_each_maps_spread():
+    import numpy as np
+
+    from benchmarks.bench_cpu_precisions import noisy
+
+    rng = np.random.default_rng(0)
+    pair = {"src": rng.standard_normal((1, 8, 40, 40)).astype(np.float32) * 3.0,
+            "dst": rng.standard_normal((1, 8, 30, 30)).astype(np.float32)}  # fmt: skip
+    (once,), (again,) = noisy([pair], 0.1), noisy([pair], 0.1)
+    assert np.array_equal(once["src"], again["src"]) and once["src"].dtype == np.float32
+    for role in pair:
+        spread = (once[role] - pair[role]).std() / pair[role].std()
+        assert spread == pytest.approx(0.1, rel=0.05)
