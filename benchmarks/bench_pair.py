@@ -1,16 +1,21 @@
-"""``omama-run pair`` latency on CPU: the pipeline on ONNX Runtime and on torch vs the O-MaMa
-reference pipeline shape, for K = 1, 4, 8, 16 query objects per frame pair.
+"""``omama-run pair`` latency on CPU: the pipeline on each engine (backend x run precision)
+vs the O-MaMa reference pipeline shape, for K = 1, 4, 8, 16 query objects per frame pair.
 
 Models at the official sizes with random weights (latency does not depend on the values):
 DINOv2 ViT-B/14 with registers at 532x952 (exo, source) and 700x700 (ego, destination), the
-official exo2ego matcher, FastSAM-s at 1024 px. The FastSAM-s BatchNorm is calibrated on
-noise and its class bias set so that the destination frame gets about ``--num-candidates``
-candidates (random YOLO weights would otherwise give none and the matcher would never run).
-Images: frame 0 of a synthetic take, resized to the processed sizes (exo 960x540, ego
-704x704); queries: its exo object masks, repeated when K exceeds the objects.
+official exo2ego matcher, FastSAM-s at 1024 px, exported with ``--int8`` (int8 backbones
+calibrated on synthetic frames, FastSAM int8 when its checks pass). The FastSAM-s BatchNorm
+is calibrated on noise and its class bias set so that the destination frame gets about
+``--num-candidates`` candidates (random YOLO weights would otherwise give none and the
+matcher would never run). Images: frame 0 of a synthetic take, resized to the processed
+sizes (exo 960x540, ego 704x704); queries: its exo object masks, repeated when K exceeds
+the objects.
 
 * ``ours``: :class:`runtime.pipeline.Pipeline.match_frame` with K queries (FastSAM once,
-  each backbone once, the matcher once for the K objects), medians per stage.
+  each backbone once, the matcher once for the K objects), medians per stage, for every
+  engine of ``--engines`` (``backend:precision``, as ``omama-run pair --backend B
+  --precision P`` runs it: ``torch:fp32``, ``onnxruntime:fp32|int8``,
+  ``openvino:fp32|bf16|int8``; an engine that cannot run here is reported with the reason).
 * ``reference shape``: what O-MaMa does per object: FastSAM through ultralytics' predictor
   (retina masks), both backbones (the torch backend's PyTorch forward), descriptors with a
   per-mask loop over the 175x175 upsampled map (``benchmarks.bench_descriptors.
@@ -18,9 +23,13 @@ Images: frame 0 of a synthetic take, resized to the processed sizes (exo 960x540
   per-object costs are measured once and composed: reference(K) = K x per-object cost
   (running 16 full reference pipelines would take tens of minutes on 2 cores).
 
-Usage: ``python -m benchmarks.bench_pair [--threads 1] [--repeats 2] [--ks 1 4 8 16]``.
-Writes ``benchmarks/results/bench_pair.json``; the artifacts and weights are kept in
-``--work`` (default ``/tmp/omama_bench_pair``) and reused when the recipe is unchanged.
+Targets (issue 13): K=1 at least 2.0x faster than the reference shape, K=8 at least 16x,
+with the best CPU engine.
+
+Usage: ``python -m benchmarks.bench_pair [--threads 1] [--repeats 2] [--ks 1 4 8 16]
+[--engines torch:fp32 onnxruntime:fp32 openvino:bf16 ...]``. Writes
+``benchmarks/results/bench_pair.json``; the artifacts and weights are kept in ``--work``
+(default ``/tmp/omama_bench_pair``) and reused when the recipe is unchanged.
 """
 
 from __future__ import annotations
@@ -32,8 +41,10 @@ import statistics
 import time
 from pathlib import Path
 
+from benchmarks.bench_cpu_precisions import Engine, parse_engine
 from benchmarks.common import RESULTS_DIR, load_average, machine_record, write_result
 from benchmarks.common import log as _log
+from runtime.errors import OmamaError
 from runtime.pipeline import STAGES
 from runtime.timing import median_ms
 
@@ -41,8 +52,17 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 
 RESULTS = RESULTS_DIR / "bench_pair.json"
 EGO_HW, EXO_HW = (704, 704), (540, 960)  # processed frames (ego / 2, exo / 4)
-TARGETS = {1: 1.3, 8: 8.0}
-RECIPE_VERSION = 3
+TARGETS = {1: 2.0, 8: 16.0}  # issue 13: K=1 >= 2.0x, K=8 >= 16x the reference shape
+RECIPE_VERSION = 4  # 4: the export adds --int8
+REFERENCE_ENGINE = "torch:fp32"  # its backbone times compose the reference shape
+ENGINES = (
+    REFERENCE_ENGINE,
+    "onnxruntime:fp32",
+    "onnxruntime:int8",
+    "openvino:fp32",
+    "openvino:bf16",
+    "openvino:int8",
+)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -132,7 +152,8 @@ def build_artifacts(work: Path, fastsam_variant: str, num_candidates: int, dst_r
     from export.config import ExportConfig
     from export.pipeline import export_artifacts
 
-    recipe = {"version": RECIPE_VERSION, "fastsam": fastsam_variant, "candidates": num_candidates}
+    recipe = {"version": RECIPE_VERSION, "fastsam": fastsam_variant, "candidates": num_candidates,
+              "int8": True}  # fmt: skip
     recipe_path = work / "recipe.json"
     art = work / "artifacts"
     done = recipe_path.is_file() and (art / "manifest.json").is_file()
@@ -149,6 +170,8 @@ def build_artifacts(work: Path, fastsam_variant: str, num_candidates: int, dst_r
             fastsam_weights=weights / "fastsam.pt",
             matcher_input="auto",
             verify=False,
+            int8=True,
+            parity_sets=20,  # the int8 gate's sets; bench_cpu_precisions measures fidelity
         ),
         echo=_log,
         progress=False,
@@ -188,8 +211,8 @@ def bench_images(work: Path):
 # ----------------------------------------------------------------------------- measurements
 
 
-def measure_pipeline(art: Path, backend: str, src, dst, queries, ks, repeats, threads, weights):
-    """Per K, the stages of ``match_frame(src, dst, K queries)``.
+def measure_pipeline(art: Path, engine: Engine, src, dst, queries, ks, repeats, threads, weights):
+    """Per K, the stages of ``match_frame(src, dst, K queries)`` on ``engine``.
 
     ``match_frame`` is ``encode_src`` + ``encode_dst`` (nothing there depends on
     K) + ``match`` (the K-dependent part): each repeat encodes the pair once and matches
@@ -201,8 +224,8 @@ def measure_pipeline(art: Path, backend: str, src, dst, queries, ks, repeats, th
 
     records: dict[int, list[dict]] = {k: [] for k in ks}
     chosen: dict[int, list[int]] = {}
-    with Pipeline(art, backend=backend, device="cpu", threads=threads, mask_size="model",
-                  weights_dirs=[weights]) as pipe:  # fmt: skip
+    with Pipeline(art, backend=engine.backend, device="cpu", precision=engine.precision,
+                  threads=threads, mask_size="model", weights_dirs=[weights]) as pipe:  # fmt: skip
         torch.set_num_threads(threads)
         pipe.match_frame(src, dst, queries[:1])  # warm-up (allocations, first-run kernels)
         for _ in range(repeats):
@@ -226,8 +249,23 @@ def measure_pipeline(art: Path, backend: str, src, dst, queries, ks, repeats, th
             "candidates": len(dst_frame.candidates),
             "chosen": chosen[k],
         }
-        _log(f"  {backend} K={k}: {rows[k]['total_ms']:.0f} ms, N={rows[k]['candidates']}")
+        _log(f"  {engine.label} K={k}: {rows[k]['total_ms']:.0f} ms, N={rows[k]['candidates']}")
     return rows, dst_frame
+
+
+def parse_engines(texts) -> list[Engine]:
+    """``--engines`` -> engines, :data:`REFERENCE_ENGINE` first (the reference shape is
+    composed from its backbone times); an :class:`OmamaError` for an engine ``omama-run``
+    cannot be asked for."""
+    engines = [parse_engine(text) for text in texts]
+    for engine in engines:
+        if engine.rest:
+            raise OmamaError(
+                f"engine {engine.spec!r}: omama-run runs int8 files with the float layers in "
+                "f32 (--precision int8); drop '+bf16'"
+            )
+    reference = parse_engine(REFERENCE_ENGINE)
+    return [reference] + [e for e in dict.fromkeys(engines) if e != reference]
 
 
 def measure_reference(art: Path, weights: Path, src, dst, query, dst_frame, repeats, threads):
@@ -296,16 +334,18 @@ def measure_reference(art: Path, weights: Path, src, dst, query, dst_frame, repe
 def machine_info(threads: int, load_at_start) -> dict:
     import torch
 
-    packages = ("torch", "onnxruntime", "ultralytics", "numpy")
-    return machine_record(
-        load_at_start, packages, threads=threads, torch_threads=torch.get_num_threads()
-    )
+    from benchmarks.bench_cpu_precisions import cpu_flags
+
+    packages = ("torch", "onnxruntime", "openvino", "nncf", "ultralytics", "numpy")
+    return machine_record(load_at_start, packages, threads=threads,
+                          torch_threads=torch.get_num_threads(), cpu_flags=cpu_flags())  # fmt: skip
 
 
 def compose(ours: dict, reference: dict, ks) -> dict:
-    """reference(K) = K x (FastSAM through ultralytics + both backbones (torch) + loop
-    descriptors + matcher B=1 + preprocessing), against each backend's measured total."""
-    torch_k1 = ours["torch"][ks[0]]["stages_ms"]
+    """reference(K) = K x (FastSAM through ultralytics + both backbones (torch fp32) + loop
+    descriptors + matcher B=1 + preprocessing), against each engine's measured total;
+    ``ours``: engine label -> K -> its measured row (``torch fp32`` among them)."""
+    torch_k1 = ours[parse_engine(REFERENCE_ENGINE).label][ks[0]]["stages_ms"]
     per_object = (
         reference["fastsam_ultralytics_ms"]
         + torch_k1["backbone_src"]
@@ -317,36 +357,65 @@ def compose(ours: dict, reference: dict, ks) -> dict:
     rows = {}
     for k in ks:
         ref_ms = k * per_object
-        rows[k] = {
-            "reference_shape_ms": ref_ms,
-            **{f"{b}_ms": ours[b][k]["total_ms"] for b in ours},
-            **{f"speedup_{b}": ref_ms / ours[b][k]["total_ms"] for b in ours},
-        }
+        ms = {label: ours[label][k]["total_ms"] for label in ours}
+        speedup = {label: ref_ms / value for label, value in ms.items()}
+        rows[k] = {"reference_shape_ms": ref_ms, "ms": ms, "speedup": speedup,
+                   "best": max(speedup, key=speedup.get)}  # fmt: skip
     return {"reference_per_object_ms": per_object, "rows": rows}
 
 
+def targets_met(composed: dict, targets: dict) -> dict:
+    """Per target K: each engine's verdict and the best engine's (speed-up >= the target)."""
+    out = {}
+    for k, target in targets.items():
+        row = composed["rows"].get(k)
+        if row is None:
+            continue
+        best = row["best"]
+        out[str(k)] = {
+            "target": target,
+            "engines": {label: x >= target for label, x in row["speedup"].items()},
+            "best": {
+                "engine": best,
+                "speedup": row["speedup"][best],
+                "met": row["speedup"][best] >= target,
+            },  # fmt: skip
+        }
+    return out
+
+
 def stage_winners(ours: dict, k: int) -> dict:
+    """Per stage at ``k``: every engine's ms and the fastest (a tie when all are < 1 ms)."""
     out = {}
     for stage in STAGES:
-        t, o = ours["torch"][k]["stages_ms"][stage], ours["onnxruntime"][k]["stages_ms"][stage]
-        winner = "tie (< 1 ms)" if max(t, o) < 1.0 else "onnxruntime" if o < t else "torch"
-        out[stage] = {"torch_ms": t, "onnxruntime_ms": o, "winner": winner,
-                      "ratio_torch_over_ort": t / o if o else None}  # fmt: skip
+        ms = {label: rows[k]["stages_ms"][stage] for label, rows in ours.items()}
+        fastest = min(ms, key=ms.get)
+        winner = "tie (< 1 ms)" if max(ms.values()) < 1.0 else fastest
+        out[stage] = {"ms": ms, "winner": winner}
     return out
+
+
+def same_picks(ours: dict, k: int) -> dict:
+    """Per engine: how many of its K picks are torch fp32's (of K)."""
+    reference = ours[parse_engine(REFERENCE_ENGINE).label][k]["chosen"]
+    return {
+        label: sum(a == b for a, b in zip(rows[k]["chosen"], reference, strict=True))
+        for label, rows in ours.items()
+    }
 
 
 def k1_ceiling(ours: dict, reference_per_object_ms: float) -> dict:
     """The best K=1 speed-up any pipeline of these backbones could reach: the reference's
-    per-object time over the two backbone passes alone (every other stage free), per backend.
+    per-object time over the two backbone passes alone (every other stage free), per engine.
 
     At K=1 the pipeline and the reference both run the source and the destination backbone
     once; only the other stages can be saved, so this bounds what doing less work can give.
     """
     out = {}
-    for backend, rows in ours.items():
+    for engine, rows in ours.items():
         stages = rows[min(rows)]["stages_ms"]
         backbones_ms = stages["backbone_src"] + stages["backbone_dst"]
-        out[backend] = {
+        out[engine] = {
             "backbones_ms": backbones_ms,
             "backbone_share_of_reference": backbones_ms / reference_per_object_ms,
             "max_speedup": reference_per_object_ms / backbones_ms,
@@ -355,23 +424,26 @@ def k1_ceiling(ours: dict, reference_per_object_ms: float) -> dict:
 
 
 def format_report(report: dict) -> str:
+    """The printed tables: seconds and speed-up per engine and K, the stages at
+    ``winners_k``, the K=1 ceilings and the targets."""
+    machine = report["machine"]
+    rows = report["composed"]["rows"]
+    ks = list(rows)
     lines = [
-        "omama-run pair on CPU ({threads} thread(s)); N = {n} FastSAM candidates; load "
-        "average {load:.1f} at start".format(
-            threads=report["machine"]["threads"],
-            n=report["candidates"],
-            load=report["machine"]["load_average_at_start"][0],
-        ),
+        f"omama-run pair on CPU ({machine['threads']} thread(s)); N = {report['candidates']} "
+        f"FastSAM candidates; load average {machine['load_average_at_start'][0]:.1f} at start, "
+        f"{machine['load_average_at_end'][0]:.1f} at end",
         "",
-        f"{'K':>3} {'reference shape':>16} {'torch':>10} {'onnxruntime':>12} "
-        f"{'x torch':>8} {'x ort':>7}",
+        f"{'engine':<20}" + "".join(f"{'K=' + k:>18}" for k in ks),
+        f"{'reference shape':<20}"
+        + "".join(f"{rows[k]['reference_shape_ms'] / 1e3:>11.2f} s      " for k in ks),
     ]
-    for k, row in report["composed"]["rows"].items():
-        lines.append(
-            f"{k:>3} {row['reference_shape_ms'] / 1e3:>15.2f}s {row['torch_ms'] / 1e3:>9.2f}s "
-            f"{row['onnxruntime_ms'] / 1e3:>11.2f}s {row['speedup_torch']:>8.2f} "
-            f"{row['speedup_onnxruntime']:>7.2f}"
-        )
+    for label in rows[ks[0]]["ms"]:
+        cells = [f"{rows[k]['ms'][label] / 1e3:>11.2f} s {rows[k]['speedup'][label]:>5.2f}x"
+                 for k in ks]  # fmt: skip
+        lines.append(f"{label:<20}" + "".join(cells))
+    for label, why in report.get("unavailable", {}).items():
+        lines.append(f"{label:<20} unavailable: {why}")
     ref = report["reference"]
     lines += [
         "",
@@ -380,38 +452,67 @@ def format_report(report: dict) -> str:
         f"loop descriptors {ref['descriptors_loop_ms']:.0f} ({ref['descriptors_loop_masks']} "
         f"masks) + matcher B=1 {ref['matcher_b1_ms']:.0f}",
         "",
-        f"per stage at K={report['winners_k']}:",
-        f"  {'stage':<14} {'torch ms':>10} {'ort ms':>10}  winner",
+        f"per stage at K={report['winners_k']} (ms):",
     ]
-    for stage, row in report["stage_winners"].items():
-        lines.append(
-            f"  {stage:<14} {row['torch_ms']:>10.1f} {row['onnxruntime_ms']:>10.1f}  "
-            f"{row['winner']}"
-        )
+    winners = report["stage_winners"]
+    labels = list(next(iter(winners.values()))["ms"])
+    lines.append(f"  {'stage':<14}" + "".join(f"{label:>18}" for label in labels) + "  fastest")
+    for stage, row in winners.items():
+        cells = "".join(f"{row['ms'][label]:>18.1f}" for label in labels)
+        lines.append(f"  {stage:<14}{cells}  {row['winner']}")
     lines.append("")
-    for backend, row in report.get("k1_ceiling", {}).items():
+    for engine, row in report.get("k1_ceiling", {}).items():
         lines.append(
-            f"K=1 ceiling ({backend}): the two backbone passes alone take "
+            f"K=1 ceiling ({engine}): the two backbone passes alone take "
             f"{row['backbones_ms'] / 1e3:.2f}s = {100 * row['backbone_share_of_reference']:.0f}% "
             f"of the reference per object, so no pipeline of them beats it by more than "
             f"{row['max_speedup']:.2f}x at K=1"
         )
     for k, met in report["targets_met"].items():
-        verdicts = ", ".join(f"{b} {'met' if ok else 'MISSED'}" for b, ok in met.items())
-        lines.append(f"target K={k} >= {report['targets'][k]}x: {verdicts}")
+        best = met["best"]
+        state = "met" if best["met"] else "NOT MET"
+        lines.append(f"target K={k} >= {met['target']}x: {state} (best: {best['engine']} "
+                     f"{best['speedup']:.2f}x)")  # fmt: skip
     return "\n".join(lines)
+
+
+def measure_engines(engines, art, images, ks, args, weights) -> tuple[dict, dict, object]:
+    """(engine label -> K -> row, engine label -> why it cannot run, a destination frame)."""
+    src, dst, queries = images
+    ours, unavailable, dst_frame = {}, {}, None
+    for engine in engines:
+        _log(f"bench_pair: {engine.label}")
+        try:
+            ours[engine.label], frame = measure_pipeline(
+                art, engine, src, dst, queries, ks, args.repeats, args.threads, weights
+            )
+        except OmamaError as exc:
+            if engine.spec == REFERENCE_ENGINE:
+                raise
+            unavailable[engine.label] = str(exc)
+            _log(f"  {engine.label}: unavailable: {exc}")
+            continue
+        dst_frame = dst_frame or frame
+    return ours, unavailable, dst_frame
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", type=int, default=1, help="Threads per model (both backends).")
+    parser.add_argument("--threads", type=int, default=1, help="Threads per model (all engines).")
     parser.add_argument("--repeats", type=int, default=2, help="Timed calls per K (median).")
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument(
+        "--engines",
+        nargs="+",
+        default=list(ENGINES),
+        help="backend:precision; torch:fp32 always runs (the reference)",
+    )
     parser.add_argument("--num-candidates", type=int, default=64, help="FastSAM candidates wanted.")
     parser.add_argument("--fastsam", choices=("s", "x"), default="s", help="FastSAM variant.")
     parser.add_argument("--work", type=Path, default=Path("/tmp/omama_bench_pair"))
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    engines = parse_engines(args.engines)
     load_at_start = load_average()
     started = time.perf_counter()
     import torch
@@ -422,43 +523,41 @@ def main(argv: list[str] | None = None) -> dict:
     art = build_artifacts(args.work, args.fastsam, args.num_candidates, dst)
     weights = args.work / "weights"
     ks = sorted(args.ks)
-    ours, dst_frame = {}, None
-    for backend in ("onnxruntime", "torch"):
-        _log(f"bench_pair: {backend}")
-        ours[backend], frame = measure_pipeline(art, backend, src, dst, queries, ks,
-                                                args.repeats, args.threads, weights)  # fmt: skip
-        dst_frame = dst_frame or frame
+    ours, unavailable, dst_frame = measure_engines(engines, art, (src, dst, queries), ks, args,
+                                                   weights)  # fmt: skip
     _log("bench_pair: reference shape components")
     reference = measure_reference(art, weights, src, dst, queries[0], dst_frame, args.repeats,
                                   args.threads)  # fmt: skip
     composed = compose(ours, reference, ks)
     winners_k = 8 if 8 in ks else ks[-1]
-    same_choice = all(ours["torch"][k]["chosen"] == ours["onnxruntime"][k]["chosen"] for k in ks)
-    targets_met = {
-        str(k): {b: composed["rows"][k][f"speedup_{b}"] >= t for b in ours}
-        for k, t in TARGETS.items()
-        if k in composed["rows"]
-    }
     recipe = json.loads((args.work / "recipe.json").read_text())
     report = {
         "benchmark": "bench_pair",
-        "method": "ours: per repeat one encode of the pair + one match per K (= match_frame); "
-        "reference shape = K x per-object costs measured once (FastSAM through ultralytics, "
-        "PyTorch backbones, per-mask loop descriptors, matcher B=1), composed",
+        "method": "ours: per repeat one encode of the pair + one match per K (= match_frame), "
+        "per engine (backend x run precision, as omama-run runs it); reference shape = K x "
+        "per-object costs measured once (FastSAM through ultralytics, PyTorch backbones, "
+        "per-mask loop descriptors, matcher B=1), composed",
         "settings": {
             "threads": args.threads,
             "repeats": args.repeats,
             "ks": ks,
+            "engines": [e.spec for e in engines],
             "fastsam": f"FastSAM-{args.fastsam} (random, BatchNorm calibrated, class "
             f"bias {recipe['fastsam_class_bias']})",
             "backbone": "dinov2_vitb14_reg",
+            "export": "fp32 + --int8 (synthetic calibration frames)",
             "views": {"src": "exo 532x952", "dst": "ego 700x700"},
             "images": {"src": list(EXO_HW), "dst": list(EGO_HW)},
             "queries_distinct": len(queries),
         },  # fmt: skip
-        "candidates": ours["onnxruntime"][ks[0]]["candidates"],
-        "same_chosen_candidates_torch_vs_onnxruntime": same_choice,
-        "pipeline": {b: {str(k): v for k, v in rows.items()} for b, rows in ours.items()},
+        "candidates": ours[parse_engine(REFERENCE_ENGINE).label][ks[0]]["candidates"],
+        "same_picks_as_torch_fp32": {
+            "k": ks[-1],
+            "of": ks[-1],
+            "engines": same_picks(ours, ks[-1]),
+        },
+        "pipeline": {label: {str(k): v for k, v in rows.items()} for label, rows in ours.items()},
+        "unavailable": unavailable,
         "reference": reference,
         "composed": {
             "reference_per_object_ms": composed["reference_per_object_ms"],
@@ -467,7 +566,7 @@ def main(argv: list[str] | None = None) -> dict:
         "winners_k": winners_k,
         "stage_winners": stage_winners(ours, winners_k),
         "targets": {str(k): t for k, t in TARGETS.items()},
-        "targets_met": targets_met,
+        "targets_met": targets_met(composed, TARGETS),
         "k1_ceiling": k1_ceiling(ours, composed["reference_per_object_ms"]),
         "wall_s": round(time.perf_counter() - started, 1),
         "machine": machine_info(args.threads, load_at_start),
