@@ -11,7 +11,9 @@ real candidates do, so numbers obtained with it are not comparable to published 
 
 Work is sharded deterministically (shard i of n takes the sorted frames ``[i::n]``),
 resumable (a frame whose two files exist and agree is skipped), atomic per file, and ends
-with a JSON report ``ROOT/masks_report_<split>_<direction>[_shard_i_n].json``. Shards share
+with a JSON report ``ROOT/masks_report_<split>_<direction>[_shard_i_n].json``. With
+``--ray`` the frames are split over Ray workers instead (:mod:`omama_train.data.masks_ray`),
+which write the very files this process would. Shards share
 the output folder; each holds its own lock there, so a second run of the same shard stops
 at once with one error, and the folder's source is checked and recorded under a lock of its
 own. A frame that cannot be done (missing or unreadable image, an invalid ground-truth mask)
@@ -37,6 +39,7 @@ import numpy as np
 import typer
 from filelock import FileLock
 
+from omama_train import raywork
 from omama_train.data.annotated_masks import AnnotatedMasks
 from omama_train.devices import check_device, default_device
 from omama_train.imagekey import ImageKey, dst_frames
@@ -166,7 +169,7 @@ def annotation_candidates(
     return Candidates.from_masks(np.stack(found))
 
 
-def _read_image(path: Path) -> np.ndarray | None:
+def read_image(path: Path) -> np.ndarray | None:
     """RGB uint8 (H, W, 3) of ``path``, None when it is missing or cannot be decoded (the
     report lists those frames)."""
     try:
@@ -224,6 +227,7 @@ def extract_candidates(
     report_extra: dict | None = None,
     io_threads: int = 4,
     source: dict | None = None,
+    on_ray: Callable[[_Run, list[ImageKey], bool], dict] | None = None,
 ) -> dict:
     """Write the candidates of this shard's destination frames; returns the report dict.
 
@@ -235,7 +239,10 @@ def extract_candidates(
     (``io_threads`` writers; zlib releases the GIL), so the model does not wait on disk or
     compression. With ``source`` (:func:`candidates_source`) the output folder records how
     its candidates were made and refuses other sources. The shard's lock on the output
-    folder is held throughout: a second run of the same shard is refused at once.
+    folder is held throughout: a second run of the same shard is refused at once. With
+    ``on_ray(run, todo, progress)`` (:func:`omama_train.data.masks_ray.frames_on_ray`) the
+    frames are done on Ray instead, not by ``make_candidates`` here; what it returns is the
+    report's ``ray`` entry.
     """
     if io_threads < 1:
         raise OmamaError(f"--io-threads must be at least 1, got {io_threads}")
@@ -255,7 +262,11 @@ def extract_candidates(
         if source is not None:
             claim_source(out_dir, source) if todo else check_source(out_dir, source)
         run = _Run(root, split, direction)
-        run.write(todo, make_candidates, io_threads, progress)
+        ray = None
+        if on_ray is None:
+            run.write(todo, make_candidates, io_threads, progress)
+        else:
+            ray = on_ray(run, todo, progress)
         report = {
             "split": split,
             "direction": direction,
@@ -275,6 +286,7 @@ def extract_candidates(
                 **package_versions(VERSIONED_PACKAGES),
             },
             **(report_extra or {}),
+            **({"ray": ray} if on_ray is not None else {}),
         }
         write_json(path, report, indent=2)
     if todo and not report["written"] and not skipped:
@@ -334,30 +346,24 @@ class _Run:
         ):
             paths = [index.image_path(*frame) for frame in todo]
             reads: deque[Future] = deque(
-                reader.submit(_read_image, path) for path in paths[:PREFETCH_FRAMES]
+                reader.submit(read_image, path) for path in paths[:PREFETCH_FRAMES]
             )
             for i, frame in enumerate(todo):
                 image = reads.popleft().result()
                 if i + PREFETCH_FRAMES < len(todo):
-                    reads.append(reader.submit(_read_image, paths[i + PREFETCH_FRAMES]))
-                if image is None:
-                    (self.missing if not paths[i].is_file() else self.unreadable).append(str(frame))
-                    bar.update(1)
-                    continue
-                try:
-                    candidates = self._compute(frame, image, make_candidates)
-                except SkipFrame as exc:
-                    log.warning("skipped frame %s: %s", frame, exc)
-                    self.invalid.append({"frame": str(frame), "problem": str(exc)})
-                    bar.update(1)
-                    continue
-                masks_path, boxes_path = candidate_paths(
-                    self.root, self.split, self.direction, *frame
-                )
-                pending.append(writers.submit(write_candidates, masks_path, boxes_path, candidates))
-                while len(pending) > 2 * io_threads:  # bounds the masks held in memory
-                    pending.popleft().result()
-                bar.set_postfix(candidates=len(candidates))
+                    reads.append(reader.submit(read_image, paths[i + PREFETCH_FRAMES]))
+                outcome, candidates = frame_outcome(frame, image, paths[i], make_candidates)
+                self.add(outcome)
+                if candidates is not None:
+                    masks_path, boxes_path = candidate_paths(
+                        self.root, self.split, self.direction, *frame
+                    )
+                    pending.append(
+                        writers.submit(write_candidates, masks_path, boxes_path, candidates)
+                    )
+                    while len(pending) > 2 * io_threads:  # bounds the masks held in memory
+                        pending.popleft().result()
+                    bar.set_postfix(candidates=len(candidates))
                 bar.update(1)
             for future in pending:
                 future.result()
@@ -394,18 +400,42 @@ class _Run:
         ]
         return ", ".join(f"{n} {one if n == 1 else many}" for n, one, many in parts if n)
 
-    def _compute(self, frame: ImageKey, image: np.ndarray, make_candidates) -> Candidates:
-        t0 = time.perf_counter()
+    def add(self, outcome: dict) -> None:
+        """Count one frame's :func:`frame_outcome` (done here or by a Ray worker)."""
+        frame, status = outcome["frame"], outcome["status"]
+        if status == "invalid":
+            self.invalid.append({"frame": frame, "problem": outcome["problem"]})
+        elif status in ("missing", "unreadable"):
+            (self.missing if status == "missing" else self.unreadable).append(frame)
+        else:
+            self.counts.append(outcome["candidates"])
+            self.compute_s += outcome["compute_s"]
+            if outcome["candidates"] == 0:
+                self.zero.append(frame)
+
+
+def frame_outcome(
+    frame: ImageKey, image: np.ndarray | None, path: Path, make_candidates
+) -> tuple[dict, Candidates | None]:
+    """``({"frame", "status", ...}, candidates to write or None)`` of one frame: ``status``
+    ``missing`` or ``unreadable`` (``image`` None), ``invalid`` (the maker skipped it, with
+    its ``problem``) or ``written`` (with the ``candidates`` count and ``compute_s``)."""
+    if image is None:
+        return {"frame": str(frame), "status": "unreadable" if path.is_file() else "missing"}, None
+    t0 = time.perf_counter()
+    try:
         candidates = make_candidates(frame, image)
-        self.compute_s += time.perf_counter() - t0
-        if candidates.size_hw != image.shape[:2]:
-            raise OmamaError(
-                f"candidates of {frame} are {candidates.size_hw}, image is {image.shape[:2]}"
-            )
-        self.counts.append(len(candidates))
-        if len(candidates) == 0:
-            self.zero.append(str(frame))
-        return candidates
+    except SkipFrame as exc:
+        log.warning("skipped frame %s: %s", frame, exc)
+        return {"frame": str(frame), "status": "invalid", "problem": str(exc)}, None
+    compute_s = time.perf_counter() - t0
+    if candidates.size_hw != image.shape[:2]:
+        raise OmamaError(
+            f"candidates of {frame} are {candidates.size_hw}, image is {image.shape[:2]}"
+        )
+    outcome = {"frame": str(frame), "status": "written", "candidates": len(candidates),
+               "compute_s": compute_s}  # fmt: skip
+    return outcome, candidates
 
 
 def candidate_maker(
@@ -415,10 +445,12 @@ def candidate_maker(
     fastsam: Path | None,
     from_annotations: bool,
     settings: FastSAMSettings,
-) -> tuple[Callable[[ImageKey, np.ndarray], Candidates], dict, dict]:
+    load: bool = True,
+) -> tuple[Callable[[ImageKey, np.ndarray], Candidates] | None, dict, dict]:
     """(candidate maker, its :func:`candidates_source`, report entries) of ``omama data
-    masks``: FastSAM (``fastsam`` checkpoint, loaded here) or the annotations. The source
-    is checked against the candidates folder before any work."""
+    masks``: FastSAM (``fastsam`` checkpoint, loaded here) or the annotations; no maker
+    without ``load`` (a ``--ray`` run: its workers make their own). The source is checked
+    against the candidates folder before any work."""
     if from_annotations == (fastsam is not None):
         raise OmamaError(
             "pass either --fastsam FastSAM-x.pt or --from-annotations (not both, not neither)"
@@ -427,18 +459,15 @@ def candidate_maker(
         source = candidates_source(None, None)
         check_source(candidates_dir(root, split, direction), source)
         extra = {"mode": "annotations", "weights": None, "fastsam": None}
-        return annotation_source(root), source, extra
+        return annotation_source(root) if load else None, source, extra
     t0 = time.perf_counter()
     settings = replace(settings, device=settings.device or default_device())
-    make = fastsam_source(fastsam, settings)
+    make = fastsam_source(fastsam, settings) if load else None
     source = candidates_source(fastsam, settings)
     check_source(candidates_dir(root, split, direction), source)
-    extra = {
-        "mode": "fastsam",
-        "weights": str(fastsam),
-        "fastsam": asdict(settings),
-        "model_load_s": round(time.perf_counter() - t0, 3),
-    }
+    extra = {"mode": "fastsam", "weights": str(fastsam), "fastsam": asdict(settings)}
+    if load:
+        extra["model_load_s"] = round(time.perf_counter() - t0, 3)
     return make, source, extra
 
 
@@ -495,6 +524,8 @@ Device = Annotated[
 ]
 IoThreads = Annotated[int, Opt("--io-threads", help="Threads compressing and writing mask files.")]
 Progress = Annotated[bool, Opt("--progress/--no-progress", help="Progress bar.")]
+Ray, RayAddress, Workers = raywork.Ray, raywork.RayAddress, raywork.Workers
+CpusPerWorker, GpusPerWorker = raywork.CpusPerWorker, raywork.GpusPerWorker
 
 
 def masks_command(
@@ -512,22 +543,38 @@ def masks_command(
     device: Device = None,
     io_threads: IoThreads = 4,
     progress: Progress = True,
+    ray: Ray = False,
+    ray_address: RayAddress = None,
+    workers: Workers = None,
+    cpus_per_worker: CpusPerWorker = None,
+    gpus_per_worker: GpusPerWorker = None,
 ) -> None:
     """Candidate masks (FastSAM everything mode) for every destination frame of a pairs file.
 
     Writes ROOT/Masks_<SPLIT>_<DIRECTION>/<take>/<cam>/<frame>_masks.npz (arr_0: N x H x W
     uint8) and _boxes.npy (N x 4 float32 x1, y1, w, h) at the processed image's size.
-    Resumable (finished frames are skipped), shardable across processes or machines,
-    and reports to ROOT/masks_report_<split>_<direction>[_shard_i_n].json.
+    Resumable (finished frames are skipped), shardable across processes or machines
+    (--shard), or split over Ray workers that each load FastSAM once (--ray); reports to
+    ROOT/masks_report_<split>_<direction>[_shard_i_n].json.
 
     Example: omama data masks --root data/omama --direction exo2ego --split test --fastsam FastSAM-x.pt --shard 0/4
+
+    Example: omama data masks --root data/omama --direction exo2ego --split test --fastsam FastSAM-x.pt --ray-address HEAD:6379 --workers 8 --device cuda
     """  # noqa: E501
     check_direction(direction)
     shard_tuple = parse_shard(shard)
+    options = raywork.ray_options(
+        ray, ray_address, workers, cpus_per_worker, gpus_per_worker, shard_tuple
+    )
     settings = FastSAMSettings(imgsz, conf, iou, retina, device)
     make, source, extra = candidate_maker(
-        root, split, direction, fastsam, from_annotations, settings
+        root, split, direction, fastsam, from_annotations, settings, load=options is None
     )
+    on_ray = None
+    if options is not None:
+        from omama_train.data.masks_ray import frames_on_ray
+
+        on_ray = frames_on_ray(options, root, split, direction, fastsam, settings, source)
     report = extract_candidates(
         root,
         split,
@@ -539,6 +586,7 @@ def masks_command(
         report_extra=extra,
         io_threads=io_threads,
         source=source,
+        on_ray=on_ray,
     )
     typer.echo(summary_line(report, report_path(root, split, direction, shard_tuple)))
 

@@ -38,6 +38,7 @@ from runtime.info import package_version
 
 if TYPE_CHECKING:
     from omama_train.models.backbones import BackboneSpec
+    from omama_train.raywork import RayOptions
 
 
 def build_cache(
@@ -58,6 +59,7 @@ def build_cache(
     io_threads: int = 4,
     limit: int | None = None,
     progress: bool = True,
+    ray: RayOptions | None = None,
 ) -> dict:
     """Compute and store the features of this shard's images not cached yet.
 
@@ -66,7 +68,9 @@ def build_cache(
     (seeded by ``seed``, of ``weight_profile`` ``plain`` or ``outlier``). ``device``
     defaults to cuda when available; ``batch_size`` to 16 on CUDA, 4 on CPU. ``limit``
     stops after that many new images (a trial run; the rest follows on the next run).
-    Returns the report (also written to ``report_path(out, shard)``).
+    ``ray``: the chunks are computed by Ray workers (:mod:`omama_train.features.ray_chunks`),
+    which write the files this process would. Returns the report (also written to
+    ``report_path(out, shard)``).
     """
     started = time.perf_counter()
     root, out = Path(root), Path(out)
@@ -110,13 +114,25 @@ def build_cache(
         remove_temporaries(out, [report_file.name])
         stats = RunStats()
         settings = {"device": device, "batch_size": batch_size, "flush_every": flush_every}
-        _compute(work.todo, meta, bw, index, out, shard, io_threads, progress, stats, **settings)
+        ray_entry = None
+        if ray is None:
+            _compute(work.todo, meta, bw, index, out, shard, io_threads, progress, stats,
+                     **settings)  # fmt: skip
+        else:
+            from omama_train.features.ray_chunks import WeightsRecipe, compute_on_ray
+
+            recipe = WeightsRecipe(backbone, backbone_weights, random_init, seed, pos_resize,
+                                   weight_profile)  # fmt: skip
+            ray_entry = compute_on_ray(ray, work.todo, meta, recipe, root, out, shard, progress,
+                                       stats, io_threads=io_threads, **settings)  # fmt: skip
         run = {
             "device": device,
             "batch_size": batch_size,
             "elapsed_s": time.perf_counter() - started,
         }
         report = _report(out, root, pairs_files, meta["backbone"], weights, shard, work, stats, run)
+        if ray is not None:
+            report["ray"] = ray_entry
         write_json(report_file, report, indent=2)
     return report
 

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from omama_train import raywork
 from omama_train.features.build import build_cache, summary_text
 from omama_train.features.images import pairs_files_for
 from omama_train.features.writer import DEFAULT_FLUSH_EVERY
@@ -78,6 +79,8 @@ FlushEvery = Annotated[
 IoThreads = Annotated[int, Opt("--io-threads", help="Threads decoding JPEGs.")]
 Limit = Annotated[int | None, Opt("--limit", help="Stop after this many new images (a trial run).")]
 Progress = Annotated[bool, Opt("--progress/--no-progress", help="Progress bar.")]
+Ray, RayAddress, Workers = raywork.Ray, raywork.RayAddress, raywork.Workers
+CpusPerWorker, GpusPerWorker = raywork.CpusPerWorker, raywork.GpusPerWorker
 
 
 def features_command(
@@ -99,6 +102,11 @@ def features_command(
     io_threads: IoThreads = 4,
     limit: Limit = None,
     progress: Progress = True,
+    ray: Ray = False,
+    ray_address: RayAddress = None,
+    workers: Workers = None,
+    cpus_per_worker: CpusPerWorker = None,
+    gpus_per_worker: GpusPerWorker = None,
 ) -> None:
     """Run the backbone once per unique image of the pairs and cache fp16 feature maps.
 
@@ -107,11 +115,18 @@ def features_command(
     beside them, and CACHE/report.json; with --random-init also the weights it used,
     CACHE/backbone.safetensors (for omama export --backbone-weights). Images already
     cached are skipped, so an interrupted run resumes; --shard i/n splits the work
-    across machines writing into one folder. A cache built with other weights, backbone
+    across machines writing into one folder, or --ray splits its chunks over Ray workers
+    (each building the backbone once) that write the same files. A cache built with other weights, backbone
     or sizes is refused. Portrait frames are resized to their view's landscape size.
 
     Example: omama features --root data --split train,val,test --backbone dinov2_vitb14_reg --backbone-weights dinov2_vitb14_reg4_pretrain.pth --out data/features
+
+    Example: omama features --root data --split test --backbone dinov2_vitb14_reg --backbone-weights dinov2_vitb14_reg4_pretrain.pth --out data/features --ray-address HEAD:6379 --workers 8 --device cuda
     """  # noqa: E501
+    shard_tuple = parse_shard(shard)
+    options = raywork.ray_options(
+        ray, ray_address, workers, cpus_per_worker, gpus_per_worker, shard_tuple
+    )
     report = build_cache(
         root,
         out,
@@ -124,11 +139,12 @@ def features_command(
         pos_resize=pos_resize,
         device=device,
         batch_size=batch_size,
-        shard=parse_shard(shard),
+        shard=shard_tuple,
         flush_every=flush_every,
         io_threads=io_threads,
         limit=limit,
         progress=progress,
+        ray=options,
     )
     typer.echo(summary_text(report))
 

@@ -120,18 +120,44 @@ def compute_kind(
 ) -> None:
     """Features of ``keys`` (one camera kind) in chunks of ``flush_every`` images (see the
     module doc); ``bar`` (tqdm) advances per image."""
-    chunks_dir = out / CHUNKS_DIR
+    chunks = plan_chunks(out, kind, keys, shard, flush_every)
+    write_chunks(model, kind, chunks, index, out, source_size_hw=source_size_hw, device=device,
+                 batch_size=batch_size, io_threads=io_threads, bar=bar, stats=stats)  # fmt: skip
+
+
+def plan_chunks(
+    out: Path, kind: str, keys: list[ImageKey], shard: tuple[int, int], flush_every: int
+) -> list[tuple[str, list[ImageKey]]]:
+    """``(name, keys)`` of the chunks ``keys`` (one kind) are written in, named after
+    ``shard``'s chunks already in the cache (whose leftovers of an interrupted chunk are
+    removed now: the caller holds the shard's lock)."""
     prefix = _chunk_prefix(kind, shard)
-    seq = _clean_and_next_seq(chunks_dir, prefix)
+    seq = _clean_and_next_seq(out / CHUNKS_DIR, prefix)
     chunks = _batches(keys, flush_every)
-    batches = [batch for chunk in chunks for batch in _batches(chunk, batch_size)]
+    return [(f"{prefix}{seq + i:05d}", list(chunk)) for i, chunk in enumerate(chunks)]
+
+
+def write_chunks(
+    model: Backbone,
+    kind: str,
+    chunks: list[tuple[str, list[ImageKey]]],
+    index: ProcessedRoot,
+    out: Path,
+    *,
+    source_size_hw: tuple[int, int],
+    device: str,
+    batch_size: int,
+    io_threads: int,
+    bar,
+    stats: RunStats,
+) -> None:
+    """Compute and write ``chunks`` (:func:`plan_chunks`) of one kind, in order."""
+    batches = [batch for _, chunk in chunks for batch in _batches(chunk, batch_size)]
     decoded = _decoded_batches([[index.image_path(*k) for k in b] for b in batches], io_threads)
     encoder = _ChunkEncoder(model, kind, index, out, tuple(source_size_hw), device, bar, stats)
     with contextlib.closing(decoded):
-        for chunk in chunks:
-            name = f"{prefix}{seq:05d}"
-            seq += 1
-            encoder.write_chunk(chunks_dir, name, chunk, decoded)
+        for name, chunk in chunks:
+            encoder.write_chunk(out / CHUNKS_DIR, name, chunk, decoded)
             stats.chunks.append(name)
 
 

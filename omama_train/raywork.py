@@ -1,0 +1,177 @@
+"""The Ray executor of omama's embarrassingly parallel data jobs (``omama data masks --ray``:
+one job per frame; ``omama features --ray``: one job per chunk of images).
+
+    jobs (small, picklable) -> an actor pool of ``--workers`` actors, each building its
+    worker once (a model loaded once; CPUs and GPUs declared to Ray) -> one small result
+    per job, back on the driver in job order
+
+Workers read their inputs from and write their outputs to the shared filesystem, each file
+atomically, as the in-process run writes them; the driver holds the output folder's locks
+and folds the results into the run's report. An actor that dies is restarted by Ray and
+its job redone (its writes are atomic, so nothing half-written is left). ``--ray`` replaces
+``--shard i/n``, the hand-made splitting kept for users without Ray.
+
+The flags are spelled and mean what ``omama-run dataset``'s do (one meaning per flag name).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Annotated
+
+import typer
+
+from runtime import raykit
+from runtime.errors import OmamaError
+
+RETRIES = 3  # restarts of a dead actor, and retries of the job it held
+
+Ray = Annotated[
+    bool,
+    typer.Option(
+        "--ray",
+        help="Run on Ray (pip install 'omama[ray]'): joins $RAY_ADDRESS or the "
+        "cluster `ray start` began here, else starts a local Ray for the run.",
+    ),
+]
+RayAddress = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address", help="Join the Ray cluster at ADDRESS (e.g. HEAD:6379); implies --ray."
+    ),
+]
+Workers = Annotated[
+    int | None,
+    typer.Option("--workers", min=1, help="Ray actors, each loading the model once (default 1)."),
+]
+CpusPerWorker = Annotated[
+    float | None,
+    typer.Option(
+        "--cpus-per-worker",
+        min=0.01,
+        help="CPUs Ray reserves per actor (default: an equal share of all CPUs but one, "
+        "at least 0.25, at most 1 with GPUs).",
+    ),
+]
+GpusPerWorker = Annotated[
+    float | None,
+    typer.Option(
+        "--gpus-per-worker",
+        min=0.0,
+        help="GPUs per actor (default: 1 with --device cuda).",
+    ),
+]
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how wide a data job runs on Ray; ``cpus_per_worker`` / ``gpus_per_worker``
+    None: chosen from the cluster's resources (:func:`runtime.raykit.actor_resources`)."""
+
+    address: str | None = None
+    workers: int = 1
+    cpus_per_worker: float | None = None
+    gpus_per_worker: float | None = None
+
+
+def ray_options(
+    ray: bool,
+    address: str | None,
+    workers: int | None,
+    cpus_per_worker: float | None,
+    gpus_per_worker: float | None,
+    shard: tuple[int, int] = (0, 1),
+) -> RayOptions | None:
+    """The options of a ``--ray`` run, None for one in this process. Before any work: flags
+    only Ray uses are refused without it, ``--shard`` with it, a missing ``ray`` extra and a
+    ``--ray-address`` nobody answers on are one line each."""
+    if not (ray or address is not None):
+        if workers is not None:
+            raise OmamaError("--workers sets the Ray actors: add --ray")
+        if cpus_per_worker is not None or gpus_per_worker is not None:
+            raise OmamaError("--cpus-per-worker and --gpus-per-worker are for --ray runs")
+        return None
+    if shard != (0, 1):
+        raise OmamaError(
+            f"--shard {shard[0]}/{shard[1]} splits the work by hand for runs without Ray; "
+            "--ray splits it over the Ray workers: give one or the other"
+        )
+    raykit.import_ray()
+    raykit.check_reachable(address)
+    return RayOptions(address, workers or 1, cpus_per_worker, gpus_per_worker)
+
+
+class _Actor:
+    """One Ray actor: ``factory(**kwargs, device=..., threads=...)`` builds its worker (a
+    callable job -> result) once; the actor then runs jobs with it."""
+
+    def __init__(self, factory: Callable, kwargs: dict, device: str, threads: int) -> None:
+        import torch
+
+        logger = logging.getLogger("omama_train")
+        if not logger.handlers:  # worker stderr goes to Ray's logs and dashboard
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+        torch.set_num_threads(threads)
+        self.work = factory(**kwargs, device=device, threads=threads)
+
+    def run(self, job):
+        return self.work(job)
+
+
+def run_jobs(
+    options: RayOptions,
+    factory: Callable,
+    kwargs: dict,
+    jobs: Sequence,
+    device: str,
+    on_result: Callable[[object], None],
+) -> dict:
+    """Run ``jobs`` on an actor pool of ``options.workers`` actors, each holding the worker
+    ``factory(**kwargs, device=, threads=)`` builds; ``on_result`` gets each job's result
+    on the driver, in job order. No jobs: Ray is not started. Returns how it ran (the
+    report's ``ray`` entry)."""
+    how = {"address": options.address, "workers": options.workers, "jobs": len(jobs)}
+    if not jobs:
+        return how
+    with raykit.connection(options.address) as ray:
+        from ray.util import ActorPool
+
+        cpus, gpus = raykit.actor_resources(
+            ray.cluster_resources(),
+            options.workers,
+            options.cpus_per_worker,
+            options.gpus_per_worker,
+            device,
+        )
+        threads = raykit.threads_for(cpus)
+        # Ray hands each actor its own GPU(s) as device 0 (CUDA_VISIBLE_DEVICES).
+        worker_device = "cuda" if device.startswith("cuda") else device
+        remote = ray.remote(
+            num_cpus=cpus, num_gpus=gpus or None, max_restarts=RETRIES, max_task_retries=RETRIES
+        )(_Actor)
+        actors = [
+            remote.remote(factory, kwargs, worker_device, threads)
+            for _ in range(min(options.workers, len(jobs)))
+        ]
+        try:
+            for result in ActorPool(actors).map(lambda actor, job: actor.run.remote(job), jobs):
+                on_result(result)
+        except OmamaError:
+            raise
+        except Exception as exc:  # Ray wraps a worker's error in its own types
+            raise OmamaError(raykit.failure_line(exc)) from exc
+        finally:
+            for actor in actors:
+                ray.kill(actor)
+        nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    return how | {
+        "nodes": nodes,
+        "cpus_per_worker": cpus,
+        "gpus_per_worker": gpus,
+        "threads_per_model": threads,
+    }
