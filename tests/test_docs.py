@@ -130,7 +130,7 @@ def test_a_stale_example_fails():
     with pytest.raises(AssertionError, match="No such option"):
         check_example("omama-run", ["verify", "artifacts", "--no-such-flag", "1"])
     with pytest.raises(AssertionError, match="Missing"):
-        check_example("omama", ["eval", "--pred", "p.json", "--direction", "exo2ego"])
+        check_example("omama", ["eval", "--gt", "gt.json", "--direction", "exo2ego"])
     with pytest.raises(AssertionError, match="sub-command"):
         check_example("omama", ["data"])
 
