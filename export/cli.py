@@ -33,8 +33,10 @@ HELP = {
     "calib_frames": "int8 calibration frames in total: from a prepared root half per view, "
     "sampled across its train takes; from an image folder up to this many images, each "
     "feeding both views; synthetic frames (no --calib): at most 32.",
-    "min_argmax": "Fail the export when the int8 pipeline's argmax agreement with fp32 (on "
-    "--parity-sets candidate sets) is below this.",
+    "min_argmax": "Fail the export when the int8 pipeline picks the fp32 pipeline's candidate "
+    "(float32-exact ties aside) in fewer than this share of --parity-sets candidate sets.",
+    "min_mask_iou": "Fail the export when the mean IoU of the int8 pipeline's picked masks with "
+    "the fp32 pipeline's is below this.",
     "random_shapes": "With --random-init: 'small' (the fast configuration) or 'official' "
     "(ViT-B/14-reg at 700x700 / 532x952, the official matcher shapes, FastSAM-s; "
     "--random-fastsam x for FastSAM-x), to measure latency before any weights are at hand.",
@@ -93,6 +95,7 @@ def export_command(
     calib: Path = typer.Option(None, "--calib", metavar="ROOT|IMAGES", help=HELP["calib"]),
     calib_frames: int = typer.Option(300, "--calib-frames", help=HELP["calib_frames"]),
     min_argmax: float = typer.Option(0.99, "--min-argmax", help=HELP["min_argmax"]),
+    min_mask_iou: float = typer.Option(0.99, "--min-mask-iou", help=HELP["min_mask_iou"]),
     engines: bool = typer.Option(True, "--engines/--no-engines", help=HELP["engines"]),
     verify: bool = typer.Option(True, "--verify/--no-verify", help=HELP["verify"]),
     include_fastsam: bool = typer.Option(
@@ -146,6 +149,7 @@ def export_command(
         calib=calib,
         calib_frames=calib_frames,
         min_argmax=min_argmax,
+        min_mask_iou=min_mask_iou,
         engines=engines,
         verify=verify,
         include_fastsam=include_fastsam,

@@ -40,7 +40,8 @@ ATTENTION_CHOICES = ("standard", "folded")
 RANDOM_SHAPES = ("small", "official")
 RANDOM_FASTSAM = ("n", "s", "x")
 CALIB_FRAMES = 300  # int8 calibration frames in total, sampled across takes and views
-MIN_ARGMAX = 0.99  # int8 fails below this argmax agreement with fp32
+MIN_ARGMAX = 0.99  # int8 fails below this argmax agreement with fp32 (the same pick)
+MIN_MASK_IOU = 0.99  # ... or below this mean IoU of its picks' masks with fp32's
 MIN_OPSET = 17  # LayerNormalization as one op (and TensorRT's INormalizationLayer)
 
 
@@ -77,6 +78,7 @@ class ExportConfig:
     calib: Path | None = None
     calib_frames: int = CALIB_FRAMES
     min_argmax: float = MIN_ARGMAX
+    min_mask_iou: float = MIN_MASK_IOU
     engines: bool = True
     verify: bool = True
     include_fastsam: bool = True
@@ -177,6 +179,8 @@ def validate(config: ExportConfig) -> None:
         raise OmamaError(f"--calib-frames must be at least 1, got {config.calib_frames}")
     if not 0.0 < config.min_argmax <= 1.0:
         raise OmamaError(f"--min-argmax must be in (0, 1], got {config.min_argmax}")
+    if not 0.0 < config.min_mask_iou <= 1.0:
+        raise OmamaError(f"--min-mask-iou must be in (0, 1], got {config.min_mask_iou}")
     if config.calib is not None and not Path(config.calib).exists():
         raise OmamaError(f"--calib {config.calib}: no such file or folder")
     given = [

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from export.config import ExportConfig, fastsam_settings
+from export.verify.int8 import int8_tolerances
 from runtime import __version__ as omama_version
 from runtime.info import package_versions
 from runtime.manifest import (
@@ -62,7 +63,7 @@ def verification_section(
         seed=config.seed,
         passed=not failures,
         failures=failures,
-        tolerances={k: dict(v) for k, v in TOLERANCES.items()},
+        tolerances={k: dict(v) for k, v in TOLERANCES.items()} | {"int8": int8_tolerances(config)},
         parity_sets=config.parity_sets if config.verify else 0,
         records=tuple(records),
         golden=tuple(golden),

@@ -39,12 +39,11 @@ from export.int8.quantize import (
 from export.int8.sensitivity import SENSITIVITY_INPUTS, block_errors, sensitivity_checks
 from export.verify.fastsam import FastSAMParity
 from export.verify.graph import check_onnx
-from export.verify.int8 import AGREEMENT_INPUTS, PipelineAgreement
+from export.verify.int8 import AGREEMENT_INPUTS, PipelineAgreement, int8_tolerances
 from export.verify.matcher import ViewGeometry
 from runtime.manifest import GraphRecord, VerificationRecord
 from runtime.verification.agreement import PIPELINE_MODEL, pipeline_file
 from runtime.verification.replay import session_record
-from runtime.verification.tolerances import TOLERANCES
 
 if TYPE_CHECKING:
     from export.pipeline import _Export
@@ -128,7 +127,7 @@ class Int8Stage:
         models = {role: f"backbone_{views[role].kind}" for role in views}
         self.agreement, self.models = agreement, models
         files = [self.int8_files[models["src"]], self.int8_files[models["dst"]], "matcher.onnx"]
-        tolerances = dict(TOLERANCES[INT8]) | {"argmax_agreement": config.min_argmax}
+        tolerances = int8_tolerances(config)
         with run.timed(pipeline_file(files), "verify_s"):
             sessions = {
                 name: onnxruntime_cpu(run.out / name, name.removesuffix(".onnx"))
@@ -141,6 +140,7 @@ class Int8Stage:
                     sessions["matcher.onnx"],
                     tolerances,
                     config.min_argmax,
+                    config.min_mask_iou,
                 )
                 record = session_record(sessions["matcher.onnx"], pipeline_file(files),
                                         PIPELINE_MODEL, INT8, AGREEMENT_INPUTS, tolerances,
@@ -150,9 +150,11 @@ class Int8Stage:
                     session.close()
         run.records.append(record)
         status = "ok" if record.passed else "FAILED"
-        argmax = next(c for c in record.checks if c.metric == "argmax agreement")
-        run.echo(f"  int8 pipeline vs fp32: argmax agreement {100 * argmax.value:.2f}% on "
-                 f"{config.parity_sets} candidate sets, {status}")  # fmt: skip
+        found = {c.metric: c.value for c in record.checks}
+        iou = found.get("final-mask IoU (mean)")
+        iou_text = "" if iou is None else f", mean mask IoU {iou:.4f}"
+        run.echo(f"  int8 pipeline vs fp32: same pick in {100 * found['argmax agreement']:.2f}% "
+                 f"of {config.parity_sets} candidate sets{iou_text}, {status}")  # fmt: skip
         run.records += self.explain(run.records)
 
     def explain(self, records: list[VerificationRecord]) -> list[VerificationRecord]:

@@ -6,8 +6,8 @@ so the backbones run four times per pair, not per set): noisy synthetic scenes a
 view's size (:func:`runtime.verification.inputs.synthetic_scene`), preprocessed as the
 runtime does; on each pair, random candidate sets (one query, N in 2..64 candidates, as the
 matcher parity draws them). :func:`runtime.verification.agreement.pipeline_checks` compares
-the picks: argmax agreement gated at ``--min-argmax``, the mean final-mask IoU reported
-(:data:`MIN_MASK_IOU` says why it is not gated).
+the picks strictly (the fp32 pick itself; float32-exact ties aside): argmax agreement gated
+at ``--min-argmax``, the mean final-mask IoU at ``--min-mask-iou``.
 """
 
 from __future__ import annotations
@@ -29,14 +29,21 @@ from runtime.verification.agreement import (
     pipeline_checks,
 )
 from runtime.verification.inputs import candidate_boxes, random_masks, synthetic_scene
+from runtime.verification.tolerances import TOLERANCES
 
 SETS_PER_PAIR = 20
-# The mean final-mask IoU is reported, not gated: random weights make many candidates tie
-# within the int8 similarity tolerance (the argmax agreement counts a tied pick as agreeing),
-# and a tied pick's random mask rarely overlaps the fp32 pick's, so the IoU tracks the strict
-# agreement instead: 97.0% at 100% agreement on the test configuration, and even the fp32
-# matcher file's parity with torch reports 96.1% there.
-MIN_MASK_IOU = None
+
+
+def int8_tolerances(config) -> dict[str, float]:
+    """``TOLERANCES["int8"]`` with the export's gate (``--min-argmax``, ``--min-mask-iou``):
+    what the gate applies and the manifest records, so ``omama-run verify --precision int8``
+    on the target holds the files to the same floors."""
+    return dict(TOLERANCES["int8"]) | {
+        "argmax_agreement": float(config.min_argmax),
+        "final_mask_iou_mean": float(config.min_mask_iou),
+    }
+
+
 AGREEMENT_INPUTS = "int8 pipeline vs fp32"
 
 
@@ -90,6 +97,7 @@ class PipelineAgreement:
         matcher: Session,
         tolerances: dict[str, float],
         min_argmax: float,
+        min_mask_iou: float,
     ) -> list[CheckRecord]:
         """The gate's checks: ``fp32`` / ``int8`` backbone sessions by role, the fp32 matcher."""
         pairs = [
@@ -98,4 +106,4 @@ class PipelineAgreement:
         ]
         what = f"{self.pairs} synthetic image pairs x {self.sets} random candidate sets"
         return pipeline_checks(matcher, pairs, self.candidate_sets(), tolerances, what,
-                               min_argmax=min_argmax, min_mask_iou=MIN_MASK_IOU)  # fmt: skip
+                               min_argmax=min_argmax, min_mask_iou=min_mask_iou)  # fmt: skip

@@ -4,10 +4,11 @@ Per-file parity says how far a quantized file's outputs drift; what users see is
 This module measures the pick. Both runs see the same images and the same candidate sets;
 only the backbones differ (fp32 files vs the run's, e.g. ``*_int8.onnx``) and one fp32
 matcher scores both, so every difference comes from the quantized files. The comparison is
-:func:`runtime.verification.compare.compare_matcher`'s: a pick agrees when it is the fp32
-pick or its fp32 similarity is within the precision's similarity tolerance of the best
-(tied at that precision); the mean final-mask IoU (the int8 pick's mask against the fp32
-pick's) is measured when the candidate masks are known.
+strict: a pick agrees only when it is the fp32 pick, or ties with it to float32 rounding
+(:data:`~runtime.verification.compare.EXACT_TIE`: argmax could have taken either); a pick
+that is merely close in similarity is a different answer to the user. The mean final-mask
+IoU (the run's pick's mask against the fp32 pick's, the best over exactly tied fp32 picks)
+is measured when the candidate masks are known and gated where a floor is given.
 
 - :func:`pipeline_checks`: the checks on any image pairs and candidate sets (the export
   runs it on synthetic scenes and random candidate sets, ``export.verify.int8``);
@@ -29,7 +30,13 @@ import numpy as np
 from runtime.errors import OmamaError
 from runtime.manifest import ArtifactFile, CheckRecord, Manifest, VerificationRecord
 from runtime.sessions import ArtifactPlan, Session, open_artifact, select_backend
-from runtime.verification.compare import MatcherResult, compare_matcher, mask_iou
+from runtime.verification.compare import (
+    EXACT_TIE,
+    MatcherResult,
+    compare_matcher,
+    mask_iou,
+    tied_best,
+)
 from runtime.verification.golden import read_golden
 from runtime.verification.replay import GOLDEN_INPUTS, session_record
 from runtime.verification.tolerances import check
@@ -74,7 +81,8 @@ def pipeline_checks(
     precision: str = "int8",
 ) -> list[CheckRecord]:
     """The fp32 ``matcher`` on every candidate set with the fp32 features and with the run's,
-    compared (:func:`compare_matcher` under ``tolerances``, the run precision's).
+    compared (:func:`compare_matcher` under ``tolerances``, the run precision's, with only
+    float32-exact ties forgiven).
 
     Checks: argmax agreement gated at ``min_argmax``; the similarities' max abs error
     (reported: the per-file records gate the features, the picks decide here); the mean
@@ -88,14 +96,11 @@ def pipeline_checks(
         got = _similarities(matcher, pair.got, cand.feeds)
         results.append(MatcherResult(expected, got, agreement=True))
         if cand.dst_masks is not None:  # kept per pick, not per set: masks can be large
-            ious += [
-                mask_iou(cand.dst_masks[int(e.argmax())], cand.dst_masks[int(g.argmax())])
-                for e, g in zip(expected, got, strict=True)
-            ]
+            ious += [pick_iou(cand.dst_masks, e, g) for e, g in zip(expected, got, strict=True)]
     if not results:
         raise OmamaError("pipeline agreement: no candidate sets to compare on")
     tol = dict(tolerances) | {"argmax_agreement": min_argmax}
-    sims, argmax = compare_matcher(results, precision, tol, what)
+    sims, argmax = compare_matcher(results, precision, tol, what, tie_band=EXACT_TIE)
     sims = dataclasses.replace(sims, gated=False, detail=f"{sims.detail}; reported: the picks "
                                "decide, the per-file records gate the features")  # fmt: skip
     out = [argmax, sims]
@@ -112,6 +117,13 @@ def pipeline_checks(
             )
         )
     return out
+
+
+def pick_iou(masks: np.ndarray, expected: np.ndarray, got: np.ndarray) -> float:
+    """IoU of the run's pick's mask with the fp32 pick's: the best over the fp32 picks tied to
+    float32 rounding (argmax could have returned any of them)."""
+    pick = masks[int(got.argmax())]
+    return max(mask_iou(masks[int(i)], pick) for i in tied_best(expected, EXACT_TIE))
 
 
 def _similarities(
@@ -211,6 +223,7 @@ def golden_agreement(
             tolerances,
             what,
             min_argmax=float(tolerances["argmax_agreement"]),
+            min_mask_iou=tolerances.get("final_mask_iou_mean"),
         )
         return session_record(matcher, pipeline_file(files), PIPELINE_MODEL, plan.precision,
                               GOLDEN_INPUTS, tolerances, checks)  # fmt: skip

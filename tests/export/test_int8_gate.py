@@ -112,15 +112,9 @@ class _Matcher(Session):
         pass
 
 
-def test_pipeline_checks_count_ties_and_mask_iou():
+def _checks(sims, masks, **gates):
+    """pipeline_checks on ``sims`` [(fp32 row, run row)], one candidate set each."""
     ref, got = np.zeros((1, 2, 1, 1), np.float32), np.ones((1, 2, 1, 1), np.float32)
-    masks = np.zeros((3, 4, 4), np.uint8)
-    masks[0, :2], masks[1, 2:], masks[2, :3] = 1, 1, 1
-    sims = [  # (fp32, int8): agree; tied within 0.05 (masks 0 and 2: IoU 2/3); differ
-        (np.array([[0.9, 0.1, 0.2]]), np.array([[0.8, 0.1, 0.2]])),
-        (np.array([[0.90, 0.1, 0.88]]), np.array([[0.80, 0.1, 0.85]])),
-        (np.array([[0.9, 0.1, 0.2]]), np.array([[0.1, 0.9, 0.2]])),
-    ]
     sets, pairs = [], []
     for index in range(len(sims)):
         a, b = ref.copy(), got.copy()
@@ -128,10 +122,57 @@ def test_pipeline_checks_count_ties_and_mask_iou():
         sets.append(CandidateSet(index, {}, masks))
     table = {id(p.reference["src"]): s[0] for p, s in zip(pairs, sims, strict=True)}
     table |= {id(p.got["src"]): s[1] for p, s in zip(pairs, sims, strict=True)}
-    checks = pipeline_checks(_Matcher(table), pairs, sets, TOLERANCES["int8"], "3 sets",
-                             min_argmax=0.99)  # fmt: skip
-    argmax, sims_err, iou = checks
-    assert argmax.metric == "argmax agreement" and argmax.value == pytest.approx(2 / 3)
-    assert not argmax.passed and "strict 33.33%, 1 other picks tied" in argmax.detail
+    return pipeline_checks(_Matcher(table), pairs, sets, TOLERANCES["int8"], "sets", **gates)
+
+
+def test_pipeline_checks_are_strict_and_forgive_only_float32_exact_ties():
+    masks = np.zeros((3, 4, 4), np.uint8)
+    masks[0, :2], masks[1, 2:], masks[2, :3] = 1, 1, 1
+    f32 = np.float32
+    sims = [  # (fp32, int8)
+        (np.array([[0.9, 0.1, 0.2]]), np.array([[0.8, 0.1, 0.2]])),  # the same pick
+        # fp32's best by 0.02 (inside the 0.05 similarity tolerance), but another candidate:
+        # another answer for the user (masks 0 and 2: IoU 2/3).
+        (np.array([[0.90, 0.1, 0.88]]), np.array([[0.80, 0.1, 0.85]])),
+        (np.array([[0.9, 0.1, 0.2]]), np.array([[0.1, 0.9, 0.2]])),  # another pick (IoU 0)
+        # fp32's top two equal to float32 rounding (a random matcher's 6e-8 gaps): argmax
+        # could return either, so the int8 pick of candidate 2 agrees, with IoU 1.
+        (np.array([[f32(0.73885673), 0.1, f32(0.7388567)]], np.float32),
+         np.array([[0.7, 0.1, 0.71]])),
+    ]  # fmt: skip
+    argmax, sims_err, iou = _checks(sims, masks, min_argmax=0.99, min_mask_iou=0.99)
+    assert argmax.metric == "argmax agreement" and argmax.value == pytest.approx(2 / 4)
+    assert not argmax.passed and "strict 25.00%, 1 other picks tied within 1e-06" in argmax.detail
     assert sims_err.value == pytest.approx(0.8) and not sims_err.gated
-    assert iou.value == pytest.approx((1 + 2 / 3 + 0) / 3) and not iou.gated
+    assert iou.value == pytest.approx((1 + 2 / 3 + 0 + 1) / 4)
+    assert iou.gated and iou.tolerance == 0.99 and not iou.passed
+
+
+def test_pipeline_checks_gate_the_mask_iou_only_when_a_floor_is_given():
+    masks = np.zeros((2, 4, 4), np.uint8)
+    masks[0, :2], masks[1, :3] = 1, 1
+    sims = [(np.array([[0.9, 0.1]]), np.array([[0.1, 0.9]]))] + [
+        (np.array([[0.9, 0.1]]), np.array([[0.8, 0.1]]))
+    ] * 99
+    argmax, _, iou = _checks(sims, masks, min_argmax=0.99)
+    assert argmax.value == pytest.approx(0.99) and argmax.passed
+    assert iou.value == pytest.approx((99 + 2 / 3) / 100) and not iou.gated
+    argmax, _, iou = _checks(sims, masks, min_argmax=0.99, min_mask_iou=0.999)
+    assert iou.gated and not iou.passed
+
+
+def test_the_manifest_records_the_gate_the_export_applied(tmp_path):
+    out = tmp_path / "artifacts"
+    config = small_config(out, direction="exo2ego", int8=True, include_fastsam=False,
+                          matcher_input="weights", parity_sets=20, parity_large_n=4,
+                          min_argmax=0.9, min_mask_iou=0.95)  # fmt: skip
+    export_artifacts(config, echo=lambda line: None, progress=False)
+    manifest = load_manifest(out)
+    tolerances = manifest.verification.tolerances["int8"]
+    assert tolerances["argmax_agreement"] == 0.9 and tolerances["final_mask_iou_mean"] == 0.95
+    (gate,) = [r for r in manifest.verification.records if r.inputs == "int8 pipeline vs fp32"]
+    checks = {c.metric: c for c in gate.checks}
+    assert checks["argmax agreement"].tolerance == 0.9
+    assert (
+        checks["final-mask IoU (mean)"].tolerance == 0.95 and checks["final-mask IoU (mean)"].gated
+    )
