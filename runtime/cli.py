@@ -155,6 +155,11 @@ def pair_command(
     """
     from runtime.runs.pair import format_pair_result, read_pair_inputs, run_pair
 
+    if mask_size == "submission":
+        raise OmamaError(
+            "--mask-size submission needs the annotated frame's size: use it with omama-run "
+            "take, video (an annotation.json query) or dataset"
+        )
     _check_trust(artifacts, trust)
     inputs = read_pair_inputs(src_image, dst_image, query, candidates)
     with (
@@ -231,7 +236,11 @@ def video_command(
         50, "--checkpoint-every-frames", min=1, help="Write partial results every N frames."
     ),
     mask_size: str = typer.Option(
-        "image", "--mask-size", help="image (the destination video's size) or model."
+        "image",
+        "--mask-size",
+        help="image (the destination video's size), model, or submission (the size the "
+        "official Ego-Exo4D evaluator compares with: the annotated frame's, longer side 480 px, "
+        "read from the annotation.json query).",
     ),
     artifacts: Artifacts = Path("artifacts"),
     backend: Backend = "auto",
@@ -331,7 +340,9 @@ def take_command(
         "model",
         "--mask-size",
         help="model (the model's destination size, e.g. 700x700 ego, as O-MaMa writes "
-        "predictions) or image (the processed frame's size).",
+        "predictions), image (the processed frame's size) or submission (the size the official "
+        "Ego-Exo4D evaluator compares with: the annotated frame's, longer side 480 px, e.g. "
+        "480x480 ego, 270x480 exo).",
     ),
     artifacts: Artifacts = Path("artifacts"),
     backend: Backend = "auto",

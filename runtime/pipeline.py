@@ -27,7 +27,9 @@ the chosen candidate at the destination image's own size (the working-size mask,
 nearest-upsampled when the image was downscaled); ``"model"`` gives it at the model's
 destination size, e.g. 700x700 ego, which is what O-MaMa wrote and what ``take`` writes
 by default. ``omama eval`` (``omama`` protocol) resizes the GT to the prediction's size,
-so both score; ``model`` reproduces the published numbers exactly.
+so both score; ``model`` reproduces the published numbers exactly. ``"submission"``: the
+model-size mask resized nearest (OpenCV rule, as the official evaluator resizes) to each
+query's ``mask_hw`` (:mod:`runtime.runs.frame_sizes`), scored as ``model`` is by ``egoexo4d``.
 
 Every call records its per-stage latency (:attr:`Pipeline.last_latency_ms`, accumulated in
 :attr:`Pipeline.latency`). The runs of ``omama-run`` are in :mod:`runtime.runs`.
@@ -74,7 +76,7 @@ STAGES: tuple[str, ...] = (
     "matcher",
     "postprocess",
 )
-MASK_SIZES: tuple[str, ...] = ("image", "model")
+MASK_SIZES: tuple[str, ...] = ("image", "model", "submission")
 TOP_K = 5
 VISIBLE_THRESHOLD = 0.5
 
@@ -178,7 +180,7 @@ class Pipeline:
         precision: ``auto`` (fp16 engines for TensorRT, fp32 ONNX otherwise), ``fp32`` or
             ``fp16`` (the export's ``*_fp16`` files).
         threads: intra-op threads per session (None: the backend's default).
-        mask_size: ``image`` or ``model`` (see the module docstring).
+        mask_size: ``image``, ``model`` or ``submission`` (see the module docstring).
         weights_dirs: folders holding the original weights (``torch`` backend only; also
             ``$OMAMA_WEIGHTS`` and the artifacts folder are searched).
         check_hashes: verify every file's sha256 (sizes are always checked).
@@ -494,12 +496,18 @@ class Pipeline:
                 out[b0 : b0 + max_b, n0 : n0 + max_n] = next(iter(sims.values()))
         return out
 
-    def _output_mask(self, dst: DestinationFrame, index: int) -> tuple[np.ndarray, tuple]:
+    def _output_mask(
+        self, dst: DestinationFrame, index: int, size: tuple[int, int]
+    ) -> tuple[np.ndarray, tuple]:
         cands = dst.candidates
         box = cands.boxes[index]
-        if self.mask_size == "model":
-            size = self.views["dst"].image_size
-            rows, cols = _index_maps(cands.size_hw, size, "torch")
+        if self.mask_size in ("model", "submission"):
+            model_hw = self.views["dst"].image_size
+            rows, cols = _index_maps(cands.size_hw, model_hw, "torch")
+            if self.mask_size == "submission":
+                # Composing the nearest index maps equals resizing the model-size mask.
+                out_rows, out_cols = _index_maps(model_hw, size, "opencv")
+                rows, cols = rows[out_rows], cols[out_cols]
             mask = cands.mask(index)[np.ix_(rows, cols)]
         else:
             size = dst.image_hw
@@ -509,23 +517,34 @@ class Pipeline:
         scaled = scale_boxes(box[None], cands.size_hw, size)[0]
         return np.ascontiguousarray(mask, dtype=np.uint8), tuple(float(v) for v in scaled)
 
-    def output_size(self, dst_image_hw: tuple[int, int]) -> tuple[int, int]:
-        """(H, W) of the output masks for a destination image of ``dst_image_hw``."""
-        if self.mask_size == "model":
-            return tuple(self.views["dst"].image_size)
-        return tuple(dst_image_hw)
+    def output_sizes(
+        self, dst_image_hw: tuple[int, int], count: int,
+        mask_hw: Sequence[tuple[int, int]] | None = None,
+    ) -> list[tuple[int, int]]:  # fmt: skip
+        """(H, W) of each of ``count`` queries' output masks for a destination image of
+        ``dst_image_hw``; ``submission`` writes ``mask_hw`` (one size per query)."""
+        if self.mask_size == "submission":
+            if mask_hw is None or len(mask_hw) != count:
+                got = "none" if mask_hw is None else len(mask_hw)
+                raise OmamaError(
+                    f"mask size submission needs one mask size per query ({count}), got {got}"
+                )
+            return [(int(h), int(w)) for h, w in mask_hw]
+        size = self.views["dst"].image_size if self.mask_size == "model" else dst_image_hw
+        return [tuple(size)] * count
 
-    def match(
-        self, src: ViewFrame, dst: DestinationFrame, queries: Sequence[np.ndarray]
-    ) -> list[Match]:
+    def match(self, src: ViewFrame, dst: DestinationFrame, queries: Sequence[np.ndarray],
+              mask_hw: Sequence[tuple[int, int]] | None = None) -> list[Match]:  # fmt: skip
         """Match B query masks (each (H, W), drawn on the source image) against the
         destination's candidates with one matcher call; one :class:`Match` per query.
 
+        ``mask_hw``: with mask size ``submission``, the (H, W) of each query's output mask.
         Records the call's per-stage latency (including the stages of producing ``src`` and
         ``dst`` the first time they are used) in :attr:`last_latency_ms` and :attr:`latency`.
         """
         if not queries:
             raise OmamaError("match needs at least one query mask")
+        out_sizes = self.output_sizes(dst.image_hw, len(queries), mask_hw)
         record = {stage: 0.0 for stage in STAGES}
         for part in (src.take_latency(), dst.take_latency()):
             for stage, value in part.items():
@@ -547,15 +566,14 @@ class Pipeline:
         sims = self._similarities(src, dst, src_inputs) if count else None
         t3 = time.perf_counter()
         matches = []
-        out_hw = self.output_size(dst.image_hw)
-        for b in range(len(queries)):
+        for b, out_hw in enumerate(out_sizes):
             if not count:
                 matches.append(Match(np.zeros(out_hw, np.uint8), 0.0, -1, None, [], 0))
                 continue
             row = sims[b].astype(np.float64)
             order = np.argsort(-row, kind="stable")[:TOP_K]
             best = int(order[0])
-            mask, box = self._output_mask(dst, best)
+            mask, box = self._output_mask(dst, best, out_hw)
             matches.append(
                 Match(
                     mask=mask,
@@ -583,6 +601,7 @@ class Pipeline:
         dst_rgb: np.ndarray,
         queries: Sequence[np.ndarray],
         candidates: Candidates | None = None,
+        mask_hw: Sequence[tuple[int, int]] | None = None,
     ) -> list[Match]:
         """One frame pair: FastSAM on the destination (unless ``candidates``), the backbone
         once per view, the matcher once for all ``queries``; one :class:`Match` per query.
@@ -591,9 +610,11 @@ class Pipeline:
             src_rgb, dst_rgb: (H, W, 3) uint8 RGB images.
             queries: (H, W) masks on the source image (any resolution of its aspect ratio).
             candidates: precomputed candidates of the destination image.
+            mask_hw: with mask size ``submission``, each query's output (H, W).
         """
         if not queries:
             raise OmamaError("match_frame needs at least one query mask")
+        self.output_sizes(tuple(dst_rgb.shape[:2]), len(queries), mask_hw)  # before any work
         src = self.encode_src(src_rgb)
         dst = self.encode_dst(dst_rgb, candidates)
-        return self.match(src, dst, queries)
+        return self.match(src, dst, queries, mask_hw)

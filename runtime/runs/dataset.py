@@ -73,7 +73,7 @@ class DatasetConfig:
     device: str = "auto"
     precision: str = "auto"
     threads: int | None = None
-    mask_size: str = "model"
+    mask_size: str = "submission"  # what the challenge's evaluator compares with
     weights_dirs: tuple[Path, ...] = ()
     candidates: Path | None = None
     max_frames: int | None = None

@@ -83,7 +83,13 @@ GpusPerWorker = Annotated[
     ),
 ]
 MaskSize = Annotated[
-    str, typer.Option("--mask-size", help="model (as O-MaMa writes predictions) or image.")
+    str,
+    typer.Option(
+        "--mask-size",
+        help="submission (the size the official Ego-Exo4D evaluator compares with: the "
+        "annotated frame's, longer side 480 px, e.g. 480x480 ego, 270x480 exo), model (the "
+        "model's destination size, as O-MaMa writes predictions) or image.",
+    ),
 ]
 
 
@@ -105,7 +111,7 @@ def dataset_command(
     workers: Workers = None,
     cpus_per_worker: CpusPerWorker = None,
     gpus_per_worker: GpusPerWorker = None,
-    mask_size: MaskSize = "model",
+    mask_size: MaskSize = "submission",
     backend: Backend = "auto",
     device: Device = "auto",
     precision: Precision = "auto",
@@ -115,7 +121,8 @@ def dataset_command(
 ) -> None:
     """Predict every take, object, camera pair and annotated frame of a split.
 
-    Writes OUT/results.json (the submission format `omama eval` reads; with --direction
+    Writes OUT/results.json (the submission format `omama eval` reads, masks at the size
+    the official evaluator compares with unless --mask-size says otherwise; with --direction
     both, results_exo2ego.json and results_ego2exo.json), one part per finished take in
     OUT/takes/ (a rerun skips them), and when the split has destination masks gt.json and
     the official metrics.json. In this process by default; with --ray on a Ray Data

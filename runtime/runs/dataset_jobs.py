@@ -150,7 +150,7 @@ class WorkerSpec:
     device: str = "auto"
     precision: str = "auto"
     threads: int | None = None
-    mask_size: str = "model"
+    mask_size: str = "submission"
     weights_dirs: tuple[str, ...] = ()
     candidates: str | None = None
     max_frames: int | None = None

@@ -37,6 +37,7 @@ from runtime.info import peak_rss_mb
 from runtime.latency import format_latency
 from runtime.pipeline import DestinationFrame, Pipeline, ViewFrame
 from runtime.results import add_gt_annotation, add_prediction, new_gt, new_results, write_results
+from runtime.runs.frame_sizes import SUBMISSION, AnnotationFrameSizes
 from runtime.runs.records import RESULTS_NAME, SKIPS_LISTED, SUMMARY_NAME, Skips
 from runtime.sizing import working_size
 
@@ -99,6 +100,20 @@ def _usable_queries(pipeline: Pipeline, index: ProcessedRoot, take: str, src: Vi
         usable.append(obs)
         queries.append(query)
     return usable, queries
+
+
+def submission_sizes(
+    pipeline: Pipeline, index: ProcessedRoot, take: str, observations: list[TakeObservation]
+) -> AnnotationFrameSizes | None:
+    """The take's GT frame sizes when ``pipeline`` writes ``submission`` masks (None
+    otherwise), checked to hold every destination camera's before any work."""
+    if pipeline.mask_size != SUBMISSION:
+        return None
+    where = str(index.take_dir(take) / "annotation.json")
+    sizes = AnnotationFrameSizes(index.annotation(take), where)
+    for cam in sorted({o.dst_cam for o in observations}):
+        sizes.check_camera(cam)
+    return sizes
 
 
 def select_observations(
@@ -166,9 +181,13 @@ def predict_take(
         read_image: where the frames come from (default: the processed JPEGs).
         on_group: called with the number of observations of each (frame, source camera,
             destination camera) group once it is done.
+    With mask size ``submission`` each mask is written at its GT frame's submission size
+    (:mod:`runtime.runs.frame_sizes`); a take that does not record it is an OmamaError.
     """
     if read_image is None:
         read_image = lambda cam, frame: read_rgb(index.image_path(take, cam, frame))  # noqa: E731
+    observations = list(observations)
+    sizes = submission_sizes(pipeline, index, take, observations)
     groups: dict[tuple[int, str, str], list[TakeObservation]] = {}
     for obs in observations:
         groups.setdefault((obs.frame, obs.src_cam, obs.dst_cam), []).append(obs)
@@ -184,7 +203,11 @@ def predict_take(
                               reason=str(exc))  # fmt: skip
         else:
             usable, queries = _usable_queries(pipeline, index, take, src, group, out.skips)
-            matches = pipeline.match(src, dst, queries) if usable else []
+            mask_hw = None
+            if sizes is not None:
+                sizes.check_camera(dst_cam, dst.image_hw)
+                mask_hw = [sizes.submission_hw(o.obj, o.dst_cam, o.frame) for o in usable]
+            matches = pipeline.match(src, dst, queries, mask_hw) if usable else []
             out.predictions.extend(
                 {
                     "object": obs.obj,

@@ -35,6 +35,7 @@ from runtime.jsonrecords import read_json_object
 from runtime.latency import format_latency
 from runtime.pipeline import Match, Pipeline
 from runtime.results import new_results
+from runtime.runs.frame_sizes import SUBMISSION, track_frame_sizes
 from runtime.runs.records import RESULTS_NAME, SUMMARY_NAME, write_failure
 from runtime.runs.video_resume import (
     CANDIDATE_COUNTS,
@@ -201,14 +202,17 @@ def _check_inputs(pipeline: Pipeline, run: VideoRun) -> tuple[VideoInfo, VideoIn
 class _FrameMatcher:
     """The inference side of a video run: per frame pair, the usable queries, their
     candidates and the pipeline call; it counts what it inferred. What it skips travels with
-    the frame's output, so that a checkpoint holds the skips of the frames it covers."""
+    the frame's output, so that a checkpoint holds the skips of the frames it covers.
+    ``frame_sizes``: with --mask-size submission, per object the GT frame sizes of its
+    annotation.json (:func:`runtime.runs.frame_sizes.track_frame_sizes`)."""
 
     def __init__(self, pipeline: Pipeline, run: VideoRun, src_info: VideoInfo,
-                 dst_info: VideoInfo) -> None:  # fmt: skip
+                 dst_info: VideoInfo, frame_sizes: dict | None = None) -> None:  # fmt: skip
         self.pipeline, self.run = pipeline, run
         self.src_hw = (src_info.height, src_info.width)
         self.dst_hw = (dst_info.height, dst_info.width)
         self.work_hw = working_size(self.dst_hw, pipeline.views["dst"].image_size)
+        self.frame_sizes = frame_sizes
         self.inferred = 0
         self.infer_s = 0.0
 
@@ -243,6 +247,13 @@ class _FrameMatcher:
             raise OmamaError(f"{source.path} frame {index}: {problem}")
         return cands
 
+    def mask_sizes(self, names: list[str], index: int) -> list[tuple[int, int]] | None:
+        """Each object's submission mask size at frame ``index`` (None: not submission)."""
+        if self.frame_sizes is None:
+            return None
+        dst = self.run.dst_cam
+        return [self.frame_sizes[name].submission_hw(name, dst, index) for name in names]
+
     def frame(self, pair: FramePair, keep_frames: bool) -> FrameOutput:
         """Match the usable queries of one frame pair (a frame without any is not inferred)."""
         names, masks, query_skips = self.queries(pair.index)
@@ -258,12 +269,13 @@ class _FrameMatcher:
                     names, masks, source = [], [], None
             elif not self.pipeline.has_fastsam:
                 source = "none"
-                out_hw = self.pipeline.output_size(self.dst_hw)
-                matches = [Match(np.zeros(out_hw, np.uint8), 0.0, -1, None, [], 0)
-                           for _ in names]  # fmt: skip
+                sizes = self.pipeline.output_sizes(self.dst_hw, len(names),
+                                                   self.mask_sizes(names, pair.index))  # fmt: skip
+                matches = [Match(np.zeros(hw, np.uint8), 0.0, -1, None, [], 0) for hw in sizes]
         if source in ("fastsam", "precomputed"):
             t0 = time.perf_counter()
-            matches = self.pipeline.match_frame(pair.src, pair.dst, masks, candidates=cands)
+            sizes = self.mask_sizes(names, pair.index)
+            matches = self.pipeline.match_frame(pair.src, pair.dst, masks, cands, sizes)
             self.infer_s += time.perf_counter() - t0
             self.inferred += 1
         return FrameOutput(pair.index, pair.src if keep_frames else None,
@@ -425,6 +437,9 @@ def run_video(
     out = Path(run.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     src_info, dst_info = _check_inputs(pipeline, run)
+    frame_sizes = None  # per object, the GT frame sizes of --mask-size submission
+    if pipeline.mask_size == SUBMISSION:
+        frame_sizes = track_frame_sizes(run.tracks, run.dst_cam, (dst_info.height, dst_info.width))
     remove_temp_files(out)
     state, results = _start(run, pipeline.direction, run_inputs(run, pipeline, src_info, dst_info))
     summary = _finished_summary(run, state)
@@ -447,7 +462,7 @@ def run_video(
                             max_frames=None if run.max_frames is None
                             else start - first + run.max_frames)  # fmt: skip
     sink = VideoSink(run, results, state, writer)
-    matcher = _FrameMatcher(pipeline, run, src_info, dst_info)
+    matcher = _FrameMatcher(pipeline, run, src_info, dst_info, frame_sizes)
     pipeline.reset_latency()
     bar = tqdm(total=len(reader), desc="video", unit="frame", disable=not progress)
     finished, skips = False, _DecodeSkips(reader, start)

@@ -56,7 +56,7 @@ def test_dataset_gives_each_take_what_omama_run_take_gives_and_omama_eval_scores
     results = json.loads((straight / "results.json").read_text())["exo-ego"]["results"]
     assert list(results) == takes  # sorted take order
     with Pipeline(assets.random, backend="onnxruntime", device="cpu", threads=1,
-                  mask_size="model") as pipe:  # fmt: skip
+                  mask_size="submission") as pipe:  # fmt: skip
         for take in takes:
             run_take(pipe, index.take_dir(take), tmp_path / take, progress=False)
             alone = json.loads((tmp_path / take / "results.json").read_text())["exo-ego"]
@@ -213,6 +213,11 @@ def test_both_directions_write_one_results_file_each(assets, split_root, tmp_pat
         assert (out / f"metrics_{direction}.json").is_file()
         assert len(list((out / "takes").glob(f"*.{direction}.json"))) == 2
         assert f"  {direction}: 2 of 2 takes" in text
+        sizes = {tuple(e["pred_mask"]["size"]) for t in results[key]["results"].values()
+                 for pairs in t["masks"].values() for frames in pairs.values()
+                 for e in frames.values()}  # fmt: skip
+        # the submission size of the destination view: ego 448x448, exo 896x504 (WxH)
+        assert sizes == ({(480, 480)} if direction == "exo2ego" else {(270, 480)})
 
 
 def test_bad_input_gets_one_line(assets, split_root, tmp_path, capsys, monkeypatch):
@@ -232,3 +237,13 @@ def test_bad_input_gets_one_line(assets, split_root, tmp_path, capsys, monkeypat
     monkeypatch.setitem(sys.modules, "ray", None)  # as without the ray extra
     assert refused(*good, "--ray") == "error: needs Ray: pip install 'omama[ray]'"
     assert not (out / "results.json").exists()
+
+
+def test_dataset_writes_masks_at_the_submission_size_by_default(straight):
+    results = json.loads((straight / "results.json").read_text())["exo-ego"]["results"]
+    sizes = {tuple(entry["pred_mask"]["size"])
+             for take in results.values() for pairs in take["masks"].values()
+             for frames in pairs.values() for entry in frames.values()}  # fmt: skip
+    assert sizes == {(480, 480)}  # the 448x448 ego frames, longer side 480 as the evaluator's
+    summary = json.loads((straight / "summary.json").read_text())
+    assert summary["settings"]["exo2ego"]["mask_size"] == "submission"
