@@ -29,6 +29,7 @@ take / object / camera pair / frame and the rule.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -43,6 +44,7 @@ from runtime.metrics import EGOEXO4D_SIZE_PX, egoexo4d_size, pair_key
 CHALLENGE_FIELDS: dict[str, str] = {"version": "xx", "challenge": "xx"}
 PLACEHOLDER_CONFIDENCE = 0.0
 SIZE_HINT = "rerun omama-run with --mask-size submission"
+MAX_FRAME_PX = 16384  # frames up to 16K on the longer side: what "some frame size" ranges over
 
 
 @dataclass
@@ -269,9 +271,37 @@ def check_with_gt(takes: dict, gt_annotations: dict, direction: str) -> tuple[di
 # ----------------------------------------------------------------------------- without GT
 
 
+@functools.cache
+def rule_longer_sides_px() -> frozenset[int]:
+    """Longer sides the 480 rule gives a frame of up to :data:`MAX_FRAME_PX`: 480, and 479
+    where the float scale truncates (1919 * (1.0 / 1919 * 480) = 479.99999999999994)."""
+    return frozenset(egoexo4d_size((side, 1))[0] for side in range(1, MAX_FRAME_PX + 1))
+
+
+def rule_can_produce(size_hw: tuple[int, int]) -> bool:
+    """Whether some frame size maps to ``size_hw`` (H, W) under the 480 rule, which is all that
+    can be checked without the frame size: its longer side is one the rule gives
+    (:func:`rule_longer_sides_px`), and its shorter side is at least 1 px. Frames over 480 px
+    scale by less than 1 px per px, so they reach every shorter side up to the longer one; a
+    0-px side is a frame whose GT the evaluator cannot resize."""
+    return max(size_hw) in rule_longer_sides_px() and min(size_hw) >= 1
+
+
+def _longer_sides_text() -> str:
+    return " or ".join(str(side) for side in sorted(rule_longer_sides_px(), reverse=True))
+
+
+def _size_error(where: str, size_hw: tuple[int, int]) -> OmamaError:
+    return OmamaError(
+        f"{where}: mask is {size_hw[0]}x{size_hw[1]}, but no frame size gives it under the "
+        f"official evaluator's rule (longer side {_longer_sides_text()}, the other at least "
+        f"1 px): {SIZE_HINT}"
+    )
+
+
 def check_without_gt(takes: dict, direction: str) -> tuple[dict, DirectionCheck]:
     """What can be checked without the GT (the hidden test split): the structure, every entry,
-    and masks of one size per camera pair with a longer side of 480 px."""
+    and masks of one size per camera pair that some frame size gives (:func:`rule_can_produce`)."""
     check = DirectionCheck(direction)
     out = _normalised_takes(takes, direction, check)
     for take, entry in out.items():
@@ -279,12 +309,9 @@ def check_without_gt(takes: dict, direction: str) -> tuple[dict, DirectionCheck]
             for key, frames in pairs.items():
                 sizes = {tuple(e["pred_mask"]["size"]): f for f, e in frames.items()}
                 where = _where(direction, take, obj, key)
-                for (h, w), frame in sizes.items():
-                    if max(h, w) != EGOEXO4D_SIZE_PX:
-                        raise OmamaError(
-                            f"{where} frame {frame}: mask is {h}x{w}, but the official "
-                            f"evaluator needs its longer side at {EGOEXO4D_SIZE_PX}: {SIZE_HINT}"
-                        )
+                for size_hw, frame in sizes.items():
+                    if not rule_can_produce(size_hw):
+                        raise _size_error(f"{where} frame {frame}", size_hw)
                 if len(sizes) > 1:
                     (a, fa), (b, fb) = list(sizes.items())[:2]
                     raise OmamaError(
@@ -295,7 +322,8 @@ def check_without_gt(takes: dict, direction: str) -> tuple[dict, DirectionCheck]
     check.takes = len(out)
     check.unchecked = [
         "that every take, object, camera pair and annotated frame is present (needs the GT)",
-        "each mask's exact size (only its longer side, 480 px, and one size per camera pair)",
+        f"each mask's exact size (only that some frame size gives it: longer side "
+        f"{_longer_sides_text()}, one size per camera pair)",
         "which entries the evaluator scores (all are counted as entries)",
     ]
     return out, check
