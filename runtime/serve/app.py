@@ -1,6 +1,8 @@
 """The Ray Serve application of ``omama serve``: the deployment, starting it and stopping it.
 
-One deployment, ``omama``, at route prefix ``/``: each replica is a Ray actor holding one
+One deployment, ``omama``, in a Serve application named by ``--name`` (:func:`route_prefix`:
+the default name ``omama`` serves at ``/``, another name at ``/NAME``, so that services of
+several artifacts folders share a cluster): each replica is a Ray actor holding one
 :class:`runtime.serve.service.MatchService` (the artifacts opened once) and declaring its
 resources (``num_cpus``, and ``num_gpus`` when it runs on CUDA), so Ray places replicas
 next to other workloads without oversubscribing a node. ``POST /v1/match`` requests go
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import signal
 import socket
 import time
@@ -35,10 +38,33 @@ from runtime.serve.service import MatchService, ServeConfig
 
 log = logging.getLogger(__name__)
 
-APP_NAME = "omama"
+APP_NAME = "omama"  # the default --name; its routes stay at the root (/v1/match)
+DEPLOYMENT_NAME = "omama"
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 CONSTRUCTOR_RETRIES = 3
 # Batches @serve.batch may hand over at once: they wait in the merger, not in Ray's queue.
 CONCURRENT_BATCHES = 4
+
+
+def check_name(name: str) -> None:
+    """One line when ``name`` cannot name an application: it becomes a route prefix, so
+    letters, digits, ``-`` and ``_`` only, and not the first part of the default
+    application's routes (Serve's proxy matches the longest prefix: ``/v1`` would take
+    ``/v1/match`` away from the application at ``/``)."""
+    if not NAME_PATTERN.fullmatch(name):
+        raise OmamaError(f"--name {name!r}: a name is 1 to 63 letters, digits, '-' or '_', "
+                         "starting with a letter or digit")  # fmt: skip
+    first_parts = {path.split("/")[1] for path in (HEALTH_PATH, INFO_PATH, MATCH_PATH)}
+    if name in first_parts:
+        raise OmamaError(f"--name {name!r}: its route prefix /{name} would take the routes of "
+                         f"the default application {APP_NAME}: choose another name")  # fmt: skip
+
+
+def route_prefix(name: str) -> str:
+    """The route prefix of application ``name``: ``/`` for the default name (``POST
+    /v1/match``), ``/NAME`` for any other (``POST /NAME/v1/match``)."""
+    check_name(name)
+    return "/" if name == APP_NAME else f"/{name}"
 
 
 def ray_serve() -> tuple:
@@ -123,15 +149,24 @@ def _too_large(size: int, max_bytes: int, more: bool = False) -> RequestError:
                         f"is {max_bytes / 2**20:g} MB (--max-body-mb)")  # fmt: skip
 
 
+def route_of(scope: dict) -> tuple[str, str]:
+    """``(route prefix, path under it)`` of an ASGI request: Serve's proxy keeps the whole
+    path and puts the application's route prefix in ``root_path`` (``""`` at ``/``)."""
+    root, path = scope.get("root_path", "").rstrip("/"), scope["path"]
+    if root and (path == root or path.startswith(root + "/")):
+        path = path[len(root) :]
+    return root, path.rstrip("/") or "/"
+
+
 async def respond(service: MatchService, match_batch: Callable, request) -> tuple[int, dict]:
     """(status, JSON) of one HTTP request; ``match_batch`` is the batched match call."""
-    path, method = request.url.path.rstrip("/") or "/", request.method
+    (root, path), method = route_of(request.scope), request.method
     routes = {HEALTH_PATH: "GET", INFO_PATH: "GET", MATCH_PATH: "POST"}
     if path not in routes:
-        return 404, error_body(f"no route {path}: use POST {MATCH_PATH}, GET {INFO_PATH} or "
-                               f"GET {HEALTH_PATH}")  # fmt: skip
+        return 404, error_body(f"no route {root}{path}: use POST {root}{MATCH_PATH}, GET "
+                               f"{root}{INFO_PATH} or GET {root}{HEALTH_PATH}")  # fmt: skip
     if method != routes[path]:
-        return 405, error_body(f"{path} takes {routes[path]}, not {method}")
+        return 405, error_body(f"{root}{path} takes {routes[path]}, not {method}")
     if path == HEALTH_PATH:
         problem = service.health_problem()
         return (503, error_body(problem)) if problem else (200, {"status": "ok"})
@@ -153,7 +188,7 @@ def build_app(config: ServeConfig, options: dict):
     """The bound Ray Serve application (``serve.run`` target)."""
     _, serve, JSONResponse = ray_serve()
 
-    @serve.deployment(name=APP_NAME)
+    @serve.deployment(name=DEPLOYMENT_NAME)
     class OmamaDeployment:
         def __init__(self, config: ServeConfig) -> None:
             self.service = MatchService(config)
@@ -189,20 +224,24 @@ def build_app(config: ServeConfig, options: dict):
 
 @dataclass
 class RunningService:
-    """A started application: its URL and whether this process started Ray (then stopping
-    it shuts Serve and Ray down; on a shared cluster it only deletes the application)."""
+    """A started application: its name, URL (with its route prefix) and whether this
+    process started Ray (then stopping it shuts Serve and Ray down; on a shared cluster it
+    deletes only the application, and only once this process deployed it: a start refused
+    because the name runs already leaves that one alone)."""
 
+    name: str
     url: str
     started_ray: bool
     options: dict
+    deployed: bool = False
 
     def stop(self) -> None:
         ray, serve, _ = ray_serve()
         try:
             if self.started_ray:
                 serve.shutdown()
-            else:
-                serve.delete(APP_NAME)
+            elif self.deployed:
+                serve.delete(self.name)
         finally:
             if ray.is_initialized():
                 ray.shutdown()
@@ -222,6 +261,16 @@ def check_port_free(host: str, port: int) -> None:
             ) from exc
 
 
+def check_name_free(serve, name: str) -> None:
+    """One line when an application named ``name`` runs on the cluster already: deploying
+    again would replace it, and with it another artifacts folder's service."""
+    if name in serve.status().applications:
+        raise OmamaError(
+            f"a Serve application named {name} runs on this Ray cluster already: give this "
+            "service another --name, or stop that one first (Ctrl-C where it runs)"
+        )
+
+
 def start_service(
     config: ServeConfig,
     resources: Resources,
@@ -229,27 +278,33 @@ def start_service(
     port: int = 8000,
     ray_address: str | None = None,
     after_ray_init: Callable[[], None] | None = None,
+    name: str = APP_NAME,
 ) -> RunningService:
     """Start (or join, with ``ray_address``) Ray, Serve on ``host:port`` and the
-    application; returns once every replica has opened the artifacts.
+    application ``name`` (at :func:`route_prefix`); returns once every replica has opened
+    the artifacts. A name that runs on the cluster already is refused, not replaced.
 
     ``after_ray_init`` runs right after ``ray.init`` (which installs its own SIGTERM handler:
     :func:`serve_until_signal` puts its own back there). An interrupt while starting stops
     what was started and propagates."""
+    prefix = route_prefix(name)
     ray, serve, _ = ray_serve()
     if ray_address is None:
         check_port_free(host, port)
     raykit.check_reachable(ray_address)
-    running = RunningService(f"http://{host}:{port}", ray_address is None, {})
+    url = f"http://{host}:{port}{prefix.rstrip('/')}"
+    running = RunningService(name, url, ray_address is None, {})
     try:
         ray.init(address=ray_address or "local")
         if after_ray_init is not None:
             after_ray_init()
+        check_name_free(serve, name)
         cluster = ray.cluster_resources()
         check_cluster(config, resources, cluster)
         running.options = deployment_options(config, resources, float(cluster.get("GPU", 0.0)))
         serve.start(http_options={"host": host, "port": port})
-        serve.run(build_app(config, running.options), name=APP_NAME, route_prefix="/")
+        running.deployed = True  # from here on a stop deletes what this process deployed
+        serve.run(build_app(config, running.options), name=name, route_prefix=prefix)
     except BaseException as exc:
         running.stop()
         if isinstance(exc, Exception) and not isinstance(exc, OmamaError):
@@ -270,6 +325,7 @@ def serve_until_signal(
     port: int,
     ray_address: str | None = None,
     echo: Callable[[str], None] = print,
+    name: str = APP_NAME,
 ) -> RunningService:
     """Start the service, call ``echo`` with where it listens, block until SIGINT (Ctrl-C) or
     SIGTERM, then stop it cleanly (Serve's replicas drain and close their models).
@@ -288,7 +344,7 @@ def serve_until_signal(
     arm()
     try:
         try:
-            running = start_service(config, resources, host, port, ray_address, arm)
+            running = start_service(config, resources, host, port, ray_address, arm, name)
         except KeyboardInterrupt:
             echo("interrupted while starting: stopped")
             raise
@@ -309,9 +365,10 @@ def serve_until_signal(
 def started_line(running: RunningService, config: ServeConfig, resources: Resources) -> str:
     actor = running.options["ray_actor_options"]
     each = ", ".join(f"{k} {v:g}" for k, v in actor.items())
+    root = route_prefix(running.name).rstrip("/")
     return (
-        f"omama serve: {running.url} ({resources.replicas} replica"
+        f"omama serve {running.name}: {running.url} ({resources.replicas} replica"
         f"{'s' * (resources.replicas > 1)}, {each} each; max batch {config.max_batch}, wait "
-        f"{config.batch_wait_ms:g} ms): POST /v1/match, GET /v1/info, GET /healthz; Ctrl-C "
-        "to stop"
+        f"{config.batch_wait_ms:g} ms): POST {root}{MATCH_PATH}, GET {root}{INFO_PATH}, GET "
+        f"{root}{HEALTH_PATH}; Ctrl-C to stop"
     )

@@ -14,6 +14,15 @@ import typer
 
 from runtime.cli import Artifacts, Backend, Device, Precision, Threads, Trust, WeightsDirs
 
+Name = Annotated[
+    str,
+    typer.Option(
+        "--name",
+        help="Serve application name; any name but omama moves the routes under /NAME "
+        "(/NAME/v1/match), so services of several artifacts folders share a Ray cluster. A "
+        "name already running there is refused.",
+    ),
+]
 Host = Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: all).")]
 Port = Annotated[int, typer.Option("--port", min=1, max=65535, help="HTTP port.")]
 Replicas = Annotated[
@@ -85,6 +94,7 @@ def register(omama_app: typer.Typer) -> None:
     @omama_app.command("serve")
     def serve_command(
         artifacts: Artifacts = Path("artifacts"),
+        name: Name = "omama",
         host: Host = "127.0.0.1",
         port: Port = 8000,
         replicas: Replicas = 1,
@@ -111,13 +121,16 @@ def register(omama_app: typer.Typer) -> None:
 
         Example: omama serve --artifacts artifacts --port 8000 --replicas 2 --max-batch 8
 
+        Example: omama serve --ray-address auto --name cups --artifacts cups_artifacts
+
         Example: curl -s localhost:8000/v1/info
         """
         from runtime.raykit import threads_for
-        from runtime.serve.app import Resources, require_ray, serve_until_signal
+        from runtime.serve.app import Resources, check_name, require_ray, serve_until_signal
         from runtime.serve.service import ServeConfig
 
         require_ray()
+        check_name(name)
         _check_artifacts(artifacts, trust, backend, device, precision, local=ray_address is None)
         config = ServeConfig(
             artifacts=str(artifacts.resolve()),
@@ -135,7 +148,7 @@ def register(omama_app: typer.Typer) -> None:
             health_timeout_s=health_timeout_s,
         )
         resources = Resources(replicas, cpus_per_replica, gpus_per_replica)
-        serve_until_signal(config, resources, host, port, ray_address, echo=typer.echo)
+        serve_until_signal(config, resources, host, port, ray_address, typer.echo, name)
 
 
 def _check_artifacts(artifacts: Path, trust: Path | None, backend: str, device: str,

@@ -33,6 +33,13 @@ def test_serve_refuses_a_missing_folder_in_one_line(capsys, tmp_path):
     assert err.startswith("error: artifacts folder not found")
 
 
+def test_a_bad_name_is_refused_in_one_line_before_ray_starts(capsys, tmp_path):
+    pytest.importorskip("ray")
+    code, err = omama(capsys, "serve", "--artifacts", tmp_path / "nothing", "--name", "a/b")
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith("error: --name 'a/b': a name is 1 to 63 letters")
+
+
 def test_a_busy_port_is_refused_in_one_line():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -71,6 +78,7 @@ def test_replicas_declare_cpus_and_gpus_on_cuda(device, cluster_gpus, actor):
     assert options["ray_actor_options"] == actor
     assert options["num_replicas"] == 3
     assert options["max_ongoing_requests"] == 16  # 4 batches: one running, 3 merging
+
 
 
 def test_replicas_the_cluster_cannot_hold_are_refused_in_one_line():

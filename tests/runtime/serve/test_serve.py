@@ -11,13 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -29,74 +23,10 @@ torch = pytest.importorskip("torch")
 from runtime import rle  # noqa: E402
 from runtime.serve.client import info, match, match_body, request_json  # noqa: E402
 from runtime.serve.protocol import encode_multipart  # noqa: E402
-from tests.runtime.assets import EGO, EXO  # noqa: E402
 from tests.runtime.runs.cli import omama_run  # noqa: E402
+from tests.runtime.serve.services import Service, free_port  # noqa: E402
 
 pytestmark = pytest.mark.timeout(900)
-START_TIMEOUT_S = 240
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Service:
-    """A running ``omama serve`` process and what it printed."""
-
-    def __init__(self, argv: list[str]) -> None:
-        env = {**os.environ, "YOLO_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", "from omama_train.cli import main; main()", *argv],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-            start_new_session=True,  # its Ray processes are cleaned up with its group
-        )  # fmt: skip
-        self.lines: list[str] = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    def wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not any("Ctrl-C to stop" in line for line in self.lines):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.kill()
-                pytest.fail(f"omama serve did not start:\n{self.output()[-3000:]}")
-            time.sleep(0.5)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(30)
-
-
-@pytest.fixture(scope="module")
-def pair_files(assets, tmp_path_factory):
-    """exo.png, ego.png and two query PNGs (the take's objects at frame 2)."""
-    import cv2
-
-    from runtime.egoexo import ProcessedRoot
-    from runtime.video import VideoReader
-
-    folder = tmp_path_factory.mktemp("serve_inputs")
-    with VideoReader(assets.video(EXO)) as src, VideoReader(assets.video(EGO)) as dst:
-        cv2.imwrite(str(folder / "exo.png"), src.read(2)[:, :, ::-1])
-        cv2.imwrite(str(folder / "ego.png"), dst.read(2)[:, :, ::-1])
-    index = ProcessedRoot(assets.root)
-    queries = []
-    for obj in index.objects(assets.take):
-        found = index.mask_rle(assets.take, obj, EXO, 2)
-        if found is not None and len(queries) < 2:
-            queries.append(folder / f"query{len(queries)}.png")
-            cv2.imwrite(str(queries[-1]), rle.decode(found) * 255)
-    return folder / "exo.png", folder / "ego.png", queries
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +36,7 @@ def service(assets):
                        "--backend", "onnxruntime", "--device", "cpu", "--threads", "1",
                        "--cpus-per-replica", "0.5", "--max-batch", "2", "--batch-wait-ms",
                        "1000", "--max-body-mb", "4"])  # fmt: skip
-    running.wait_ready(START_TIMEOUT_S)
+    running.wait_ready()
     running.url = f"http://127.0.0.1:{port}"
     yield running
     running.kill()
