@@ -80,6 +80,13 @@ def test_replicas_declare_cpus_and_gpus_on_cuda(device, cluster_gpus, actor):
     assert options["max_ongoing_requests"] == 16  # 4 batches: one running, 3 merging
 
 
+def test_a_crashed_replica_is_noticed_within_two_seconds():
+    """Serve notices a dead replica only at its next health check (10 s apart by default),
+    and a one-replica service answers nothing until then."""
+    options = deployment_options(ServeConfig("artifacts"), Resources(), 0.0)
+    assert options["health_check_period_s"] == 2.0
+    assert options["health_check_timeout_s"] == 30.0
+
 
 def test_replicas_the_cluster_cannot_hold_are_refused_in_one_line():
     from runtime.serve.app import check_cluster
