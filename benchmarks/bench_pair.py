@@ -26,7 +26,7 @@ the objects.
 Targets (issue 13): K=1 at least 2.0x faster than the reference shape, K=8 at least 16x,
 with the best CPU engine.
 
-Usage: ``python -m benchmarks.bench_pair [--threads 1] [--repeats 2] [--ks 1 4 8 16]
+Usage: ``python -m benchmarks.bench_pair [--threads 1] [--repeats 3] [--ks 1 4 8 16]
 [--engines torch:fp32 onnxruntime:fp32 openvino:bf16 ...]``. Writes
 ``benchmarks/results/bench_pair.json``; the artifacts and weights are kept in ``--work``
 (default ``/tmp/omama_bench_pair``) and reused when the recipe is unchanged.
@@ -211,46 +211,44 @@ def bench_images(work: Path):
 # ----------------------------------------------------------------------------- measurements
 
 
-def measure_pipeline(art: Path, engine: Engine, src, dst, queries, ks, repeats, threads, weights):
-    """Per K, the stages of ``match_frame(src, dst, K queries)`` on ``engine``.
+def one_round(pipe, src, dst, queries, ks, threads) -> tuple[dict, dict, object, list]:
+    """One timed ``match_frame(src, dst, K queries)`` per K on an open pipeline: K -> stage ms,
+    K -> the picks, the destination frame and the largest K's picked masks.
 
-    ``match_frame`` is ``encode_src`` + ``encode_dst`` (nothing there depends on
-    K) + ``match`` (the K-dependent part): each repeat encodes the pair once and matches
-    every K against it, so a K's record is exactly what its ``match_frame`` call does.
+    ``match_frame`` is ``encode_src`` + ``encode_dst`` (nothing there depends on K) +
+    ``match`` (the K-dependent part): the pair is encoded once and every K matched against
+    it, so a K's record is exactly what its ``match_frame`` call does.
     """
     import torch
 
-    from runtime.pipeline import Pipeline
-
-    records: dict[int, list[dict]] = {k: [] for k in ks}
-    chosen: dict[int, list[int]] = {}
-    with Pipeline(art, backend=engine.backend, device="cpu", precision=engine.precision,
-                  threads=threads, mask_size="model", weights_dirs=[weights]) as pipe:  # fmt: skip
-        torch.set_num_threads(threads)
-        pipe.match_frame(src, dst, queries[:1])  # warm-up (allocations, first-run kernels)
-        for _ in range(repeats):
-            torch.set_num_threads(threads)
-            src_frame, dst_frame = pipe.encode_src(src), pipe.encode_dst(dst)
-            encoded = {**src_frame.take_latency()}
-            for stage, value in dst_frame.take_latency().items():
-                encoded[stage] = encoded.get(stage, 0.0) + value
-            for k in ks:
-                batch = [queries[i % len(queries)] for i in range(k)]
-                matches = pipe.match(src_frame, dst_frame, batch)
-                own = pipe.last_latency_ms
-                records[k].append({s: encoded.get(s, 0.0) + own[s] for s in STAGES})
-                chosen[k] = [m.candidate for m in matches]
-    rows = {}
+    torch.set_num_threads(threads)
+    src_frame, dst_frame = pipe.encode_src(src), pipe.encode_dst(dst)
+    encoded = {**src_frame.take_latency()}
+    for stage, value in dst_frame.take_latency().items():
+        encoded[stage] = encoded.get(stage, 0.0) + value
+    records, chosen = {}, {}
     for k in ks:
-        stages = {s: statistics.median(r[s] for r in records[k]) for s in STAGES}
+        batch = [queries[i % len(queries)] for i in range(k)]
+        matches = pipe.match(src_frame, dst_frame, batch)
+        own = pipe.last_latency_ms
+        records[k] = {s: encoded.get(s, 0.0) + own[s] for s in STAGES}
+        chosen[k] = [m.candidate for m in matches]
+    return records, chosen, dst_frame, [m.mask.astype(bool) for m in matches]  # largest K's
+
+
+def summarize(label: str, records: dict[int, list[dict]], chosen: dict, dst_frame) -> dict:
+    """K -> medians per stage and of the total over the repeats, candidates, picks."""
+    rows = {}
+    for k, per_repeat in records.items():
+        stages = {s: statistics.median(r[s] for r in per_repeat) for s in STAGES}
         rows[k] = {
             "stages_ms": stages,
-            "total_ms": statistics.median(sum(r.values()) for r in records[k]),
+            "total_ms": statistics.median(sum(r.values()) for r in per_repeat),
             "candidates": len(dst_frame.candidates),
             "chosen": chosen[k],
         }
-        _log(f"  {engine.label} K={k}: {rows[k]['total_ms']:.0f} ms, N={rows[k]['candidates']}")
-    return rows, dst_frame
+        _log(f"  {label} K={k}: {rows[k]['total_ms']:.0f} ms, N={rows[k]['candidates']}")
+    return rows
 
 
 def parse_engines(texts) -> list[Engine]:
@@ -395,6 +393,24 @@ def stage_winners(ours: dict, k: int) -> dict:
     return out
 
 
+def pick_agreement(masks: dict[str, list], reference_label: str) -> dict:
+    """Per engine: its picked masks against the reference engine's, query by query (an engine
+    whose FastSAM finds other candidates numbers them differently, so masks, not indices):
+    the mean IoU and how many are the same mask (IoU >= 0.99)."""
+    import numpy as np
+
+    def iou(a, b) -> float:
+        union = np.logical_or(a, b).sum()
+        return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+    out = {}
+    for label, got in masks.items():
+        ious = [iou(a, b) for a, b in zip(got, masks[reference_label], strict=True)]
+        out[label] = {"of": len(ious), "same_mask": sum(x >= 0.99 for x in ious),
+                      "mean_iou": float(np.mean(ious))}  # fmt: skip
+    return out
+
+
 def same_picks(ours: dict, k: int) -> dict:
     """Per engine: how many of its K picks are torch fp32's (of K)."""
     reference = ours[parse_engine(REFERENCE_ENGINE).label][k]["chosen"]
@@ -461,6 +477,10 @@ def format_report(report: dict) -> str:
         cells = "".join(f"{row['ms'][label]:>18.1f}" for label in labels)
         lines.append(f"  {stage:<14}{cells}  {row['winner']}")
     lines.append("")
+    for engine, row in report.get("picks_vs_torch_fp32", {}).items():
+        lines.append(f"picks vs torch fp32 ({engine}): {row['same_mask']} of {row['of']} the "
+                     f"same mask, mean IoU {row['mean_iou']:.3f}")  # fmt: skip
+    lines.append("")
     for engine, row in report.get("k1_ceiling", {}).items():
         lines.append(
             f"K=1 ceiling ({engine}): the two backbone passes alone take "
@@ -476,30 +496,55 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def measure_engines(engines, art, images, ks, args, weights) -> tuple[dict, dict, object]:
-    """(engine label -> K -> row, engine label -> why it cannot run, a destination frame)."""
+def measure_engines(engines, art, images, ks, args, weights) -> tuple[dict, dict, object, dict]:
+    """(engine label -> K -> row, engine label -> why it cannot run, the reference engine's
+    destination frame, engine label -> its picked masks at the largest K).
+
+    Every engine's pipeline is opened and warmed up once (allocations, first-run kernels),
+    then ``--repeats`` rounds run one :func:`one_round` per engine in turn (round-robin), so
+    a change of load on a shared machine hits every engine alike; medians per engine.
+    """
+    import contextlib
+
+    from runtime.pipeline import Pipeline
+
     src, dst, queries = images
-    ours, unavailable, dst_frame = {}, {}, None
-    for engine in engines:
-        _log(f"bench_pair: {engine.label}")
-        try:
-            ours[engine.label], frame = measure_pipeline(
-                art, engine, src, dst, queries, ks, args.repeats, args.threads, weights
-            )
-        except OmamaError as exc:
-            if engine.spec == REFERENCE_ENGINE:
-                raise
-            unavailable[engine.label] = str(exc)
-            _log(f"  {engine.label}: unavailable: {exc}")
-            continue
-        dst_frame = dst_frame or frame
-    return ours, unavailable, dst_frame
+    unavailable, pipes = {}, {}
+    with contextlib.ExitStack() as stack:
+        for engine in engines:
+            _log(f"bench_pair: opening {engine.label}")
+            try:
+                pipe = stack.enter_context(
+                    Pipeline(art, backend=engine.backend, device="cpu", precision=engine.precision,
+                             threads=args.threads, mask_size="model", weights_dirs=[weights])
+                )  # fmt: skip
+                pipe.match_frame(src, dst, queries[:1])  # warm-up
+            except OmamaError as exc:
+                if engine.spec == REFERENCE_ENGINE:
+                    raise
+                unavailable[engine.label] = str(exc)
+                _log(f"  {engine.label}: unavailable: {exc}")
+                continue
+            pipes[engine.label] = pipe
+        records = {label: {k: [] for k in ks} for label in pipes}
+        chosen, frames, masks = {}, {}, {}
+        for repeat in range(args.repeats):
+            _log(f"bench_pair: round {repeat + 1}/{args.repeats}")
+            for label, pipe in pipes.items():
+                got, chosen[label], frames[label], masks[label] = one_round(
+                    pipe, src, dst, queries, ks, args.threads
+                )
+                for k in ks:
+                    records[label][k].append(got[k])
+    ours = {label: summarize(label, records[label], chosen[label], frames[label])
+            for label in pipes}  # fmt: skip
+    return ours, unavailable, frames[parse_engine(REFERENCE_ENGINE).label], masks
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=1, help="Threads per model (all engines).")
-    parser.add_argument("--repeats", type=int, default=2, help="Timed calls per K (median).")
+    parser.add_argument("--repeats", type=int, default=3, help="Round-robin rounds (median).")
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument(
         "--engines",
@@ -523,8 +568,8 @@ def main(argv: list[str] | None = None) -> dict:
     art = build_artifacts(args.work, args.fastsam, args.num_candidates, dst)
     weights = args.work / "weights"
     ks = sorted(args.ks)
-    ours, unavailable, dst_frame = measure_engines(engines, art, (src, dst, queries), ks, args,
-                                                   weights)  # fmt: skip
+    ours, unavailable, dst_frame, masks = measure_engines(engines, art, (src, dst, queries), ks,
+                                                          args, weights)  # fmt: skip
     _log("bench_pair: reference shape components")
     reference = measure_reference(art, weights, src, dst, queries[0], dst_frame, args.repeats,
                                   args.threads)  # fmt: skip
@@ -533,8 +578,9 @@ def main(argv: list[str] | None = None) -> dict:
     recipe = json.loads((args.work / "recipe.json").read_text())
     report = {
         "benchmark": "bench_pair",
-        "method": "ours: per repeat one encode of the pair + one match per K (= match_frame), "
-        "per engine (backend x run precision, as omama-run runs it); reference shape = K x "
+        "method": "ours: every engine (backend x run precision, as omama-run runs it) opened "
+        "and warmed up once, then --repeats round-robin rounds of one encode of the pair + one "
+        "match per K (= match_frame) per engine, medians; reference shape = K x "
         "per-object costs measured once (FastSAM through ultralytics, PyTorch backbones, "
         "per-mask loop descriptors, matcher B=1), composed",
         "settings": {
@@ -551,6 +597,7 @@ def main(argv: list[str] | None = None) -> dict:
             "queries_distinct": len(queries),
         },  # fmt: skip
         "candidates": ours[parse_engine(REFERENCE_ENGINE).label][ks[0]]["candidates"],
+        "picks_vs_torch_fp32": pick_agreement(masks, parse_engine(REFERENCE_ENGINE).label),
         "same_picks_as_torch_fp32": {
             "k": ks[-1],
             "of": ks[-1],

@@ -44,8 +44,9 @@ def open_artifact(
 
     ONNX Runtime gets the file and ``threads``; OpenVINO the file, ``threads`` and the
     arithmetic :func:`plan_artifacts` put in ``choice.options`` (``inference_precision``:
-    ``bf16`` for a bf16 run, else ``f32``), except that the matcher of a bf16 run computes
-    in f32 (:func:`openvino_arithmetic`); TensorRT the engine and what the manifest says
+    ``bf16`` for a bf16 run, else ``f32``), except that the models of a bf16 run that make
+    hard decisions (the matcher, FastSAM) compute in f32 (:func:`openvino_arithmetic`);
+    TensorRT the engine and what the manifest says
     it was built with (a foreign engine is refused in one line); the torch backend a
     :class:`ModelRef` from which it rebuilds the module the file was exported from.
     """
@@ -54,7 +55,8 @@ def open_artifact(
         return choice.open(path, threads=threads, name=entry.model)
     if choice.name == "openvino":
         asked = choice.options.get("inference_precision", "f32")
-        arithmetic = openvino_arithmetic(asked, entry.model == manifest.matcher.model)
+        decides = entry.model in (manifest.matcher.model, manifest.fastsam.model)
+        arithmetic = openvino_arithmetic(asked, decides)
         return choice.open(path, threads=threads, name=entry.model, inference_precision=arithmetic)
     if choice.name == "tensorrt":
         engine = entry.engine
@@ -71,18 +73,23 @@ def open_artifact(
     return choice.open(ref, name=entry.model, threads=threads)
 
 
-def openvino_arithmetic(asked: str, is_matcher: bool) -> str:
+def openvino_arithmetic(asked: str, decides: bool) -> str:
     """OpenVINO's arithmetic for one model of a run that asked for ``asked`` (f32 | bf16).
 
-    A bf16 run keeps the matcher in f32: in bf16 its similarities come out rounded to
-    bfloat16's 8-bit mantissa (steps of 0.004 near 0.7), where close candidates tie and
-    flip. On the 12 objects of the runtime tests' weights export, with the same candidates:
-    bf16 everywhere chose as fp32 for 67% of them (top similarity off by 5.8e-3); bf16
-    backbones and FastSAM with an f32 matcher for 100% (2.2e-4); an f32 run with only the
-    matcher in bf16 for 75%. The matcher is a small share of a pair's time; the backbones,
-    where bf16 pays, stay bf16.
+    A bf16 run computes the backbones in bf16 (where bf16 pays: 4x at ViT-B scale) and keeps
+    the models that make hard decisions in f32 (``decides``):
+
+    - the matcher: in bf16 its similarities come out rounded to bfloat16's 8-bit mantissa
+      (steps of 0.004 near 0.7), where close candidates tie and flip. On the 12 objects of
+      the runtime tests' weights export, with the same candidates: bf16 everywhere chose as
+      fp32 for 67% of them (top similarity off by 5.8e-3); bf16 backbones and FastSAM with an
+      f32 matcher for 100% (2.2e-4); an f32 run with only the matcher in bf16 for 75%;
+    - FastSAM: its confidence threshold and NMS turn rounding into candidates gained or lost.
+      At the official sizes (``benchmarks/bench_pair.py``, FastSAM-s at 1024 px) bf16 FastSAM
+      gave 61 candidates where fp32 gave 64, so no pick could be compared; in f32 it costs
+      about 0.46 s of a 3.7 s pair there.
     """
-    return "f32" if is_matcher else asked
+    return "f32" if decides else asked
 
 
 # ``--precision``: auto, or a run precision (fp32 | fp16 | bf16 | int8).

@@ -70,3 +70,15 @@ def test_bench_pair_engines_put_the_torch_reference_first_and_refuse_what_omama_
     assert [e.spec for e in engines] == ["torch:fp32", "openvino:bf16", "onnxruntime:int8"]
     with pytest.raises(OmamaError, match=r"drop '\+bf16'"):
         parse_engines(["openvino:int8+bf16"])
+
+
+def test_bench_pair_compares_picks_by_mask_not_by_candidate_number():
+    import numpy as np
+
+    from benchmarks.bench_pair import pick_agreement
+
+    a, b, c = (np.zeros((4, 4), bool) for _ in range(3))
+    a[:2], b[:2], c[:1] = True, True, True  # a == b; c is half of a
+    got = pick_agreement({"torch fp32": [a, a], "openvino bf16": [b, c]}, "torch fp32")
+    assert got["torch fp32"] == {"of": 2, "same_mask": 2, "mean_iou": 1.0}
+    assert got["openvino bf16"] == {"of": 2, "same_mask": 1, "mean_iou": 0.75}
