@@ -14,13 +14,11 @@ says so in one line.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
-import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 
@@ -47,50 +45,18 @@ def import_ray():
     return raykit.import_ray("data")
 
 
-@contextlib.contextmanager
-def ray_connection(address: str | None) -> Iterator[object]:
-    """Ray for this run: the Ray this process already started (kept running), else
-    ``ray.init(address)`` (None: ``$RAY_ADDRESS`` or a cluster started on this machine with
-    ``ray start``, else a new local Ray), disconnected at the end (a local Ray we started
-    stops with it; a cluster keeps running)."""
-    ray = import_ray()
-    if ray.is_initialized():
-        yield ray
-        return
-    raykit.check_reachable(address)
-    try:
-        ray.init(address=address, logging_level=logging.WARNING)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = f"the Ray cluster at {address}" if address else "Ray"
-        raise OmamaError(f"cannot start or reach {where}: {_first_line(exc)}") from exc
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
+def ray_connection(address: str | None):
+    """Ray with Ray Data for this run (:func:`runtime.raykit.connection`)."""
+    return raykit.connection(address, "data")
 
 
 def worker_resources(
     cluster: dict, workers: int, cpus: float | None, gpus: float | None, device: str
 ) -> tuple[float, float]:
-    """``(cpus, gpus)`` per actor, declared to Ray; refuses what the cluster cannot hold
-    (Ray would wait for it forever).
-
-    Defaults: a GPU per actor when ``device`` is CUDA (or auto on a cluster with GPUs); an
-    equal share of all CPUs but one (kept for reading frames), at least 0.25, and at most 1
-    when the models run on GPUs (on CPUs the share is their threads: :func:`threads_for`).
-    """
-    if gpus is None:
-        gpus = 1.0 if raykit.uses_gpu(device, float(cluster.get("GPU", 0))) else 0.0
-    if gpus > 0 and device == "cpu":
-        raise OmamaError("--gpus-per-worker asks for GPUs but --device is cpu")
-    raykit.check_fits(cluster, "GPU", workers, gpus, "worker",
-                      "--workers or --gpus-per-worker, or use --device cpu")  # fmt: skip
-    if cpus is None:
-        share = math.floor(4 * (float(cluster.get("CPU", 0)) - 1) / workers) / 4
-        cpus = max(0.25, min(1.0, share) if gpus > 0 else share)
-    raykit.check_fits(cluster, "CPU", workers, cpus, "worker", "--workers or --cpus-per-worker",
-                      READ_CPUS, f" and a frame reader of {READ_CPUS:g} CPU")  # fmt: skip
-    return cpus, gpus
+    """``(cpus, gpus)`` per predicting actor (:func:`runtime.raykit.actor_resources`), leaving
+    room for a frame reader of :data:`READ_CPUS`."""
+    return raykit.actor_resources(cluster, workers, cpus, gpus, device, READ_CPUS,
+                                  f" and a frame reader of {READ_CPUS:g} CPU")  # fmt: skip
 
 
 def _read_row(row: dict, root: str) -> dict:
@@ -168,7 +134,7 @@ def run_on_ray(
         except OmamaError:
             raise
         except Exception as exc:  # Ray wraps a worker's error in its own types
-            raise OmamaError(_failure(exc)) from exc
+            raise OmamaError(raykit.failure_line(exc)) from exc
         finally:
             context.enable_progress_bars = progress_bars
         nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
@@ -184,24 +150,3 @@ def run_on_ray(
             "ray_start_s": round(ray_start_s, 3),
         },
     }
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _failure(exc: BaseException) -> str:
-    """One line for a failed Ray job: the OmamaError a worker raised, if any (as an object in
-    the cause chain, or in the text of the traceback Ray carries), else the first line of
-    Ray's error."""
-    seen, cause = set(), exc
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, OmamaError):
-            return f"a Ray worker failed: {_first_line(cause)}"
-        for line in str(cause).splitlines():
-            if f"{OmamaError.__name__}: " in line:
-                return f"a Ray worker failed: {line.split(f'{OmamaError.__name__}: ', 1)[1]}"
-        cause = getattr(cause, "cause", None) or cause.__cause__ or cause.__context__
-    return f"the Ray job failed: {type(exc).__name__}: {_first_line(exc)}"

@@ -11,6 +11,7 @@ import pytest
 
 from runtime.egoexo import TakeObservation
 from runtime.errors import OmamaError
+from runtime.raykit import failure_line as _failure
 from runtime.runs.dataset_jobs import Item, pack_images, take_items, unpack_images
 from runtime.runs.dataset_parts import (
     RunSettings,
@@ -19,7 +20,7 @@ from runtime.runs.dataset_parts import (
     take_inputs_sha256,
     write_part,
 )
-from runtime.runs.dataset_ray import _failure, worker_resources
+from runtime.runs.dataset_ray import worker_resources
 
 
 def test_items_cut_a_take_into_frame_chunks_naming_only_the_images_they_read():
