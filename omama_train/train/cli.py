@@ -63,7 +63,11 @@ Device = Annotated[str | None, Opt("--device", help="cpu, cuda (default: auto)."
 Workers = Annotated[int, Opt("--workers", help="Data-loader workers per process.")]
 Init = Annotated[
     Path | None,
-    Opt("--init", help="Start from a matcher: official .pt or omama .safetensors."),
+    Opt(
+        "--init",
+        help="Start from a matcher: official .pt or omama .safetensors; an exo2ego one also "
+        "starts an ego2exo run (its view tables swapped).",
+    ),
 ]
 Resume = Annotated[bool, Opt("--resume", help="Continue the run in --out.")]
 FinetuneBackbone = Annotated[

@@ -9,6 +9,7 @@ positive, times visibility, averaged (docs/reference.md, sections 5 and 6). Padd
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -109,21 +110,38 @@ def masked_loss(
 
 
 def load_init(matcher, path: Path) -> None:
-    """Copy the weights of an official ``.pt`` or omama ``.safetensors`` matcher."""
+    """Copy the weights of an official ``.pt`` or omama ``.safetensors`` matcher.
+
+    A matcher of the other direction (O-MaMa released exo2ego weights only) starts this one
+    with its two positional tables swapped, so that each stays with its camera kind: ``T``
+    belongs to the destination tokens and ``Q`` to the source tokens, so exo2ego's ``T`` is
+    the ego table that ego2exo calls ``Q``. The cross-attention block and the MLPs serve both
+    sides alike and are copied as they are.
+    """
     from omama_train.models.matcher import load_matcher
 
-    loaded = load_matcher(path, matcher.direction)
-    if (loaded.src_grid, loaded.dst_grid, loaded.dim) != (
-        matcher.src_grid,
-        matcher.dst_grid,
-        matcher.dim,
-    ):
+    loaded = load_matcher(path)
+    state = loaded.state_dict()
+    grids = (loaded.src_grid, loaded.dst_grid)
+    swapped = loaded.direction != matcher.direction
+    if swapped:
+        state["pos_embed_T"], state["pos_embed_Q"] = state["pos_embed_Q"], state["pos_embed_T"]
+        grids = grids[::-1]
+    if (*grids, loaded.dim) != (matcher.src_grid, matcher.dst_grid, matcher.dim):
+        as_read = f" (read as {matcher.direction}: {grids[0]} -> {grids[1]})" if swapped else ""
         raise OmamaError(
-            f"--init {path} has token grids {loaded.src_grid} -> {loaded.dst_grid} (dim "
-            f"{loaded.dim}); the features give {matcher.src_grid} -> {matcher.dst_grid} "
-            f"(dim {matcher.dim}): use a cache at the sizes the checkpoint was trained for"
+            f"--init {path} is a {loaded.direction} matcher with token grids {loaded.src_grid} "
+            f"-> {loaded.dst_grid}{as_read} (dim {loaded.dim}); the features give "
+            f"{matcher.src_grid} -> {matcher.dst_grid} (dim {matcher.dim}): use a cache at the "
+            "sizes the checkpoint was trained for"
         )
-    matcher.load_state_dict(loaded.state_dict(), strict=True)
+    matcher.load_state_dict(state, strict=True)
+    if swapped:
+        print(
+            f"--init {path}: a {loaded.direction} matcher, its view tables swapped to start "
+            f"{matcher.direction} training",
+            file=sys.stderr,
+        )
 
 
 def build_models(config: TrainConfig, data: RunData, device) -> tuple[nn.Module, list[dict]]:
