@@ -17,6 +17,7 @@ The flags are spelled and mean what ``omama-run dataset``'s do (one meaning per 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated
@@ -60,7 +61,8 @@ GpusPerWorker = Annotated[
     typer.Option(
         "--gpus-per-worker",
         min=0.0,
-        help="GPUs per actor (default: 1 with --device cuda).",
+        help="GPUs per actor (default: 1 with --device cuda, or with auto on a cluster "
+        "that has GPUs).",
     ),
 ]
 
@@ -103,12 +105,36 @@ def ray_options(
     return RayOptions(address, workers or 1, cpus_per_worker, gpus_per_worker)
 
 
+def worker_resources(cluster: dict, options: RayOptions, device: str) -> tuple[float, float]:
+    """``(cpus, gpus)`` per actor of a run on ``device`` (``auto``, ``cpu``, ``cuda[:N]``) on
+    ``cluster`` (``ray.cluster_resources()``). CUDA is checked against the cluster's GPUs,
+    not this machine's: a head node without a GPU drives workers that have one."""
+    if device.startswith("cuda"):
+        if float(cluster.get("GPU", 0)) <= 0:
+            raise OmamaError(
+                f"--device {device} asks the Ray workers for GPUs, but the Ray cluster has "
+                "none: use --device cpu or auto, or add nodes with GPUs"
+            )
+        if options.gpus_per_worker == 0:
+            raise OmamaError(
+                f"--device {device} needs GPUs on the Ray workers: --gpus-per-worker 0 "
+                "gives them none"
+            )
+    return raykit.actor_resources(
+        cluster, options.workers, options.cpus_per_worker, options.gpus_per_worker, device
+    )
+
+
 class _Actor:
-    """One Ray actor: ``factory(**kwargs, device=..., threads=...)`` builds its worker (a
+    """One Ray actor: resolves the run's device where it runs (``auto``: CUDA when Ray gave
+    it a GPU), then ``factory(**kwargs, device=..., threads=...)`` builds its worker (a
     callable job -> result) once; the actor then runs jobs with it."""
 
     def __init__(self, factory: Callable, kwargs: dict, device: str, threads: int) -> None:
+        import ray
         import torch
+
+        from omama_train.devices import check_device
 
         logger = logging.getLogger("omama_train")
         if not logger.handlers:  # worker stderr goes to Ray's logs and dashboard
@@ -117,10 +143,14 @@ class _Actor:
             logger.addHandler(handler)
             logger.setLevel(logging.INFO)
         torch.set_num_threads(threads)
-        self.work = factory(**kwargs, device=device, threads=threads)
+        self.device = check_device(raykit.worker_device(device, ray.get_gpu_ids()))
+        self.work = factory(**kwargs, device=self.device, threads=threads)
 
     def run(self, job):
         return self.work(job)
+
+    def where(self) -> str:
+        return self.device
 
 
 def run_jobs(
@@ -132,35 +162,30 @@ def run_jobs(
     on_result: Callable[[object], None],
 ) -> dict:
     """Run ``jobs`` on an actor pool of ``options.workers`` actors, each holding the worker
-    ``factory(**kwargs, device=, threads=)`` builds; ``on_result`` gets each job's result
-    on the driver, in job order. No jobs: Ray is not started. Returns how it ran (the
-    report's ``ray`` entry)."""
+    ``factory(**kwargs, device=, threads=)`` builds on the device each resolves from
+    ``device`` (:func:`worker_resources`, :func:`runtime.raykit.worker_device`);
+    ``on_result`` gets each job's result on the driver, in job order. No jobs: Ray is not
+    started. Returns how it ran (the report's ``ray`` entry; ``worker_devices``: actors per
+    device they ran on)."""
     how = {"address": options.address, "workers": options.workers, "jobs": len(jobs)}
     if not jobs:
         return how
     with raykit.connection(options.address) as ray:
-        from ray.util import ActorPool
-
-        cpus, gpus = raykit.actor_resources(
-            ray.cluster_resources(),
-            options.workers,
-            options.cpus_per_worker,
-            options.gpus_per_worker,
-            device,
-        )
+        cpus, gpus = worker_resources(ray.cluster_resources(), options, device)
         threads = raykit.threads_for(cpus)
-        # Ray hands each actor its own GPU(s) as device 0 (CUDA_VISIBLE_DEVICES).
-        worker_device = "cuda" if device.startswith("cuda") else device
         remote = ray.remote(
             num_cpus=cpus, num_gpus=gpus or None, max_restarts=RETRIES, max_task_retries=RETRIES
         )(_Actor)
         actors = [
-            remote.remote(factory, kwargs, worker_device, threads)
+            remote.remote(factory, kwargs, device, threads)
             for _ in range(min(options.workers, len(jobs)))
         ]
         try:
+            from ray.util import ActorPool
+
             for result in ActorPool(actors).map(lambda actor, job: actor.run.remote(job), jobs):
                 on_result(result)
+            devices = Counter(ray.get([actor.where.remote() for actor in actors]))
         except OmamaError:
             raise
         except Exception as exc:  # Ray wraps a worker's error in its own types
@@ -174,4 +199,5 @@ def run_jobs(
         "cpus_per_worker": cpus,
         "gpus_per_worker": gpus,
         "threads_per_model": threads,
+        "worker_devices": dict(sorted(devices.items())),
     }

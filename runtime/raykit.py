@@ -57,6 +57,15 @@ def uses_gpu(device: str, cluster_gpus: float) -> bool:
     return device.startswith("cuda") or (device == "auto" and cluster_gpus > 0)
 
 
+def worker_device(device: str, gpu_ids: list) -> str:
+    """The torch device an actor runs ``device`` on, given the GPUs Ray gave it
+    (``ray.get_gpu_ids()``): ``auto`` is CUDA when it got some, else the CPU; Ray shows an
+    actor only its own GPUs, as device 0, so ``cuda:N`` is ``cuda`` there."""
+    if device == "auto":
+        return "cuda" if gpu_ids else "cpu"
+    return "cuda" if device.startswith("cuda") else device
+
+
 def threads_for(cpus: float) -> int:
     """Threads per model of an actor declaring ``cpus`` CPUs: its whole CPUs, at least 1 (not
     every core of the node, which other actors share)."""

@@ -41,7 +41,7 @@ from filelock import FileLock
 
 from omama_train import raywork
 from omama_train.data.annotated_masks import AnnotatedMasks
-from omama_train.devices import check_device, default_device
+from omama_train.devices import resolve_device
 from omama_train.imagekey import ImageKey, dst_frames
 from omama_train.shards import parse_shard, select_shard
 from runtime.atomic import write_json
@@ -76,7 +76,8 @@ class SkipFrame(Exception):
 @dataclass(frozen=True)
 class FastSAMSettings:
     """FastSAM "everything" parameters (O-MaMa's: 1024, 0.4, 0.9, retina masks); ``device``
-    None: CUDA when torch sees a GPU, else the CPU (decided when FastSAM loads)."""
+    None or ``auto``: CUDA when torch sees a GPU, else the CPU (decided where FastSAM loads:
+    here, or on each Ray worker)."""
 
     imgsz: int = 1024
     conf: float = 0.4
@@ -187,7 +188,7 @@ def fastsam_source(
     """A candidate maker running FastSAM on the frame's image (weights loaded once)."""
     from omama_train.models.fastsam import load_fastsam, segment_everything
 
-    device = check_device(settings.device or default_device())
+    device = resolve_device(settings.device)
     model = load_fastsam(fastsam)
 
     def make(frame: ImageKey, image_rgb: np.ndarray) -> Candidates:
@@ -461,7 +462,8 @@ def candidate_maker(
         extra = {"mode": "annotations", "weights": None, "fastsam": None}
         return annotation_source(root) if load else None, source, extra
     t0 = time.perf_counter()
-    settings = replace(settings, device=settings.device or default_device())
+    if load:  # a --ray run's workers resolve the device where they run
+        settings = replace(settings, device=resolve_device(settings.device))
     make = fastsam_source(fastsam, settings) if load else None
     source = candidates_source(fastsam, settings)
     check_source(candidates_dir(root, split, direction), source)
@@ -520,7 +522,12 @@ Retina = Annotated[
 ]
 Shard = Annotated[str, Opt("--shard", help="Process shard i of n (0-based), e.g. 0/4 ... 3/4.")]
 Device = Annotated[
-    str | None, Opt("--device", help="cpu, cuda or cuda:N (default: cuda when available).")
+    str | None,
+    Opt(
+        "--device",
+        help="cpu, cuda, cuda:N or auto (default: cuda when available; with --ray, a GPU "
+        "per worker when the Ray cluster has GPUs).",
+    ),
 ]
 IoThreads = Annotated[int, Opt("--io-threads", help="Threads compressing and writing mask files.")]
 Progress = Annotated[bool, Opt("--progress/--no-progress", help="Progress bar.")]
@@ -566,7 +573,7 @@ def masks_command(
     options = raywork.ray_options(
         ray, ray_address, workers, cpus_per_worker, gpus_per_worker, shard_tuple
     )
-    settings = FastSAMSettings(imgsz, conf, iou, retina, device)
+    settings = FastSAMSettings(imgsz, conf, iou, retina, device or "auto")
     make, source, extra = candidate_maker(
         root, split, direction, fastsam, from_annotations, settings, load=options is None
     )

@@ -37,12 +37,8 @@ def frames_on_ray(
     def on_ray(run, todo: list[ImageKey], progress: bool) -> dict:
         from tqdm import tqdm
 
-        if fastsam is None:
-            device = "cpu"
-        else:
-            from omama_train.devices import default_device
-
-            device = settings.device or default_device()
+        # auto: a GPU per worker when the cluster has GPUs, resolved on each worker
+        device = "cpu" if fastsam is None else settings.device or "auto"
         kwargs = {
             "root": Path(root).resolve(),
             "split": split,

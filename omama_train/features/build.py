@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from omama_train.devices import check_device, default_device
+from omama_train.devices import resolve_device
 from omama_train.features.images import jpeg_size_hw, unique_images
 from omama_train.features.locks import meta_lock, shard_lock
 from omama_train.features.meta import (
@@ -28,7 +28,13 @@ from omama_train.features.meta import (
 )
 from omama_train.features.reader import FeatureCache
 from omama_train.features.weights import BackboneWeights, backbone_identity, write_backbone_file
-from omama_train.features.writer import DEFAULT_FLUSH_EVERY, RunStats, compute_kind, report_path
+from omama_train.features.writer import (
+    DEFAULT_FLUSH_EVERY,
+    RunStats,
+    compute_kind,
+    default_batch_size,
+    report_path,
+)
 from omama_train.imagekey import ImageKey
 from omama_train.shards import select_shard
 from runtime.atomic import remove_temporaries, write_json
@@ -66,7 +72,8 @@ def build_cache(
     ``pairs_files``: the pairs JSON files whose images (both views) are cached.
     ``backbone_weights`` (a checkpoint ``load_backbone_weights`` reads) or ``random_init``
     (seeded by ``seed``, of ``weight_profile`` ``plain`` or ``outlier``). ``device``
-    defaults to cuda when available; ``batch_size`` to 16 on CUDA, 4 on CPU. ``limit``
+    (None: ``auto``) is cuda when available, on this machine or, with ``ray``, on each
+    worker; ``batch_size`` defaults to 16 on CUDA, 4 on CPU. ``limit``
     stops after that many new images (a trial run; the rest follows on the next run).
     ``ray``: the chunks are computed by Ray workers (:mod:`omama_train.features.ray_chunks`),
     which write the files this process would. Returns the report (also written to
@@ -74,7 +81,9 @@ def build_cache(
     """
     started = time.perf_counter()
     root, out = Path(root), Path(out)
-    device, batch_size = _check_settings(out, device, batch_size, flush_every, io_threads, limit)
+    device, batch_size = _check_settings(
+        out, device, batch_size, flush_every, io_threads, limit, on_ray=ray is not None
+    )
     pairs_files = [Path(p) for p in pairs_files]
     index = ProcessedRoot(root)
     work = _Work.of(index, pairs_files, shard)
@@ -125,6 +134,7 @@ def build_cache(
                                    weight_profile)  # fmt: skip
             ray_entry = compute_on_ray(ray, work.todo, meta, recipe, root, out, shard, progress,
                                        stats, io_threads=io_threads, **settings)  # fmt: skip
+            device, batch_size = _ran_on(ray_entry, device, batch_size)
         run = {
             "device": device,
             "batch_size": batch_size,
@@ -164,13 +174,18 @@ def _check_settings(
     flush_every: int,
     io_threads: int,
     limit: int | None,
-) -> tuple[str, int]:
-    """(device, batch size) with their defaults; OmamaError for a setting out of range."""
-    device = check_device(device or default_device())
-    if batch_size is None:
-        batch_size = 16 if device.startswith("cuda") else 4
+    on_ray: bool = False,
+) -> tuple[str, int | None]:
+    """(device, batch size) with their defaults; OmamaError for a setting out of range.
+    ``on_ray``: the device is resolved (and CUDA checked) on the Ray workers and cluster, not
+    here, so ``auto`` and a batch size of None stay for them (:mod:`.ray_chunks`)."""
+    if on_ray:
+        device = device or "auto"
+    else:
+        device = resolve_device(device)
+        batch_size = default_batch_size(device) if batch_size is None else batch_size
     for name, value in (("--batch-size", batch_size), ("--flush-every", flush_every)):
-        if value < 1:
+        if value is not None and value < 1:
             raise OmamaError(f"{name} must be at least 1, got {value}")
     if io_threads < 1:
         raise OmamaError(f"--io-threads must be at least 1, got {io_threads}")
@@ -179,6 +194,15 @@ def _check_settings(
     if out.exists() and not out.is_dir():
         raise OmamaError(f"--out {out} exists and is not a folder")
     return device, batch_size
+
+
+def _ran_on(ray_entry: dict, device: str, batch_size: int | None) -> tuple[str, int | None]:
+    """The report's (device, batch size) of a Ray run: the devices its workers ran on
+    (``auto`` when none ran), and the batch size they used (None if it differed)."""
+    devices = list(ray_entry.get("worker_devices", {}))
+    if batch_size is None and len(devices) == 1:
+        batch_size = default_batch_size(devices[0])
+    return " and ".join(devices) or device, batch_size
 
 
 @dataclass
@@ -296,7 +320,8 @@ def _report(out, root, pairs_files, identity, weights, shard, work, stats, run) 
     """The run's report (``report_path(out, shard)``): counts, disk use, timing, machine."""
     import torch
 
-    usage = FeatureCache(out).disk_usage() if (out / META_NAME).exists() else {}
+    cache = FeatureCache(out) if (out / META_NAME).exists() else None
+    usage = cache.disk_usage() if cache else {}
     computed = sum(stats.computed.values())
     compute_s = sum(stats.compute_s.values())
     return {
@@ -317,6 +342,7 @@ def _report(out, root, pairs_files, identity, weights, shard, work, stats, run) 
         "chunks_written": stats.chunks,
         "disk": usage,
         "cache_mb": round(sum(v["bytes"] for v in usage.values()) / 1e6, 2),
+        "cache_devices": cache.devices() if cache else {},
         "device": run["device"],
         "batch_size": run["batch_size"],
         "timing": {
@@ -355,6 +381,16 @@ def summary_text(report: dict) -> str:
         lines.append(
             f"  {view}: {usage['images']} images, {usage['bytes'] / 1e6:.1f} MB, "
             f"{usage['mb_per_1000_images']:.1f} MB per 1000 images"
+        )
+    devices = report.get("cache_devices", {})
+    if len(devices) > 1:
+        lines.append(
+            "the cache mixes maps computed on "
+            + " and ".join(
+                f"{d} ({n} images{', float16 autocast' if d.startswith('cuda') else ''})"
+                for d, n in devices.items()
+            )
+            + ": they differ by rounding; rebuild it on one device for uniform maps"
         )
     portrait = {v: n for v, n in report.get("portrait_resized_per_view", {}).items() if n}
     if portrait:

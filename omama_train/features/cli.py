@@ -67,7 +67,12 @@ PosResize = Annotated[
 ]
 Shard = Annotated[str, Opt("--shard", help="Process shard i of n (0-based).")]
 Device = Annotated[
-    str | None, Opt("--device", help="cpu, cuda or cuda:N (default: cuda when available).")
+    str | None,
+    Opt(
+        "--device",
+        help="cpu, cuda, cuda:N or auto (default: cuda when available; with --ray, a GPU "
+        "per worker when the Ray cluster has GPUs).",
+    ),
 ]
 BatchSize = Annotated[
     int | None, Opt("--batch-size", help="Images per forward (default: 16 on CUDA, 4 on CPU).")

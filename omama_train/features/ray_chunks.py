@@ -61,12 +61,13 @@ def compute_on_ray(
     stats: writer.RunStats,
     *,
     device: str,
-    batch_size: int,
+    batch_size: int | None,
     flush_every: int,
     io_threads: int,
 ) -> dict:
     """Features of ``todo`` on Ray, counted into ``stats``; returns the report's ``ray``
-    entry (:func:`raywork.run_jobs`)."""
+    entry (:func:`raywork.run_jobs`). ``device`` (``auto``, ``cpu``, ``cuda[:N]``) and
+    ``batch_size`` (None: :func:`writer.default_batch_size`) are resolved on each worker."""
     from tqdm import tqdm
 
     jobs = []
@@ -105,13 +106,15 @@ def chunk_worker(
     recipe: WeightsRecipe,
     sha256: str,
     views: dict,
-    batch_size: int,
+    batch_size: int | None,
     io_threads: int,
     device: str,
     threads: int,
 ):
     """A Ray worker's job function (``(kind, name, keys)`` -> that chunk's counts), holding
-    one backbone per view, each built on first use."""
+    one backbone per view, each built on first use, on this worker's ``device`` (its index
+    parts record it, as the in-process run's do)."""
+    batch_size = writer.default_batch_size(device) if batch_size is None else batch_size
     bw = recipe.resolve()
     if bw.sha256 != sha256:
         raise OmamaError(

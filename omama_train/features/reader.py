@@ -38,6 +38,7 @@ class _Chunk:
     kind: str
     data: Path
     keys: list[str]
+    device: str  # where its maps were computed ("unknown" in parts that do not say)
 
 
 def _read_index_part(path: Path, chunks_dir: Path) -> _Chunk:
@@ -46,7 +47,8 @@ def _read_index_part(path: Path, chunks_dir: Path) -> _Chunk:
         keys, kind, data = part["keys"], part["view"], part["file"]
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise OmamaError(f"index part {path} is not readable: {exc}") from exc
-    return _Chunk(path.stem, str(kind), chunks_dir / data, [str(k) for k in keys])
+    device = str(part.get("device") or "unknown")
+    return _Chunk(path.stem, str(kind), chunks_dir / data, [str(k) for k in keys], device)
 
 
 def _index_parts(chunks_dir: Path) -> list[Path]:
@@ -247,6 +249,17 @@ class FeatureCache:
         return torch.from_numpy(self.get_many_array(keys))
 
     # Size --------------------------------------------------------------------------------
+    def devices(self) -> dict[str, int]:
+        """Images per device their maps were computed on, as the index parts record it.
+        CUDA computes under float16 autocast, the CPU in float32, so one image's maps differ
+        by rounding between them; a cache resumed or sharded on another device holds both
+        (accepted: ``meta.json`` does not name a device) and says so here."""
+        counts: dict[str, int] = {}
+        for number, _ in self._index.values():
+            device = self._chunks[number].device
+            counts[device] = counts.get(device, 0) + 1
+        return dict(sorted(counts.items()))
+
     def disk_usage(self) -> dict[str, dict[str, float]]:
         """Per camera kind: images, bytes of its data files, MB per 1000 images (1 MB = 1e6 B)."""
         out: dict[str, dict[str, float]] = {}

@@ -49,6 +49,11 @@ DEFAULT_FLUSH_EVERY = 256
 PREFETCH_BATCHES = 2  # batches decoded ahead of the model
 
 
+def default_batch_size(device: str) -> int:
+    """Images per forward when ``--batch-size`` is not given: 16 on CUDA, 4 on CPU."""
+    return 16 if device.startswith("cuda") else 4
+
+
 def _chunk_prefix(kind: str, shard: tuple[int, int]) -> str:
     return f"{kind}-{shard[0]:03d}of{shard[1]:03d}-"
 

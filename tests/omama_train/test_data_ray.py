@@ -18,6 +18,7 @@ from runtime import raykit
 from runtime.clikit import new_app, run_app
 
 CASES = Path(__file__).with_name("ray_data_cases.py")
+DEVICE_CASES = Path(__file__).with_name("ray_device_cases.py")
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -88,7 +89,7 @@ def test_ray_cases_pass_in_a_process_of_their_own(tmp_path):
     env = {**os.environ, "YOLO_OFFLINE": "1"}
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp",
-         str(tmp_path / "cases"), str(CASES)],
+         str(tmp_path / "cases"), str(CASES), str(DEVICE_CASES)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=850,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
