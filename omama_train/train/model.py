@@ -130,7 +130,7 @@ def load_init(matcher, path: Path) -> None:
     if (*grids, loaded.dim) != (matcher.src_grid, matcher.dst_grid, matcher.dim):
         as_read = f" (read as {matcher.direction}: {grids[0]} -> {grids[1]})" if swapped else ""
         raise OmamaError(
-            f"--init {path} is a {loaded.direction} matcher with token grids {loaded.src_grid} "
+            f"--init {path} is an {loaded.direction} matcher with token grids {loaded.src_grid} "
             f"-> {loaded.dst_grid}{as_read} (dim {loaded.dim}); the features give "
             f"{matcher.src_grid} -> {matcher.dst_grid} (dim {matcher.dim}): use a cache at the "
             "sizes the checkpoint was trained for"
@@ -138,7 +138,7 @@ def load_init(matcher, path: Path) -> None:
     matcher.load_state_dict(state, strict=True)
     if swapped:
         print(
-            f"--init {path}: a {loaded.direction} matcher, its view tables swapped to start "
+            f"--init {path}: an {loaded.direction} matcher, its view tables swapped to start "
             f"{matcher.direction} training",
             file=sys.stderr,
         )
