@@ -41,8 +41,8 @@ Backend = Annotated[
     str,
     typer.Option(
         "--backend",
-        help="auto (TensorRT engines with a GPU, else ONNX Runtime; on a CPU, bf16 and int8 on "
-        "OpenVINO when installed), tensorrt, onnxruntime, openvino (CPU: fp32, bf16, int8; "
+        help="auto (TensorRT engines with a GPU, else ONNX Runtime; on a CPU, OpenVINO when "
+        "installed, else ONNX Runtime), tensorrt, onnxruntime, openvino (CPU: fp32, bf16, int8; "
         "pip install 'omama[openvino]') or torch.",
     ),
 ]

@@ -72,13 +72,16 @@ register_backend("tensorrt", TrtSession, trt_unavailable)
 register_backend("openvino", OpenVinoSession, openvino_unavailable)
 
 # What `--backend auto` runs on a CPU, per run precision: the first installed backend of each
-# row. The rows are the measurements' (ViT-B/14-reg at 700x700 px, random weights, 2 threads,
-# one run each on a shared 2-core machine): ONNX Runtime fp32 3124 ms; OpenVINO f32 2539 ms
-# (one run: not enough to move fp32 off ONNX Runtime, the better-trodden path), bf16 664 ms;
-# an NNCF int8 QDQ file: OpenVINO 968 ms, ONNX Runtime 1765 ms. bf16 exists on OpenVINO
-# only; fp16 files are for GPUs (the openvino backend refuses them).
+# row, the fastest measured (2 threads, random weights, a shared 2-core Xeon with AVX-512 BF16
+# and AMX; each pair of figures from one round-robin run). ViT-B/14-reg at 700x700 px
+# (benchmarks/bench_cpu_precisions.py): ONNX Runtime fp32 3567 ms, OpenVINO f32 2728 ms (1.31x;
+# 1.38x on the outlier profile), OpenVINO bf16 838 ms; the NNCF int8 file: OpenVINO 1052 ms,
+# ONNX Runtime 2176 ms. A whole `omama-run pair` at the official sizes
+# (benchmarks/bench_pair.py): ONNX Runtime fp32 14.6 s, OpenVINO fp32 12.0 s, bf16 4.7 s,
+# int8 3.9 s (OpenVINO) and 9.5 s (ONNX Runtime). bf16 exists on OpenVINO only; fp16 files are
+# for GPUs (the openvino backend refuses them).
 CPU_AUTO: dict[str, tuple[str, ...]] = {
-    "fp32": ("onnxruntime", "openvino"),
+    "fp32": ("openvino", "onnxruntime"),
     "fp16": ("onnxruntime",),
     "bf16": ("openvino",),
     "int8": ("openvino", "onnxruntime"),

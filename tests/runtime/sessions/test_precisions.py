@@ -105,8 +105,8 @@ def test_a_backend_refuses_a_precision_it_does_not_offer(backend, device, precis
 @pytest.mark.parametrize(
     ("precision", "backend", "run", "arithmetic"),
     [
-        ("auto", "onnxruntime", "fp32", None),  # auto precision never changes the answers
-        ("fp32", "onnxruntime", "fp32", None),
+        ("auto", "openvino", "fp32", "f32"),  # auto precision never changes the answers
+        ("fp32", "openvino", "fp32", "f32"),
         ("fp16", "onnxruntime", "fp16", None),
         ("bf16", "openvino", "bf16", "bf16"),
         ("int8", "openvino", "int8", "f32"),  # int8 kernels; the float rest in f32
@@ -123,9 +123,9 @@ def test_auto_on_the_cpu_follows_the_table(precision, backend, run, arithmetic):
 
 @pytest.mark.usefixtures("openvino_here")
 def test_the_cpu_table_is_the_one_place_that_decides(monkeypatch):
-    monkeypatch.setitem(registry.CPU_AUTO, "fp32", ("openvino", "onnxruntime"))
+    monkeypatch.setitem(registry.CPU_AUTO, "fp32", ("onnxruntime", "openvino"))
     plan = plan_artifacts(_manifest("fp32"), "auto", "cpu", "fp32")
-    assert plan.backend == "openvino" and plan.choice.options == {"inference_precision": "f32"}
+    assert plan.backend == "onnxruntime" and plan.choice.options == {}
 
 
 @pytest.mark.usefixtures("openvino_here")
