@@ -41,6 +41,7 @@ from runtime.runs.dataset_parts import (
     totals,
     write_part,
 )
+from runtime.runs.frame_sizes import scoring_protocol
 from runtime.runs.records import SUMMARY_NAME
 
 Echo = Callable[[str], object]
@@ -460,6 +461,7 @@ def _finish(
                 gt["annotations"],
                 results[next(iter(results))]["results"],
                 direction,
+                scoring_protocol(config.mask_size),
                 workers=min(default_workers(), len(parts)),
             )
             write_json(out / files["metrics"], report, indent=2)

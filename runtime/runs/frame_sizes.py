@@ -33,6 +33,14 @@ from runtime.sizing import ASPECT_TOLERANCE, aspect_mismatch
 SUBMISSION = "submission"
 
 
+def scoring_protocol(mask_size: str) -> str:
+    """The evaluation protocol of a run's own metrics: ``egoexo4d`` (the challenge evaluator's,
+    480 px working size) for masks written at its size, else ``omama`` (GT resized to the
+    prediction's size, as the published figures). Scoring submission-size masks with
+    ``omama`` would measure at the 480-rule size, which neither protocol defines."""
+    return "egoexo4d" if mask_size == SUBMISSION else "omama"
+
+
 def _size_hw(value: object) -> tuple[int, int] | None:
     """``[H, W]`` of positive ints as a tuple, None for anything else."""
     if not isinstance(value, list | tuple) or len(value) != 2:

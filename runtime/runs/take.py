@@ -37,7 +37,7 @@ from runtime.info import peak_rss_mb
 from runtime.latency import format_latency
 from runtime.pipeline import DestinationFrame, Pipeline, ViewFrame
 from runtime.results import add_gt_annotation, add_prediction, new_gt, new_results, write_results
-from runtime.runs.frame_sizes import SUBMISSION, AnnotationFrameSizes
+from runtime.runs.frame_sizes import SUBMISSION, AnnotationFrameSizes, scoring_protocol
 from runtime.runs.records import RESULTS_NAME, SKIPS_LISTED, SUMMARY_NAME, Skips
 from runtime.sizing import working_size
 
@@ -272,9 +272,9 @@ def collect_take(index: ProcessedRoot, take: str, direction: str, predicted: Tak
     return outputs
 
 
-def _write_score(outputs: TakeOutputs, direction: str, out: Path) -> dict:
-    """Write ``gt.json`` (and ``metrics.json`` when anything was predicted); the summary's
-    ``gt``, ``metrics`` and ``report`` entries."""
+def _write_score(outputs: TakeOutputs, direction: str, out: Path, protocol: str) -> dict:
+    """Write ``gt.json`` (and ``metrics.json`` under ``protocol`` when anything was predicted);
+    the summary's ``gt``, ``metrics`` and ``report`` entries."""
     from runtime.evaluate import evaluate_report
 
     entry = outputs.gt_entry()
@@ -282,7 +282,8 @@ def _write_score(outputs: TakeOutputs, direction: str, out: Path) -> dict:
     scored: dict = {}
     if outputs.counts["observations"]:
         predictions = {outputs.take: outputs.results_entry()}
-        report = evaluate_report({outputs.take: entry}, predictions, direction, workers=1)
+        report = evaluate_report({outputs.take: entry}, predictions, direction, protocol,
+                                 workers=1)  # fmt: skip
         write_json(out / "metrics.json", report, indent=2)
         scored = {"metrics": report["aggregated_metrics"], "report": report}
     return {**scored, "gt": str(out / "gt.json")}
@@ -344,7 +345,7 @@ def run_take(
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }
     if score:
-        summary.update(_write_score(outputs, direction, out))
+        summary.update(_write_score(outputs, direction, out, scoring_protocol(pipeline.mask_size)))
     write_json(out / SUMMARY_NAME, {k: v for k, v in summary.items() if k != "report"}, indent=2)
     return summary
 

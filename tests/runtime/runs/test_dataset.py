@@ -70,11 +70,13 @@ def test_dataset_gives_each_take_what_omama_run_take_gives_and_omama_eval_scores
     assert summary["executor"] == "in-process" and summary["frames_this_run"] == 6
 
     pred, report = straight / "results.json", tmp_path / "eval.json"
+    # Masks at the official evaluator's size are scored under its protocol.
     args = ["eval", "--gt", straight / "gt.json", "--pred", pred, "--direction", "exo2ego",
-            "--out", report, "--workers", "1"]  # fmt: skip
+            "--protocol", "egoexo4d", "--out", report, "--workers", "1"]  # fmt: skip
     assert run_app(build_app(), [str(a) for a in args]) == 0
     scored = json.loads(report.read_text())
     metrics = json.loads((straight / "metrics.json").read_text())
+    assert metrics["protocol"] == scored["protocol"] == "egoexo4d"
     assert scored["counts"]["observations"] == n
     assert scored["aggregated_metrics"] == metrics["aggregated_metrics"]
     assert (
