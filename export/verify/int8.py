@@ -28,6 +28,7 @@ from runtime.verification.agreement import (
     backbone_features,
     pipeline_checks,
 )
+from runtime.verification.compare import EXACT_TIE
 from runtime.verification.inputs import candidate_boxes, random_masks, synthetic_scene
 from runtime.verification.tolerances import TOLERANCES
 
@@ -41,6 +42,7 @@ def int8_tolerances(config) -> dict[str, float]:
     return dict(TOLERANCES["int8"]) | {
         "argmax_agreement": float(config.min_argmax),
         "final_mask_iou_mean": float(config.min_mask_iou),
+        "argmax_tie_band": EXACT_TIE,
     }
 
 

@@ -79,10 +79,11 @@ def pipeline_checks(
     min_argmax: float,
     min_mask_iou: float | None = None,
     precision: str = "int8",
+    tie_band: float = EXACT_TIE,
 ) -> list[CheckRecord]:
     """The fp32 ``matcher`` on every candidate set with the fp32 features and with the run's,
-    compared (:func:`compare_matcher` under ``tolerances``, the run precision's, with only
-    float32-exact ties forgiven).
+    compared (:func:`compare_matcher` under ``tolerances``, the run precision's, forgiving
+    only picks within ``tie_band`` of the best: float32-exact ties by default).
 
     Checks: argmax agreement gated at ``min_argmax``; the similarities' max abs error
     (reported: the per-file records gate the features, the picks decide here); the mean
@@ -96,11 +97,12 @@ def pipeline_checks(
         got = _similarities(matcher, pair.got, cand.feeds)
         results.append(MatcherResult(expected, got, agreement=True))
         if cand.dst_masks is not None:  # kept per pick, not per set: masks can be large
-            ious += [pick_iou(cand.dst_masks, e, g) for e, g in zip(expected, got, strict=True)]
+            ious += [pick_iou(cand.dst_masks, e, g, tie_band)
+                     for e, g in zip(expected, got, strict=True)]  # fmt: skip
     if not results:
         raise OmamaError("pipeline agreement: no candidate sets to compare on")
     tol = dict(tolerances) | {"argmax_agreement": min_argmax}
-    sims, argmax = compare_matcher(results, precision, tol, what, tie_band=EXACT_TIE)
+    sims, argmax = compare_matcher(results, precision, tol, what, tie_band=tie_band)
     sims = dataclasses.replace(sims, gated=False, detail=f"{sims.detail}; reported: the picks "
                                "decide, the per-file records gate the features")  # fmt: skip
     out = [argmax, sims]
@@ -119,11 +121,13 @@ def pipeline_checks(
     return out
 
 
-def pick_iou(masks: np.ndarray, expected: np.ndarray, got: np.ndarray) -> float:
-    """IoU of the run's pick's mask with the fp32 pick's: the best over the fp32 picks tied to
-    float32 rounding (argmax could have returned any of them)."""
+def pick_iou(
+    masks: np.ndarray, expected: np.ndarray, got: np.ndarray, tie_band: float = EXACT_TIE
+) -> float:
+    """IoU of the run's pick's mask with the fp32 pick's: the best over the fp32 picks tied
+    within ``tie_band`` (float32 rounding: argmax could have returned any of them)."""
     pick = masks[int(got.argmax())]
-    return max(mask_iou(masks[int(i)], pick) for i in tied_best(expected, EXACT_TIE))
+    return max(mask_iou(masks[int(i)], pick) for i in tied_best(expected, tie_band))
 
 
 def _similarities(
@@ -224,6 +228,8 @@ def golden_agreement(
             what,
             min_argmax=float(tolerances["argmax_agreement"]),
             min_mask_iou=tolerances.get("final_mask_iou_mean"),
+            # Folders exported before the strict gate record no band: the one they passed.
+            tie_band=float(tolerances.get("argmax_tie_band", tolerances["similarities_max_abs"])),
         )
         return session_record(matcher, pipeline_file(files), PIPELINE_MODEL, plan.precision,
                               GOLDEN_INPUTS, tolerances, checks)  # fmt: skip

@@ -71,8 +71,10 @@ TOLERANCES: dict[str, dict[str, float]] = {
         "feats_rel": 1.5e-1,
         "similarities_max_abs": 5e-2,
         "argmax_agreement": 0.99,
-        # The mean IoU of the int8 pipeline's picked masks with fp32's (the pipeline gate).
+        # The mean IoU of the int8 pipeline's picked masks with fp32's (the pipeline gate),
+        # and the only similarity gap under which its picks count as tied (float32 rounding).
         "final_mask_iou_mean": 0.99,
+        "argmax_tie_band": 1e-6,
         "fastsam_rel": 5e-2,
         "detection_agreement": 0.9,
         "fastsam_box_px": 8.0,

@@ -170,9 +170,22 @@ def test_the_manifest_records_the_gate_the_export_applied(tmp_path):
     manifest = load_manifest(out)
     tolerances = manifest.verification.tolerances["int8"]
     assert tolerances["argmax_agreement"] == 0.9 and tolerances["final_mask_iou_mean"] == 0.95
+    assert tolerances["argmax_tie_band"] == 1e-6  # the tie rule verify applies on the target
     (gate,) = [r for r in manifest.verification.records if r.inputs == "int8 pipeline vs fp32"]
     checks = {c.metric: c for c in gate.checks}
     assert checks["argmax agreement"].tolerance == 0.9
     assert (
         checks["final-mask IoU (mean)"].tolerance == 0.95 and checks["final-mask IoU (mean)"].gated
     )
+
+
+def test_a_recorded_wider_tie_band_counts_close_picks_as_agreeing():
+    """Folders exported before the strict gate recorded no band: verify applies the one they
+    passed (the similarity tolerance), through ``tie_band``."""
+    masks = np.zeros((3, 4, 4), np.uint8)
+    masks[0, :2], masks[1, 2:], masks[2, :3] = 1, 1, 1
+    sims = [(np.array([[0.90, 0.1, 0.88]]), np.array([[0.80, 0.1, 0.85]]))]
+    strict, _, iou = _checks(sims, masks, min_argmax=0.99, min_mask_iou=0.99)
+    assert strict.value == 0.0 and iou.value == pytest.approx(2 / 3)
+    wide, _, iou = _checks(sims, masks, min_argmax=0.99, min_mask_iou=0.99, tie_band=0.05)
+    assert wide.value == 1.0 and iou.value == 1.0
