@@ -33,6 +33,14 @@ def eval_plan(
             f"{pred} holds {' and '.join(results_key(d) for d in directions)} results: give "
             "--gt-exo2ego and --gt-ego2exo (or --direction to evaluate one)"
         )
+    given = {d for d, path in gt_by_direction.items() if path is not None}
+    if gt is not None and given:
+        raise OmamaError("give --gt or --gt-exo2ego / --gt-ego2exo, not both")
+    if unused := sorted(given - set(directions)):
+        raise OmamaError(
+            f"--gt-{unused[0]} given but {unused[0]} is not evaluated ({pred} holds "
+            f"{' and '.join(results_key(d) for d in directions)} results)"
+        )
     plan = []
     for d in directions:
         path = gt_by_direction.get(d) or gt

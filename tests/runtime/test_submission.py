@@ -316,3 +316,15 @@ def test_eval_of_a_submission_needs_a_gt_per_direction(files, tmp_path, capsys):
     code, stdout, _ = _cli(capsys, "eval", "--pred", sub, "--gt", paths["gt"], "--direction",
                            "ego2exo", "--workers", "1")  # fmt: skip
     assert code == 0 and "omama eval: ego2exo" in stdout and "exo2ego" not in stdout
+
+
+def test_eval_refuses_a_gt_flag_it_would_ignore(files, tmp_path, capsys):
+    gt, paths = files
+    sub = tmp_path / "submission.json"
+    assert _submit(capsys, paths, sub)[0] == 0
+    code, _, stderr = _cli(capsys, "eval", "--pred", sub, "--gt", paths["gt"], "--gt-exo2ego",
+                           paths["gt"], "--direction", "exo2ego")  # fmt: skip
+    assert code == 1 and "give --gt or --gt-exo2ego / --gt-ego2exo, not both" in stderr
+    code, _, stderr = _cli(capsys, "eval", "--pred", sub, "--gt-ego2exo", paths["gt"],
+                           "--gt-exo2ego", paths["gt"], "--direction", "exo2ego")  # fmt: skip
+    assert code == 1 and "--gt-ego2exo given but ego2exo is not evaluated" in stderr
