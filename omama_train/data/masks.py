@@ -59,6 +59,7 @@ from runtime.images import read_rgb
 from runtime.info import package_versions
 from runtime.locks import folder_lock
 from runtime.preprocess import resize_mask_nearest
+from runtime.ray_options import CpusPerWorker, GpusPerWorker, Ray, RayAddress, Workers
 from runtime.rle import decode
 
 log = logging.getLogger(__name__)
@@ -531,8 +532,6 @@ Device = Annotated[
 ]
 IoThreads = Annotated[int, Opt("--io-threads", help="Threads compressing and writing mask files.")]
 Progress = Annotated[bool, Opt("--progress/--no-progress", help="Progress bar.")]
-Ray, RayAddress, Workers = raywork.Ray, raywork.RayAddress, raywork.Workers
-CpusPerWorker, GpusPerWorker = raywork.CpusPerWorker, raywork.GpusPerWorker
 
 
 def masks_command(

@@ -130,7 +130,9 @@ def build_cache(
         else:
             from omama_train.features.ray_chunks import WeightsRecipe, compute_on_ray
 
-            recipe = WeightsRecipe(backbone, backbone_weights, random_init, seed, pos_resize,
+            # Absolute: workers on other nodes start in their raylet's folder, not ours.
+            weights = Path(backbone_weights).resolve() if backbone_weights else None
+            recipe = WeightsRecipe(backbone, weights, random_init, seed, pos_resize,
                                    weight_profile)  # fmt: skip
             ray_entry = compute_on_ray(ray, work.todo, meta, recipe, root, out, shard, progress,
                                        stats, io_threads=io_threads, **settings)  # fmt: skip

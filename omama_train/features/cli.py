@@ -16,6 +16,7 @@ from omama_train.features.build import build_cache, summary_text
 from omama_train.features.images import pairs_files_for
 from omama_train.features.writer import DEFAULT_FLUSH_EVERY
 from omama_train.shards import parse_shard
+from runtime.ray_options import CpusPerWorker, GpusPerWorker, Ray, RayAddress, Workers
 
 Opt = typer.Option
 Root = Annotated[Path, Opt("--root", help="Processed root (from omama data prepare).")]
@@ -84,8 +85,6 @@ FlushEvery = Annotated[
 IoThreads = Annotated[int, Opt("--io-threads", help="Threads decoding JPEGs.")]
 Limit = Annotated[int | None, Opt("--limit", help="Stop after this many new images (a trial run).")]
 Progress = Annotated[bool, Opt("--progress/--no-progress", help="Progress bar.")]
-Ray, RayAddress, Workers = raywork.Ray, raywork.RayAddress, raywork.Workers
-CpusPerWorker, GpusPerWorker = raywork.CpusPerWorker, raywork.GpusPerWorker
 
 
 def features_command(

@@ -15,6 +15,7 @@ import typer
 
 from runtime.cli import Backend, Device, Precision, Threads, Trust, WeightsDirs, _check_trust
 from runtime.errors import OmamaError
+from runtime.ray_options import CpusPerWorker, GpusPerWorker, Ray, RayAddress, Workers
 
 Root = Annotated[Path, typer.Argument(help="Processed root (split.json, processed/<take>/).")]
 Split = Annotated[str, typer.Option("--split", help="The split of ROOT/split.json to run.")]
@@ -46,41 +47,6 @@ Candidates = Annotated[
 MaxFrames = Annotated[
     int | None,
     typer.Option("--max-frames", min=1, help="Only the first this many annotated frames per take."),
-]
-Ray = Annotated[
-    bool,
-    typer.Option(
-        "--ray",
-        help="Run on Ray (pip install 'omama[ray]'): joins $RAY_ADDRESS or the "
-        "cluster `ray start` began here, else starts a local Ray for the run.",
-    ),
-]
-RayAddress = Annotated[
-    str | None,
-    typer.Option(
-        "--ray-address", help="Join the Ray cluster at ADDRESS (e.g. HEAD:6379); implies --ray."
-    ),
-]
-Workers = Annotated[
-    int | None,
-    typer.Option("--workers", min=1, help="Ray actors, each with its own sessions (default 1)."),
-]
-CpusPerWorker = Annotated[
-    float | None,
-    typer.Option(
-        "--cpus-per-worker",
-        min=0.01,
-        help="CPUs Ray reserves per actor (default: an equal share of all CPUs but one, "
-        "0.25 to 1).",
-    ),
-]
-GpusPerWorker = Annotated[
-    float | None,
-    typer.Option(
-        "--gpus-per-worker",
-        min=0.0,
-        help="GPUs per actor (default: 1 with --device cuda, or auto on a cluster with GPUs).",
-    ),
 ]
 MaskSize = Annotated[
     str,
