@@ -1,19 +1,16 @@
-"""``omama-run``: the lean runtime's command line (no torch), and ``omama eval``.
+"""``omama-run``: the lean runtime's command line (no torch).
 
 ``pair``, ``video`` and ``take`` run :class:`runtime.pipeline.Pipeline` on an artifacts
 folder written by ``omama export`` (the runs are in :mod:`runtime.runs`); ``verify``
 re-checks that folder's models on this machine against the golden outputs the export
 stored; ``info`` shows what this machine can run; ``dataset`` is in
-:mod:`runtime.runs.dataset_cli`. :func:`register_eval` adds ``omama eval``
-(the official metrics, :mod:`runtime.evaluate`) to the ``omama`` command through the
-``omama.commands`` entry point.
+:mod:`runtime.runs.dataset_cli`; ``omama eval`` is in :mod:`runtime.eval_cli`.
 
 Commands only parse and check their flags, call the library and print.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 from pathlib import Path
@@ -23,7 +20,7 @@ import typer
 
 from runtime.clikit import new_app, run_app
 from runtime.errors import OmamaError, no_fastsam_error
-from runtime.locks import file_lock, folder_lock
+from runtime.locks import folder_lock
 
 app = new_app("omama-run: O-MaMa inference on ONNX Runtime, TensorRT or OpenVINO, without torch.")
 
@@ -436,82 +433,3 @@ def verify_command(
 
 def main() -> None:
     sys.exit(run_app(app, prog_name="omama-run"))
-
-
-# ----------------------------------------------------------------------------- omama eval
-
-
-def register_eval(omama_app: typer.Typer) -> None:
-    """Add the top-level ``omama eval`` command to ``omama_app`` (the ``omama.commands``
-    entry point)."""
-    from runtime.evaluate import default_workers
-
-    @omama_app.command("eval")
-    def eval_command(
-        gt: Path = typer.Option(..., "--gt", help="Correspondence GT JSON (annotations)."),
-        pred: Path = typer.Option(..., "--pred", help="Predictions (results JSON)."),
-        direction: str = typer.Option(..., "--direction", help="exo2ego or ego2exo."),
-        protocol: str = typer.Option(
-            "omama",
-            "--protocol",
-            help="omama (GT resized to the prediction size, as in the reference study's "
-            "published figures) or egoexo4d (the challenge evaluator's 480 px working size).",
-        ),
-        out: Path | None = typer.Option(None, "--out", help="Write the full report (JSON) here."),
-        per_observation: bool = typer.Option(
-            False, "--per-observation", help="Also print one line per observation."
-        ),
-        workers: int = typer.Option(
-            default_workers(), "--workers", help="Processes (each evaluates whole takes)."
-        ),
-        gallery: Path | None = typer.Option(
-            None, "--gallery", help="Write an HTML + PNG gallery of best/median/worst cases here."
-        ),
-        root: Path | None = typer.Option(
-            None, "--root", help="Processed root with the frames, for the gallery's images."
-        ),
-        gallery_per_group: int = typer.Option(
-            4, "--gallery-per-group", help="Observations shown per gallery group."
-        ),
-    ) -> None:
-        """Evaluate predictions with the official Ego-Exo4D correspondence metrics.
-
-        Prints IoU (and its std), shape_acc, location_score and balanced_acc, counts,
-        breakdowns by GT object size and camera, temporal consistency and an IoU histogram.
-
-        Example: omama eval --gt gt.json --pred preds.json --direction exo2ego --out m.json
-        """
-        from runtime.atomic import write_json
-        from runtime.egoexo import check_direction
-        from runtime.evaluate import evaluate_report, format_observations, format_summary
-        from runtime.results import load_gt, load_results
-
-        if root is not None and gallery is None:
-            raise OmamaError("--root is only used with --gallery")
-        check_direction(direction)
-        with contextlib.ExitStack() as outputs:  # one writer per report and gallery
-            if out is not None:
-                outputs.enter_context(file_lock(out, "omama eval"))
-            if gallery is not None:
-                outputs.enter_context(folder_lock(gallery, "omama eval"))
-            gt_annotations = load_gt(gt)
-            pred_takes = load_results(pred, direction)
-            report = evaluate_report(
-                gt_annotations, pred_takes, direction, protocol, workers, progress=True
-            )
-            report = {"gt_file": str(gt), "pred_file": str(pred), **report}
-            typer.echo(format_summary(report))
-            if per_observation:
-                typer.echo("")
-                typer.echo(format_observations(report))
-            if out is not None:
-                write_json(out, report, indent=2)
-                typer.echo(f"report written to {out}")
-            if gallery is not None:
-                from runtime.gallery import write_gallery
-
-                paths = write_gallery(
-                    gallery, report, gt_annotations, pred_takes, root=root,
-                    per_group=gallery_per_group,
-                )  # fmt: skip
-                typer.echo(f"gallery written to {paths['html']}")
