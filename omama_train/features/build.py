@@ -131,8 +131,8 @@ def build_cache(
             from omama_train.features.ray_chunks import WeightsRecipe, compute_on_ray
 
             # Absolute: workers on other nodes start in their raylet's folder, not ours.
-            weights = Path(backbone_weights).resolve() if backbone_weights else None
-            recipe = WeightsRecipe(backbone, weights, random_init, seed, pos_resize,
+            weights_file = Path(backbone_weights).resolve() if backbone_weights else None
+            recipe = WeightsRecipe(backbone, weights_file, random_init, seed, pos_resize,
                                    weight_profile)  # fmt: skip
             ray_entry = compute_on_ray(ray, work.todo, meta, recipe, root, out, shard, progress,
                                        stats, io_threads=io_threads, **settings)  # fmt: skip

@@ -125,10 +125,12 @@ def test_ego2exo_results_and_an_exo2ego_file_make_a_submission_the_rules_accept(
                     scored += int(frame) in gt_take["annotated_frames"][obj][exo]
     assert scored > 0 and f"({scored} scored by the evaluator)" in stdout
 
-    # omama eval of the submission gives each direction's omama-run dataset numbers.
+    # omama eval of the submission under the challenge's protocol gives each direction's
+    # omama-run dataset numbers (its submission-size masks are scored under that protocol).
     assert run_app(build_app(), [str(a) for a in (
         "eval", "--pred", submission, "--gt-exo2ego", base / "gt_exo2ego.json",
-        "--gt-ego2exo", base / "gt_ego2exo.json", "--out", tmp_path / "metrics.json",
+        "--gt-ego2exo", base / "gt_ego2exo.json", "--protocol", "egoexo4d",
+        "--out", tmp_path / "metrics.json",
     )]) == 0  # fmt: skip
     reports = json.loads((tmp_path / "metrics.json").read_text())
     for direction in KEYS:
